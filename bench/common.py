@@ -1,0 +1,87 @@
+"""Shared bench helpers: the mail stack, a gateway subprocess, a seeded mailbox."""
+
+from __future__ import annotations
+
+import imaplib
+import os
+import socket
+import ssl
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from email.message import EmailMessage
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "tests"))
+
+from mailstack_env import ensure_mailstack, fresh_address  # noqa: E402
+
+
+def stack() -> dict[str, str]:
+    return ensure_mailstack()
+
+
+def seed(env: dict[str, str], address: str, count: int, body: bytes | None = None) -> None:
+    ctx = ssl.create_default_context(cafile=env["MAILSTACK_CA_FILE"])
+    conn = imaplib.IMAP4_SSL("localhost", int(env["MAILSTACK_IMAPS_PORT"]), ssl_context=ctx)
+    conn.login(address, env["MAILSTACK_PASSWORD"])
+    for i in range(count):
+        if body is None:
+            msg = EmailMessage()
+            msg["From"] = "Bench Sender <bench@example.test>"
+            msg["To"] = address
+            msg["Subject"] = f"bench message {i} * (subject"
+            msg["Message-ID"] = f"<bench-{i}@example.test>"
+            msg.set_content("hello\n" * 20)
+            raw = msg.as_bytes()
+        else:
+            raw = body
+        conn.append("INBOX", None, None, raw)
+    conn.logout()
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@contextmanager
+def gateway(env: dict[str, str], workers: int = 1, **settings: str) -> Iterator[tuple[str, int]]:
+    """Run `mailgate serve` as a subprocess; yield (base URL, pid)."""
+    port = free_port()
+    child_env = dict(os.environ)
+    child_env.update(
+        MAILGATE_SMTP_URL=f"smtp://localhost:{env['MAILSTACK_SUBMISSION_PORT']}",
+        MAILGATE_IMAP_URL=f"imaps://localhost:{env['MAILSTACK_IMAPS_PORT']}",
+        MAILGATE_POP3_URL=f"pop3s://localhost:{env['MAILSTACK_POP3S_PORT']}",
+        MAILGATE_CA_FILE=env["MAILSTACK_CA_FILE"],
+        MAILGATE_PORT=str(port),
+        MAILGATE_WORKERS=str(workers),
+        MAILGATE_LOG_LEVEL="warning",
+    )
+    child_env.update({f"MAILGATE_{k.upper()}": v for k, v in settings.items()})
+    exe = str(Path(sys.executable).parent / "mailgate")
+    proc = subprocess.Popen([exe, "serve"], env=child_env, stdin=subprocess.DEVNULL)
+    base = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 20
+    while True:
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=0.2):
+                break
+        except OSError:
+            if time.monotonic() > deadline or proc.poll() is not None:
+                proc.kill()
+                raise RuntimeError("gateway did not start") from None
+            time.sleep(0.05)
+    try:
+        yield base, proc.pid
+    finally:
+        proc.terminate()
+        proc.wait(10)
+
+
+__all__ = ["fresh_address", "gateway", "seed", "stack"]

@@ -1,0 +1,101 @@
+"""Listing 50 messages with 16 concurrent clients: gateway vs a bare aioimaplib session.
+
+Prints requests per second for: one bare aioimaplib session (commands in series, as
+one session must), eight bare sessions, and the gateway (1 and 2 workers), plus the
+gateway's ratio to the bare session. Bounded in time; loopback only.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import ssl
+import sys
+import time
+
+import aioimaplib
+import httpx
+from common import fresh_address, gateway, seed, stack
+
+CLIENTS = 16
+SECONDS = float(sys.argv[1]) if len(sys.argv) > 1 else 8.0
+FIELDS = "BODY.PEEK[HEADER.FIELDS (MESSAGE-ID SUBJECT FROM TO CC DATE CONTENT-TYPE)]"
+
+
+async def bare(env: dict[str, str], user: str, sessions: int) -> float:
+    ctx = ssl.create_default_context(cafile=env["MAILSTACK_CA_FILE"])
+    conns = []
+    for _ in range(sessions):
+        c = aioimaplib.IMAP4_SSL("localhost", int(env["MAILSTACK_IMAPS_PORT"]), ssl_context=ctx)
+        await c.wait_hello_from_server()
+        await c.login(user, env["MAILSTACK_PASSWORD"])
+        await c.select("INBOX")
+        conns.append(c)
+    pool: asyncio.Queue[aioimaplib.IMAP4_SSL] = asyncio.Queue()
+    for c in conns:
+        pool.put_nowait(c)
+    done = 0
+    end = time.monotonic() + SECONDS
+
+    async def client() -> None:
+        nonlocal done
+        while time.monotonic() < end:
+            c = await pool.get()
+            try:
+                r = await c.uid_search("ALL")
+                uids = r.lines[0].decode().split()[-50:]
+                r = await c.uid("fetch", ",".join(uids), f"(UID FLAGS RFC822.SIZE {FIELDS})")
+                assert r.result == "OK"
+            finally:
+                pool.put_nowait(c)
+            done += 1
+
+    start = time.monotonic()
+    await asyncio.gather(*(client() for _ in range(CLIENTS)))
+    elapsed = time.monotonic() - start
+    for c in conns:
+        await c.logout()
+    return done / elapsed
+
+
+async def through_gateway(base: str, user: str, password: str) -> float:
+    token = base64.b64encode(f"{user}:{password}".encode()).decode()
+    headers = {"Authorization": f"Basic {token}"}
+    done = 0
+    limits = httpx.Limits(max_connections=CLIENTS, max_keepalive_connections=CLIENTS)
+    async with httpx.AsyncClient(base_url=base, headers=headers, limits=limits) as http:
+        r = await http.get("/v1/messages", params={"limit": 50})  # warm the pool
+        assert r.status_code == 200 and len(r.json()["items"]) == 50, r.text
+        end = time.monotonic() + SECONDS
+
+        async def client() -> None:
+            nonlocal done
+            while time.monotonic() < end:
+                r = await http.get("/v1/messages", params={"limit": 50})
+                assert r.status_code == 200, r.text
+                done += 1
+
+        start = time.monotonic()
+        await asyncio.gather(*(client() for _ in range(CLIENTS)))
+        return done / (time.monotonic() - start)
+
+
+def main() -> None:
+    env = stack()
+    user = fresh_address("bench")
+    seed(env, user, 60)
+    one = asyncio.run(bare(env, user, 1))
+    eight = asyncio.run(bare(env, user, 8))
+    print(f"bare aioimaplib, 1 session : {one:7.1f} req/s")
+    print(f"bare aioimaplib, 8 sessions: {eight:7.1f} req/s")
+    for workers in (1, 2):
+        with gateway(env, workers=workers) as (base, _):
+            rate = asyncio.run(through_gateway(base, user, env["MAILSTACK_PASSWORD"]))
+        print(
+            f"mailgate, {workers} worker(s)     : {rate:7.1f} req/s  "
+            f"(ratio to 1 bare session {rate / one:.2f}, to 8 sessions {rate / eight:.2f})"
+        )
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,112 @@
+"""FastAPI dependencies: settings, gateway key, mailbox credentials, provider, protocol."""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hashlib
+import hmac
+from typing import Annotated, Literal
+
+from fastapi import Depends, Header, Query, Request
+
+from service.config import Provider, Settings
+from service.errors import AuthRequired, Forbidden, ValidationFailed
+from service.protocols.base import Credentials
+
+
+def get_settings(request: Request) -> Settings:
+    settings: Settings = request.app.state.settings
+    return settings
+
+
+SettingsDep = Annotated[Settings, Depends(get_settings)]
+
+
+def check_api_key(
+    settings: SettingsDep,
+    x_api_key: Annotated[
+        str | None,
+        Header(description="Gateway access key; required only when keys are configured."),
+    ] = None,
+) -> None:
+    """403 unless the key's SHA-256 is configured (constant-time compare)."""
+    if not settings.api_key_hashes:
+        return
+    digest = hashlib.sha256((x_api_key or "").encode()).hexdigest()
+    ok = False
+    for allowed in settings.api_key_hashes:
+        ok |= hmac.compare_digest(digest, allowed)
+    if not ok or not x_api_key:
+        raise Forbidden("A valid X-API-Key header is required.")
+
+
+def get_credentials(
+    authorization: Annotated[
+        str | None,
+        Header(
+            description="`Basic base64(user:password)`, or `Bearer TOKEN` with X-Mail-User "
+            "(SASL XOAUTH2). Never stored or logged."
+        ),
+    ] = None,
+    x_mail_user: Annotated[
+        str | None, Header(description="Mailbox user for Bearer (XOAUTH2) credentials.")
+    ] = None,
+) -> Credentials:
+    """Mailbox credentials of this request; 401 auth-required when absent or unreadable."""
+    if not authorization:
+        raise AuthRequired("Send mailbox credentials: Authorization: Basic or Bearer.")
+    scheme, _, value = authorization.strip().partition(" ")
+    value = value.strip()
+    if scheme.lower() == "basic":
+        try:
+            decoded = base64.b64decode(value, validate=True).decode("utf-8")
+        except (binascii.Error, ValueError, UnicodeDecodeError):
+            raise AuthRequired(
+                "The Basic credentials are not valid base64 of user:password."
+            ) from None
+        user, sep, password = decoded.partition(":")
+        if not sep or not user or not password:
+            raise AuthRequired("The Basic credentials must be user:password, both non-empty.")
+        _check_printable(user)
+        return Credentials(user=user, secret=password, kind="basic")
+    if scheme.lower() == "bearer":
+        if not value or not x_mail_user:
+            raise AuthRequired("Bearer credentials need a token and the X-Mail-User header.")
+        _check_printable(x_mail_user)
+        _check_printable(value)
+        return Credentials(user=x_mail_user.strip(), secret=value, kind="xoauth2")
+    raise AuthRequired("Unsupported Authorization scheme: use Basic or Bearer.")
+
+
+def _check_printable(value: str) -> None:
+    if any(ord(c) < 32 or ord(c) == 127 for c in value):
+        raise AuthRequired("Credentials must not contain control characters.")
+
+
+def get_provider(
+    settings: SettingsDep,
+    x_mail_provider: Annotated[
+        str | None, Header(description="A provider named in the providers file.")
+    ] = None,
+) -> Provider:
+    name = x_mail_provider or "default"
+    provider = settings.providers.get(name)
+    if provider is None:
+        raise ValidationFailed(f"Unknown provider {name!r} in X-Mail-Provider.")
+    return provider
+
+
+def get_protocol(
+    settings: SettingsDep,
+    protocol: Annotated[
+        Literal["imap", "pop3"] | None,
+        Query(description="Reading protocol; default from MAILGATE_DEFAULT_PROTOCOL."),
+    ] = None,
+) -> Literal["imap", "pop3"]:
+    return protocol or settings.default_protocol
+
+
+CredentialsDep = Annotated[Credentials, Depends(get_credentials)]
+ProviderDep = Annotated[Provider, Depends(get_provider)]
+ProtocolDep = Annotated[Literal["imap", "pop3"], Depends(get_protocol)]

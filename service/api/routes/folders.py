@@ -1,0 +1,36 @@
+"""GET /v1/folders: folders with special-use roles and optional counts."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import APIRouter, Query, Request
+
+from service.api.deps import CredentialsDep, ProtocolDep, ProviderDep, SettingsDep
+from service.api.readers import make_reader
+from service.models.message import FolderList
+from service.models.problem import problem_responses
+
+router = APIRouter(tags=["folders"])
+
+
+@router.get(
+    "/folders",
+    response_model=FolderList,
+    summary="Folders and their roles",
+    description=(
+        "IMAP: LIST with special-use roles (`\\Sent` → sent, …), counts by STATUS when "
+        "`counts=true`. POP3: one folder, INBOX (counts from STAT; unseen is null)."
+    ),
+    responses=problem_responses(401, 403, 422, 502, 503, 504),
+)
+async def list_folders(
+    request: Request,
+    settings: SettingsDep,
+    provider: ProviderDep,
+    creds: CredentialsDep,
+    protocol: ProtocolDep,
+    counts: Annotated[bool, Query(description="Add messages and unseen per folder.")] = False,
+) -> FolderList:
+    reader = make_reader(request, settings, provider, creds, protocol)
+    return FolderList(items=await reader.folders(counts=counts))

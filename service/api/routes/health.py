@@ -1,0 +1,65 @@
+"""Liveness, readiness and metrics."""
+
+from __future__ import annotations
+
+import asyncio
+
+from fastapi import APIRouter, Request
+from starlette.responses import JSONResponse, PlainTextResponse
+
+from service.api.deps import SettingsDep
+
+router = APIRouter(tags=["health"])
+
+
+@router.get("/healthz", summary="Liveness: the process answers")
+async def healthz() -> dict[str, str]:
+    return {"status": "ok"}
+
+
+async def _reachable(host: str, port: int, wait: float) -> bool:
+    try:
+        async with asyncio.timeout(wait):
+            _, writer = await asyncio.open_connection(host, port)
+    except (OSError, TimeoutError):
+        return False
+    writer.close()
+    try:
+        await writer.wait_closed()
+    except OSError:
+        pass
+    return True
+
+
+@router.get(
+    "/readyz",
+    summary="Readiness: settings loaded and the mail servers' ports reachable",
+    description="503 when a configured server's port cannot be reached within "
+    "MAILGATE_READY_TIMEOUT. Only a TCP connect: no login, no credentials.",
+)
+async def readyz(settings: SettingsDep) -> JSONResponse:
+    checks = {}
+    targets = []
+    for provider in settings.providers.values():
+        for proto in ("smtp", "imap", "pop3"):
+            server = provider.server(proto)
+            if server is not None:
+                targets.append((f"{provider.name}.{proto}", server.host, server.port))
+    results = await asyncio.gather(
+        *(_reachable(h, p, settings.ready_timeout) for _, h, p in targets)
+    )
+    for (name, _, _), ok in zip(targets, results, strict=True):
+        checks[name] = "ok" if ok else "unreachable"
+    ready = all(results)
+    return JSONResponse(
+        {"status": "ready" if ready else "not-ready", "checks": checks},
+        status_code=200 if ready else 503,
+        headers=None if ready else {"Retry-After": "5"},
+    )
+
+
+@router.get("/metrics", summary="Prometheus metrics", response_class=PlainTextResponse)
+async def metrics(request: Request) -> PlainTextResponse:
+    return PlainTextResponse(
+        request.app.state.metrics.render(), media_type="text/plain; version=0.0.4"
+    )

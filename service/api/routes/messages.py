@@ -1,0 +1,422 @@
+"""Reading endpoints: list, fetch (parsed, raw, attachment), delete, patch."""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import AsyncIterator
+from datetime import date
+from typing import Annotated, Literal
+from urllib.parse import quote
+
+from fastapi import APIRouter, Header, Path, Query, Request, Response
+from starlette.responses import JSONResponse
+
+from service import mime
+from service.api.deps import CredentialsDep, ProviderDep, SettingsDep
+from service.api.readers import make_reader
+from service.api.responses import CommitAfterSendResponse, one_chunk, parse_range
+from service.errors import ALL_ERRORS, InvalidId, NotFound, NotSupported, ValidationFailed
+from service.ids import ImapRef, MessageRef, Pop3Ref, decode_id
+from service.models.message import (
+    DeleteRequest,
+    DeleteResult,
+    DeleteResults,
+    MessagePage,
+    MessagePatch,
+    ParsedMessage,
+)
+from service.models.problem import problem_responses
+from service.protocols.base import ListQuery, MailboxReader, OpenedMessage
+
+router = APIRouter(tags=["messages"])
+
+Protocol = Literal["imap", "pop3"]
+Mode = Literal["keep", "remove"]
+
+ProtocolQuery = Annotated[
+    Protocol | None,
+    Query(
+        description="imap or pop3. Default: the protocol the id was made by "
+        "(for lists: MAILGATE_DEFAULT_PROTOCOL)."
+    ),
+]
+ModeQuery = Annotated[
+    Mode | None,
+    Query(
+        description="keep: no side effect on the server. remove: the message is deleted "
+        "only after the whole response has been written; an error or a client that "
+        "disconnects first leaves it. Default: MAILGATE_DEFAULT_MODE."
+    ),
+]
+MarkSeenQuery = Annotated[
+    bool,
+    Query(description="keep mode: set \\Seen once the response was written (IMAP only)."),
+]
+IdPath = Annotated[str, Path(description="Opaque message id from a listing.", max_length=2100)]
+FolderQuery = Annotated[
+    str, Query(description="IMAP folder; POP3 has only INBOX.", min_length=1, max_length=1000)
+]
+
+_ERRS = (400, 401, 403, 404, 410, 422, 502, 503, 504)
+
+
+def _protocol_for(ref: MessageRef, asked: Protocol | None) -> Protocol:
+    own: Protocol = "imap" if isinstance(ref, ImapRef) else "pop3"
+    if asked is not None and asked != own:
+        raise InvalidId(f"This id belongs to {own}, not {asked}.")
+    return own
+
+
+def _reader_for(
+    request: Request,
+    settings: SettingsDep,
+    provider: ProviderDep,
+    creds: CredentialsDep,
+    protocol: Protocol,
+) -> MailboxReader:
+    return make_reader(request, settings, provider, creds, protocol)
+
+
+def _mode_headers(mode: Mode) -> dict[str, str]:
+    return {"X-Mail-Mode": mode, "Cache-Control": "no-store"}
+
+
+async def _open(request: Request, settings: SettingsDep, provider: ProviderDep,
+                creds: CredentialsDep, msg_id: str, protocol: Protocol | None,
+                ) -> tuple[OpenedMessage, Protocol]:  # fmt: skip
+    ref = decode_id(msg_id)
+    proto = _protocol_for(ref, protocol)
+    reader = _reader_for(request, settings, provider, creds, proto)
+    return await reader.open(ref), proto
+
+
+def _commit_response(
+    msg: OpenedMessage,
+    chunks: AsyncIterator[bytes],
+    *,
+    mode: Mode,
+    mark_seen: bool,
+    protocol: Protocol,
+    status_code: int = 200,
+    headers: dict[str, str] | None = None,
+    media_type: str,
+) -> CommitAfterSendResponse:
+    async def complete() -> None:
+        if mode == "remove":
+            await msg.remove()
+        elif mark_seen and protocol == "imap":
+            await msg.mark_seen()
+
+    async def finish(ok: bool) -> None:
+        await msg.release(healthy=ok)
+
+    return CommitAfterSendResponse(
+        chunks,
+        status_code=status_code,
+        headers={**_mode_headers(mode), **(headers or {})},
+        media_type=media_type,
+        on_complete=complete,
+        on_finish=finish,
+    )
+
+
+@router.get(
+    "/messages",
+    response_model=MessagePage,
+    response_model_by_alias=True,
+    summary="List message summaries, newest first",
+    description=(
+        "Newest first = arrival order (highest UID / highest POP3 message number). A page "
+        "costs one SEARCH and one FETCH of that page (IMAP) or UIDL + LIST + TOP of the "
+        "page (POP3). `next_cursor` is opaque; paging stays correct when messages arrive "
+        "or are deleted between pages. On POP3, `unseen`/`flagged` and the search filters "
+        "answer 422 not-supported (POP3 has no flags and no search)."
+    ),
+    responses=problem_responses(*_ERRS),
+)
+async def list_messages(
+    request: Request,
+    settings: SettingsDep,
+    provider: ProviderDep,
+    creds: CredentialsDep,
+    protocol: ProtocolQuery = None,
+    folder: FolderQuery = "INBOX",
+    limit: Annotated[int, Query(ge=1, le=200)] = 50,
+    cursor: Annotated[str | None, Query(max_length=4096)] = None,
+    unseen: bool | None = None,
+    flagged: bool | None = None,
+    since: Annotated[date | None, Query(description="On or after this date (IMAP SINCE).")] = None,
+    before: Annotated[date | None, Query(description="Before this date (IMAP BEFORE).")] = None,
+    from_: Annotated[str | None, Query(alias="from", max_length=500)] = None,
+    to: Annotated[str | None, Query(max_length=500)] = None,
+    subject: Annotated[str | None, Query(max_length=500)] = None,
+    text: Annotated[str | None, Query(max_length=500)] = None,
+    count: Annotated[bool, Query(description="Also return `total` (one more count).")] = False,
+) -> JSONResponse:
+    for value in (from_, to, subject, text):
+        if value is not None and any(ord(c) < 32 for c in value):
+            raise ValidationFailed("Search strings must not contain control characters.")
+    query = ListQuery(
+        limit=limit, cursor=cursor, unseen=unseen, flagged=flagged, since=since,
+        before=before, from_=from_, to=to, subject=subject, text=text, count=count,
+    )  # fmt: skip
+    reader = _reader_for(request, settings, provider, creds, protocol or settings.default_protocol)
+    page = await reader.list_messages(folder, query)
+    return JSONResponse(page.model_dump(mode="json", by_alias=True, exclude_none=False))
+
+
+@router.get(
+    "/messages/{id}",
+    response_model=ParsedMessage,
+    summary="Fetch one message parsed to JSON",
+    description=(
+        "Encoded words and charsets are decoded; a defective message is still returned with "
+        "`defects`. Messages over MAILGATE_MAX_MESSAGE_BYTES answer 413 (use /raw). "
+        "`removed: true` means the message is deleted once this response has been fully "
+        "written (mode=remove)."
+    ),
+    responses=problem_responses(413, *_ERRS),
+)
+async def get_message(
+    request: Request,
+    settings: SettingsDep,
+    provider: ProviderDep,
+    creds: CredentialsDep,
+    id: IdPath,
+    protocol: ProtocolQuery = None,
+    mode: ModeQuery = None,
+    mark_seen: MarkSeenQuery = False,
+) -> Response:
+    mode_ = mode or settings.default_mode
+    msg, proto = await _open(request, settings, provider, creds, id, protocol)
+    try:
+        raw = await msg.read(settings.max_message_bytes)
+        parsed = mime.parse_message(raw, id=id, folder=msg.folder, flags=msg.flags, size=msg.size)
+        parsed.removed = mode_ == "remove"
+        body = json.dumps(parsed.model_dump(mode="json", by_alias=True)).encode()
+    except BaseException:
+        await msg.release(healthy=False)
+        raise
+    return _commit_response(
+        msg, one_chunk(body), mode=mode_, mark_seen=mark_seen, protocol=proto,
+        media_type="application/json",
+    )  # fmt: skip
+
+
+@router.get(
+    "/messages/{id}/raw",
+    summary="The exact RFC 5322 bytes, streamed",
+    description=(
+        "Streamed in bounded chunks (IMAP partial fetches, POP3 RETR as it arrives), so a "
+        "large message never sits whole in the gateway. `Range: bytes=a-b` answers 206 with "
+        "Content-Range (one range; several ranges answer 200 whole); 416 when unsatisfiable. "
+        "mode=remove with Range is refused (422): resume with keep, then DELETE."
+    ),
+    response_class=Response,
+    responses={
+        200: {"content": {"message/rfc822": {}}, "description": "The message"},
+        206: {"content": {"message/rfc822": {}}, "description": "The requested range"},
+        **problem_responses(416, *_ERRS),
+    },
+)
+async def get_raw(
+    request: Request,
+    settings: SettingsDep,
+    provider: ProviderDep,
+    creds: CredentialsDep,
+    id: IdPath,
+    protocol: ProtocolQuery = None,
+    mode: ModeQuery = None,
+    mark_seen: MarkSeenQuery = False,
+    range_: Annotated[str | None, Header(alias="range")] = None,
+) -> Response:
+    mode_ = mode or settings.default_mode
+    if mode_ == "remove" and range_ is not None:
+        raise ValidationFailed("mode=remove cannot be combined with Range: use keep, then DELETE.")
+    msg, proto = await _open(request, settings, provider, creds, id, protocol)
+    try:
+        span = parse_range(range_, msg.size)
+    except BaseException:
+        await msg.release(healthy=True)
+        raise
+    start, end = span or (0, msg.size)
+    headers = {
+        "Content-Length": str(end - start),
+        "Accept-Ranges": "bytes",
+        "Content-Disposition": f'inline; filename="{_safe_ascii(id)[:80]}.eml"',
+    }
+    if span is not None:
+        headers["Content-Range"] = f"bytes {start}-{end - 1}/{msg.size}"
+    return _commit_response(
+        msg, msg.chunks(start, end), mode=mode_, mark_seen=mark_seen, protocol=proto,
+        status_code=206 if span is not None else 200, headers=headers,
+        media_type="message/rfc822",
+    )  # fmt: skip
+
+
+_UNSAFE = re.compile(r"[^A-Za-z0-9._ -]+")
+
+
+def _safe_ascii(name: str) -> str:
+    return _UNSAFE.sub("_", name).strip(" .") or "attachment"
+
+
+def content_disposition(filename: str | None, kind: str = "attachment") -> str:
+    """A Content-Disposition that no filename can break out of (RFC 6266)."""
+    name = (filename or "attachment").replace("\\", "/").rsplit("/", 1)[-1]
+    name = "".join(c for c in name if c.isprintable()).strip() or "attachment"
+    fallback = _safe_ascii(name)[:150]
+    return f"{kind}; filename=\"{fallback}\"; filename*=UTF-8''{quote(name[:200], safe='')}"
+
+
+@router.get(
+    "/messages/{id}/attachments/{attachment_id}",
+    summary="One attachment, decoded, streamed",
+    description="`attachment_id` is the MIME part number listed by the parsed fetch.",
+    response_class=Response,
+    responses={
+        200: {"content": {"application/octet-stream": {}}, "description": "Decoded bytes"},
+        **problem_responses(413, *_ERRS),
+    },
+)
+async def get_attachment(
+    request: Request,
+    settings: SettingsDep,
+    provider: ProviderDep,
+    creds: CredentialsDep,
+    id: IdPath,
+    attachment_id: Annotated[str, Path(pattern=r"^[0-9]+(\.[0-9]+)*$", max_length=100)],
+    protocol: ProtocolQuery = None,
+    mode: ModeQuery = None,
+    mark_seen: MarkSeenQuery = False,
+) -> Response:
+    mode_ = mode or settings.default_mode
+    msg, proto = await _open(request, settings, provider, creds, id, protocol)
+    try:
+        raw = await msg.read(settings.max_message_bytes)
+        found = mime.find_attachment(raw, attachment_id)
+        if found is None:
+            raise NotFound(f"The message has no attachment {attachment_id!r}.")
+    except BaseException:
+        await msg.release(healthy=True)
+        raise
+    info, data = found
+    del raw
+    chunk = settings.fetch_chunk_bytes
+
+    async def pieces() -> AsyncIterator[bytes]:
+        for i in range(0, len(data), chunk):
+            yield data[i : i + chunk]
+
+    return _commit_response(
+        msg, pieces(), mode=mode_, mark_seen=mark_seen, protocol=proto,
+        media_type=info.content_type,
+        headers={
+            "Content-Length": str(len(data)),
+            "Content-Disposition": content_disposition(info.filename),
+            "X-Content-Type-Options": "nosniff",
+        },
+    )  # fmt: skip
+
+
+def _raise_for(result: DeleteResult) -> None:
+    for cls in ALL_ERRORS:
+        if cls.status == result.status and cls.code == result.code:
+            raise cls()
+    raise NotFound()
+
+
+@router.delete(
+    "/messages/{id}",
+    status_code=204,
+    response_class=Response,
+    summary="Delete one message",
+    description=(
+        "IMAP: \\Deleted + UID EXPUNGE of that UID alone (never a bare EXPUNGE). "
+        "POP3: DELE, committed by QUIT."
+    ),
+    responses=problem_responses(*_ERRS),
+)
+async def delete_message(
+    request: Request,
+    settings: SettingsDep,
+    provider: ProviderDep,
+    creds: CredentialsDep,
+    id: IdPath,
+    protocol: ProtocolQuery = None,
+) -> Response:
+    ref = decode_id(id)
+    proto = _protocol_for(ref, protocol)
+    reader = _reader_for(request, settings, provider, creds, proto)
+    [result] = await reader.delete([ref])
+    if result.status != 204:
+        _raise_for(result)
+    return Response(status_code=204)
+
+
+@router.post(
+    "/messages/delete",
+    response_model=DeleteResults,
+    summary="Delete several messages (at most 200)",
+    description=(
+        "Answers 200 with each id's own status (204 deleted, 400 invalid-id, 404 not-found, "
+        "410 stale-id) and problem code. The protocol is the one the ids were made by."
+    ),
+    responses=problem_responses(*_ERRS),
+)
+async def delete_many(
+    request: Request,
+    settings: SettingsDep,
+    provider: ProviderDep,
+    creds: CredentialsDep,
+    body: DeleteRequest,
+    protocol: ProtocolQuery = None,
+) -> DeleteResults:
+    results: dict[int, DeleteResult] = {}
+    by_proto: dict[Protocol, list[tuple[int, MessageRef]]] = {"imap": [], "pop3": []}
+    for i, raw_id in enumerate(body.ids):
+        try:
+            ref = decode_id(raw_id)
+            by_proto[_protocol_for(ref, protocol)].append((i, ref))
+        except InvalidId:
+            results[i] = DeleteResult(id=raw_id, status=400, code="invalid-id")
+    for proto, items in by_proto.items():
+        if not items:
+            continue
+        reader = _reader_for(request, settings, provider, creds, proto)
+        done = await reader.delete([ref for _, ref in items])
+        for (i, _), res in zip(items, done, strict=True):
+            results[i] = DeleteResult(id=body.ids[i], status=res.status, code=res.code)
+    return DeleteResults(results=[results[i] for i in range(len(body.ids))])
+
+
+@router.patch(
+    "/messages/{id}",
+    status_code=204,
+    response_class=Response,
+    summary="Set seen/flagged, or move to another folder (IMAP)",
+    description=(
+        "POP3 answers 422 not-supported. A move gives the message a new id in its new "
+        "folder (list that folder to get it)."
+    ),
+    responses=problem_responses(*_ERRS),
+)
+async def patch_message(
+    request: Request,
+    settings: SettingsDep,
+    provider: ProviderDep,
+    creds: CredentialsDep,
+    id: IdPath,
+    patch: MessagePatch,
+    protocol: ProtocolQuery = None,
+) -> Response:
+    ref = decode_id(id)
+    proto = _protocol_for(ref, protocol)
+    if isinstance(ref, Pop3Ref):
+        raise NotSupported("POP3 has no flags or folders.")
+    if patch.seen is None and patch.flagged is None and patch.folder is None:
+        raise ValidationFailed("Give at least one of seen, flagged, folder.")
+    reader = _reader_for(request, settings, provider, creds, proto)
+    await reader.patch(ref, patch)
+    return Response(status_code=204)

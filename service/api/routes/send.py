@@ -1,0 +1,228 @@
+"""POST /v1/send: JSON draft, multipart/form-data or raw message/rfc822 → SMTP."""
+
+from __future__ import annotations
+
+import json
+import logging
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Header, Query, Request
+from pydantic import ValidationError
+from starlette.datastructures import UploadFile
+from starlette.responses import JSONResponse
+
+from service import mime
+from service.api.deps import CredentialsDep, ProviderDep, SettingsDep
+from service.api.readers import make_reader, make_sender
+from service.errors import (
+    BadRequest,
+    MailGatewayError,
+    TooLarge,
+    UnsupportedMediaType,
+    ValidationFailed,
+)
+from service.models.problem import problem_responses
+from service.models.send import Draft, SendResult
+
+log = logging.getLogger("mailgate")
+router = APIRouter(tags=["send"])
+
+_DRAFT_SCHEMA_REF = {"$ref": "#/components/schemas/Draft"}
+_REQUEST_BODY: dict[str, Any] = {
+    "required": True,
+    "content": {
+        "application/json": {"schema": _DRAFT_SCHEMA_REF},
+        "multipart/form-data": {
+            "schema": {
+                "type": "object",
+                "required": ["message"],
+                "properties": {
+                    "message": {
+                        "type": "string",
+                        "description": "The Draft as JSON (attachments here are allowed too).",
+                    },
+                    "attachments": {
+                        "type": "array",
+                        "items": {"type": "string", "format": "binary"},
+                        "description": "Files; filename and content type come from each part.",
+                    },
+                },
+            }
+        },
+        "message/rfc822": {
+            "schema": {"type": "string", "format": "binary"},
+            "description": "Sent unchanged except that Bcc/Resent-Bcc are removed and "
+            "added to the envelope; bare LF line endings become CRLF.",
+        },
+    },
+}
+
+
+async def _read_body(request: Request, limit: int) -> bytes:
+    length = request.headers.get("content-length")
+    if length and length.isdigit() and int(length) > limit:
+        raise TooLarge(f"The request body is over the limit of {limit} bytes.")
+    chunks: list[bytes] = []
+    total = 0
+    async for chunk in request.stream():
+        total += len(chunk)
+        if total > limit:
+            raise TooLarge(f"The request body is over the limit of {limit} bytes.")
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def _draft_from_json(data: bytes | str) -> Draft:
+    try:
+        return Draft.model_validate_json(data)
+    except ValidationError as exc:
+        if any(e["type"] == "json_invalid" for e in exc.errors()):
+            raise BadRequest("The message draft is not valid JSON.") from None
+        errors = [
+            {"loc": [str(p) for p in e["loc"]], "msg": e["msg"], "type": e["type"]}
+            for e in exc.errors()
+        ]
+        first = errors[0]
+        where = ".".join(first["loc"])
+        raise ValidationFailed(
+            f"{where}: {first['msg']}" if where else str(first["msg"]), extra={"errors": errors}
+        ) from None
+
+
+async def _multipart(request: Request, limit: int) -> tuple[Draft, list[mime.OutgoingAttachment]]:
+    length = request.headers.get("content-length")
+    if length and length.isdigit() and int(length) > limit:
+        raise TooLarge(f"The request body is over the limit of {limit} bytes.")
+    try:
+        form = await request.form(max_files=200, max_fields=50, max_part_size=limit)
+    except Exception as exc:  # starlette raises its own MultiPartException / HTTPException
+        raise BadRequest("The multipart/form-data body cannot be read.") from exc
+    try:
+        message = form.get("message")
+        if message is None:
+            raise ValidationFailed("A part named 'message' with the JSON draft is required.")
+        text = await message.read() if isinstance(message, UploadFile) else message
+        draft = _draft_from_json(text)
+        files: list[mime.OutgoingAttachment] = []
+        total = 0
+        for part in form.getlist("attachments"):
+            if not isinstance(part, UploadFile):
+                raise ValidationFailed("Parts named 'attachments' must be files.")
+            data = await part.read()
+            total += len(data)
+            if total > limit:
+                raise TooLarge(f"The attachments are over the limit of {limit} bytes.")
+            files.append(
+                mime.OutgoingAttachment(
+                    filename=part.filename,
+                    content_type=part.content_type or "application/octet-stream",
+                    data=data,
+                )
+            )
+        return draft, files
+    finally:
+        await form.close()
+
+
+@router.post(
+    "/send",
+    response_model=SendResult,
+    summary="Send one message over SMTP",
+    description=(
+        "Accepts a JSON draft, multipart/form-data (a `message` part with the JSON draft and "
+        "`attachments` file parts) or a raw `message/rfc822`. Bcc is delivered but never "
+        "transmitted in headers. A header value or address with CR or LF is refused (422) "
+        "before anything reaches the SMTP server. `Idempotency-Key`: the same key with the "
+        "same body within 24 h replays the first successful answer "
+        "(`Idempotent-Replayed: true`) without sending; with another body, 409. The key "
+        "store is per gateway process (in memory) and scoped to the mailbox user; failed "
+        "sends are not remembered, so a retry after an error sends again. For a raw message "
+        "without a Message-ID header, `message_id` is null."
+    ),
+    openapi_extra={"requestBody": _REQUEST_BODY},
+    responses=problem_responses(400, 401, 403, 409, 413, 415, 422, 502, 503, 504),
+)
+async def send(
+    request: Request,
+    settings: SettingsDep,
+    creds: CredentialsDep,
+    provider: ProviderDep,
+    save_to_sent: Annotated[
+        bool, Query(description="Append a copy (with its Bcc header) to the \\Sent folder.")
+    ] = False,
+    mail_from: Annotated[str | None, Query(description="Envelope sender for raw messages.")] = None,
+    rcpt_to: Annotated[
+        list[str] | None, Query(description="Envelope recipients for raw messages.")
+    ] = None,
+    idempotency_key: Annotated[str | None, Header(max_length=255)] = None,
+) -> JSONResponse:
+    limit = settings.max_message_bytes
+    ctype = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    if ctype not in ("application/json", "multipart/form-data", "message/rfc822"):
+        raise UnsupportedMediaType("Send application/json, multipart/form-data or message/rfc822.")
+    for value in [mail_from or "", *(rcpt_to or [])]:
+        if "\r" in value or "\n" in value:
+            raise ValidationFailed("mail_from and rcpt_to must not contain CR or LF.")
+    # JSON carries base64 (4/3 of the bytes): allow for it on the wire.
+    wire_limit = limit * 4 // 3 + 64 * 1024
+    if ctype == "multipart/form-data":
+        draft, files = await _multipart(request, wire_limit)
+        fingerprint_body = json.dumps(draft.model_dump(mode="json"), sort_keys=True).encode()
+        fingerprint_parts = [fingerprint_body, *(f.data for f in files)]
+    else:
+        body = await _read_body(request, wire_limit if ctype == "application/json" else limit)
+        fingerprint_parts = [body]
+    store = request.app.state.idempotency
+    fingerprint = store.fingerprint(
+        ctype.encode(),
+        str(sorted(request.query_params.multi_items())).encode(),
+        *fingerprint_parts,
+    )
+
+    async def do_send() -> dict[str, Any]:
+        sent_copy: bytes
+        if ctype == "message/rfc822":
+            wire, env_from, rcpts, message_id = mime.prepare_raw(
+                body, mail_from=mail_from, rcpt_to=list(rcpt_to or [])
+            )
+            sent_copy = body
+        else:
+            if ctype == "application/json":
+                draft_ = _draft_from_json(body)
+                attachments = mime.attachments_from_json(draft_)
+            else:
+                draft_, attachments = draft, files
+            msg = mime.build_message(draft_, attachments, default_from=creds.user)
+            wire = mime.serialize(msg)
+            env_from, rcpts = mime.envelope(draft_, msg)
+            message_id = msg["Message-ID"]
+            if draft_.bcc:
+                msg["Bcc"] = ", ".join(str(a.to_header()) for a in draft_.bcc)
+            sent_copy = mime.serialize(msg) if save_to_sent else b""
+        if len(wire) > limit:
+            raise TooLarge(f"The message is over the limit of {limit} bytes.")
+        sender = make_sender(request, settings, provider, creds)
+        outcome = await sender.send(wire, mail_from=env_from, rcpt_to=rcpts)
+        saved_to = None
+        if save_to_sent:
+            try:
+                reader = make_reader(request, settings, provider, creds, "imap")
+                saved_to = await reader.append_sent(sent_copy)
+            except MailGatewayError as exc:
+                # The message went out; do not turn the send into a failure.
+                log.warning("send: saving to Sent failed: %s %s", exc.status, exc.code)
+        return SendResult(
+            message_id=str(message_id) if message_id else None,
+            accepted=outcome.accepted,
+            rejected=outcome.rejected,
+            saved_to=saved_to,
+        ).model_dump(mode="json")
+
+    if not idempotency_key:
+        return JSONResponse(await do_send())
+    async with store.claim(creds.user, idempotency_key, fingerprint) as slot:
+        if slot.replay is not None:
+            return JSONResponse(slot.replay, headers={"Idempotent-Replayed": "true"})
+        answer = await do_send()
+        slot.store(answer)
+    return JSONResponse(answer)

@@ -1,0 +1,253 @@
+"""Settings (MAILGATE_* environment variables) and the mail providers they name."""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+import ssl
+import tomllib
+from dataclasses import dataclass
+from functools import cached_property
+from pathlib import Path
+from typing import Annotated, Any, Literal
+from urllib.parse import urlsplit
+
+from pydantic import Field, ValidationError, ValidationInfo, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+Security = Literal["implicit", "starttls", "plain"]
+_SCHEMES: dict[str, tuple[str, Security, int]] = {
+    "smtps": ("smtp", "implicit", 465),
+    "smtp": ("smtp", "starttls", 587),
+    "smtp+plain": ("smtp", "plain", 25),
+    "imaps": ("imap", "implicit", 993),
+    "imap": ("imap", "starttls", 143),
+    "imap+plain": ("imap", "plain", 143),
+    "pop3s": ("pop3", "implicit", 995),
+    "pop3": ("pop3", "starttls", 110),
+    "pop3+plain": ("pop3", "plain", 110),
+}
+
+
+def is_loopback(host: str) -> bool:
+    """True for localhost names and loopback addresses."""
+    if host.lower() in ("localhost", "localhost.localdomain") or host.lower().endswith(
+        ".localhost"
+    ):
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
+@dataclass(frozen=True)
+class ServerUrl:
+    """One mail server: protocol, TLS mode, host and port."""
+
+    protocol: str
+    security: Security
+    host: str
+    port: int
+
+    @classmethod
+    def parse(cls, url: str, protocol: str, *, allow_plaintext: bool = False) -> ServerUrl:
+        """Parse and check a provider URL; ValueError says what is wrong."""
+        parts = urlsplit(url.strip())
+        scheme = parts.scheme.lower()
+        if scheme not in _SCHEMES or _SCHEMES[scheme][0] != protocol:
+            allowed = ", ".join(f"{s}://" for s, v in _SCHEMES.items() if v[0] == protocol)
+            raise ValueError(f"{url!r} is not a {protocol} URL (use {allowed})")
+        if not parts.hostname:
+            raise ValueError(f"{url!r} has no host")
+        if parts.username or parts.password or parts.path not in ("", "/") or parts.query:
+            raise ValueError(f"{url!r} must be scheme://host[:port] only (no credentials, path)")
+        try:
+            port = parts.port or _SCHEMES[scheme][2]
+        except ValueError as exc:
+            raise ValueError(f"{url!r} has an invalid port") from exc
+        security = _SCHEMES[scheme][1]
+        if security == "plain" and not allow_plaintext and not is_loopback(parts.hostname):
+            raise ValueError(
+                f"{url!r}: plaintext is allowed only to loopback unless the provider "
+                "sets allow_plaintext"
+            )
+        return cls(protocol, security, parts.hostname, port)
+
+
+@dataclass(frozen=True)
+class Provider:
+    """A named set of mail servers chosen per request with X-Mail-Provider."""
+
+    name: str
+    smtp: ServerUrl | None
+    imap: ServerUrl | None
+    pop3: ServerUrl | None
+    ca_file: Path | None = None
+
+    @classmethod
+    def from_urls(
+        cls,
+        name: str,
+        urls: dict[str, str | None],
+        *,
+        allow_plaintext: bool = False,
+        ca_file: Path | None = None,
+    ) -> Provider:
+        servers: dict[str, ServerUrl | None] = {}
+        for proto in ("smtp", "imap", "pop3"):
+            url = urls.get(proto)
+            servers[proto] = (
+                ServerUrl.parse(url, proto, allow_plaintext=allow_plaintext) if url else None
+            )
+        return cls(name, servers["smtp"], servers["imap"], servers["pop3"], ca_file)
+
+    def server(self, protocol: str) -> ServerUrl | None:
+        return {"smtp": self.smtp, "imap": self.imap, "pop3": self.pop3}[protocol]
+
+
+def _csv(value: Any) -> Any:
+    if isinstance(value, str):
+        return [v.strip() for v in value.split(",") if v.strip()]
+    return value
+
+
+class Settings(BaseSettings):
+    """Gateway configuration; every field is MAILGATE_<NAME> in the environment."""
+
+    model_config = SettingsConfigDict(env_prefix="MAILGATE_", extra="ignore")
+
+    allow_plaintext: bool = False  # before the URLs: their validators read it
+    smtp_url: str | None = "smtp://localhost:31587"
+    imap_url: str | None = "imaps://localhost:31993"
+    pop3_url: str | None = "pop3s://localhost:31995"
+    ca_file: Path | None = None
+    providers_file: Path | None = None
+    default_protocol: Literal["imap", "pop3"] = "imap"
+    default_mode: Literal["keep", "remove"] = "keep"
+    api_key_hashes: Annotated[list[str], NoDecode] = Field(default_factory=list)
+    cors_origins: Annotated[list[str], NoDecode] = Field(default_factory=list)
+    max_message_bytes: int = Field(default=25 * 1024 * 1024, ge=1024)
+    connect_timeout: float = Field(default=10.0, gt=0, le=300)
+    command_timeout: float = Field(default=30.0, gt=0, le=600)
+    send_timeout: float = Field(default=120.0, gt=0, le=3600)
+    ready_timeout: float = Field(default=2.0, gt=0, le=60)
+    pool_size_per_user: int = Field(default=8, ge=1, le=9)
+    pool_idle_seconds: float = Field(default=30.0, ge=0, le=3600)
+    pool_max_sessions: int = Field(default=512, ge=1)
+    fetch_chunk_bytes: int = Field(default=512 * 1024, ge=4096, le=16 * 1024 * 1024)
+    idempotency_ttl_seconds: int = Field(default=86400, ge=1)
+    host: str = "127.0.0.1"
+    port: int = Field(default=8025, ge=1, le=65535)
+    workers: int = Field(default=1, ge=1, le=64)
+    log_level: Literal["debug", "info", "warning", "error"] = "info"
+
+    _split = field_validator("api_key_hashes", "cors_origins", mode="before")(_csv)
+
+    @field_validator("api_key_hashes")
+    @classmethod
+    def _hex_digests(cls, value: list[str]) -> list[str]:
+        out = []
+        for item in value:
+            item = item.lower()
+            if len(item) != 64 or any(c not in "0123456789abcdef" for c in item):
+                raise ValueError("each entry must be a hex SHA-256 digest (64 characters)")
+            out.append(item)
+        return out
+
+    @field_validator("ca_file", "providers_file")
+    @classmethod
+    def _existing_file(cls, value: Path | None) -> Path | None:
+        if value is not None and not value.is_file():
+            raise ValueError(f"no such file: {value}")
+        return value
+
+    @field_validator("smtp_url")
+    @classmethod
+    def _smtp(cls, value: str | None, info: ValidationInfo) -> str | None:
+        return _check_url(value, "smtp", info)
+
+    @field_validator("imap_url")
+    @classmethod
+    def _imap(cls, value: str | None, info: ValidationInfo) -> str | None:
+        return _check_url(value, "imap", info)
+
+    @field_validator("pop3_url")
+    @classmethod
+    def _pop3(cls, value: str | None, info: ValidationInfo) -> str | None:
+        return _check_url(value, "pop3", info)
+
+    @cached_property
+    def providers(self) -> dict[str, Provider]:
+        """The default provider (named ``default``) plus those of the providers file."""
+        out = {
+            "default": Provider.from_urls(
+                "default",
+                {"smtp": self.smtp_url, "imap": self.imap_url, "pop3": self.pop3_url},
+                allow_plaintext=self.allow_plaintext,
+                ca_file=self.ca_file,
+            )
+        }
+        if self.providers_file is not None:
+            out.update(load_providers_file(self.providers_file, self.ca_file))
+        return out
+
+    def ssl_context(self, provider: Provider) -> ssl.SSLContext:
+        """Verified TLS context: the provider's CA file, else the gateway's, else the system."""
+        return _ssl_context(str(provider.ca_file or self.ca_file or ""))
+
+
+def _check_url(value: str | None, protocol: str, info: ValidationInfo) -> str | None:
+    if value:
+        ServerUrl.parse(value, protocol, allow_plaintext=bool(info.data.get("allow_plaintext")))
+    return value or None
+
+
+_SSL_CACHE: dict[str, ssl.SSLContext] = {}
+
+
+def _ssl_context(cafile: str) -> ssl.SSLContext:
+    ctx = _SSL_CACHE.get(cafile)
+    if ctx is None:
+        ctx = ssl.create_default_context(cafile=cafile or None)
+        ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+        _SSL_CACHE[cafile] = ctx
+    return ctx
+
+
+def load_providers_file(path: Path, default_ca: Path | None) -> dict[str, Provider]:
+    """Read ``{name: {smtp, imap, pop3, allow_plaintext, ca_file}}`` from JSON or TOML."""
+    raw = path.read_bytes()
+    data = tomllib.loads(raw.decode()) if path.suffix == ".toml" else json.loads(raw)
+    if not isinstance(data, dict):
+        raise ValueError("the providers file must map names to providers")
+    out: dict[str, Provider] = {}
+    for name, spec in data.items():
+        if not isinstance(spec, dict) or not name or not name.replace("-", "").isalnum():
+            raise ValueError(f"provider {name!r}: expected an object and a simple name")
+        ca = spec.get("ca_file")
+        out[name] = Provider.from_urls(
+            name,
+            {p: spec.get(p) for p in ("smtp", "imap", "pop3")},
+            allow_plaintext=bool(spec.get("allow_plaintext", False)),
+            ca_file=Path(ca) if ca else default_ca,
+        )
+    return out
+
+
+class SettingsError(Exception):
+    """A setting is invalid; the message is one line that names the variable."""
+
+
+def load_settings(**overrides: Any) -> Settings:
+    """Build settings from the environment; SettingsError names the bad variable."""
+    try:
+        settings = Settings(**overrides)
+        _ = settings.providers
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        var = "MAILGATE_" + str(err["loc"][0]).upper() if err["loc"] else "MAILGATE_*"
+        raise SettingsError(f"invalid setting {var}: {err['msg']}") from None
+    except (ValueError, OSError) as exc:
+        raise SettingsError(f"invalid setting MAILGATE_PROVIDERS_FILE: {exc}") from None
+    return settings

@@ -1,0 +1,111 @@
+"""create_app(): routers, lifespan (session pool), problem handlers, offline docs."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from importlib.resources import files
+from typing import Any
+
+from fastapi import Depends, FastAPI
+from fastapi.middleware.cors import CORSMiddleware
+from fastapi.openapi.docs import get_redoc_html, get_swagger_ui_html
+from fastapi.responses import HTMLResponse
+from fastapi.staticfiles import StaticFiles
+
+from service import __version__
+from service.api.deps import check_api_key
+from service.api.problems import install_problem_handlers
+from service.api.routes import folders, health, messages, send
+from service.config import Settings, load_settings
+from service.idempotency import IdempotencyStore
+from service.metrics import Metrics, MetricsMiddleware
+
+
+DESCRIPTION = """\
+mailgate turns HTTP calls into SMTP, IMAP and POP3 sessions. It stores nothing:
+mailbox credentials travel with every request (`Authorization: Basic` for
+LOGIN/AUTH PLAIN/USER-PASS, or `Bearer` + `X-Mail-User` for XOAUTH2).
+
+**Mode flag** on fetch, raw and attachment: `keep` leaves the server's copy;
+`remove` deletes it only after the whole response has been written.
+
+Errors are `application/problem+json` (RFC 9457) with a stable `code`.
+"""
+
+
+def _static_dir() -> str:
+    return str(files("fastapi_offline") / "static")
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    """Build the ASGI app; settings come from the environment unless given."""
+    settings = settings or load_settings()
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        try:
+            from service.protocols.pool import SessionPool
+
+            app.state.imap_pool = SessionPool(settings)
+        except ImportError:
+            app.state.imap_pool = None
+        try:
+            yield
+        finally:
+            if app.state.imap_pool:
+                await app.state.imap_pool.close_all()
+
+    app = FastAPI(
+        title="mailgate",
+        version=__version__,
+        description=DESCRIPTION,
+        lifespan=lifespan,
+        docs_url=None,
+        redoc_url=None,
+        license_info={"name": "GPL-3.0-only", "identifier": "GPL-3.0-only"},
+    )
+    app.state.settings = settings
+    app.state.idempotency = IdempotencyStore(settings.idempotency_ttl_seconds)
+    app.state.metrics = Metrics()
+    install_problem_handlers(app)
+    v1_deps: list[Any] = [Depends(check_api_key)]
+    for router in (send.router, folders.router, messages.router):
+        app.include_router(router, prefix="/v1", dependencies=v1_deps)
+    app.include_router(health.router)
+    app.mount("/static", StaticFiles(directory=_static_dir()), name="static")
+
+    @app.get("/docs", include_in_schema=False)
+    async def docs() -> HTMLResponse:
+        return get_swagger_ui_html(
+            openapi_url="/openapi.json",
+            title="mailgate – docs",
+            swagger_js_url="/static/swagger-ui-bundle.js",
+            swagger_css_url="/static/swagger-ui.css",
+            swagger_favicon_url="/static/favicon.png",
+        )
+
+    @app.get("/redoc", include_in_schema=False)
+    async def redoc() -> HTMLResponse:
+        return get_redoc_html(
+            openapi_url="/openapi.json",
+            title="mailgate – reference",
+            redoc_js_url="/static/redoc.standalone.js",
+            redoc_favicon_url="/static/favicon.png",
+            with_google_fonts=False,
+        )
+
+    if settings.cors_origins:
+        app.add_middleware(
+            CORSMiddleware,
+            allow_origins=settings.cors_origins,
+            allow_methods=["GET", "POST", "PATCH", "DELETE"],
+            allow_headers=["Authorization", "X-Mail-User", "X-Mail-Provider", "X-API-Key",
+                           "Idempotency-Key", "Range", "Content-Type"],
+            expose_headers=["X-Mail-Mode", "Content-Range", "Idempotent-Replayed",
+                            "Retry-After"],
+        )  # fmt: skip
+    app.add_middleware(MetricsMiddleware, metrics=app.state.metrics)
+    logging.getLogger("mailgate").setLevel(settings.log_level.upper())
+    return app

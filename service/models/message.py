@@ -1,0 +1,121 @@
+"""Response shapes for reading mail: summaries, parsed messages, folders, deletes."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, Field
+
+from service.models.common import Address
+
+FolderRole = Literal["inbox", "sent", "drafts", "trash", "junk", "archive"]
+
+
+class Folder(BaseModel):
+    """One folder (mailbox) and its special-use role."""
+
+    name: str
+    delimiter: str | None = None
+    role: FolderRole | None = None
+    messages: int | None = Field(default=None, description="Only with counts=true.")
+    unseen: int | None = Field(default=None, description="Only with counts=true.")
+
+
+class FolderList(BaseModel):
+    items: list[Folder]
+
+
+class MessageSummary(BaseModel):
+    """One line of a listing."""
+
+    id: str = Field(description="Opaque, URL-safe, stable across calls and replicas.")
+    folder: str
+    uid: int | None = Field(default=None, description="IMAP UID (IMAP only).")
+    uidl: str | None = Field(default=None, description="POP3 UIDL (POP3 only).")
+    message_id: str | None = None
+    subject: str | None = None
+    from_: list[Address] = Field(default_factory=list, alias="from")
+    to: list[Address] = Field(default_factory=list)
+    cc: list[Address] = Field(default_factory=list)
+    date: str | None = Field(default=None, description="ISO 8601 from the Date header.")
+    size: int | None = None
+    flags: list[str] = Field(default_factory=list)
+    seen: bool | None = Field(default=None, description="null on POP3: it has no flags.")
+    has_attachments: bool | None = Field(
+        default=None,
+        description="From the BODYSTRUCTURE (IMAP); from the Content-Type header (POP3).",
+    )
+
+    model_config = {"populate_by_name": True}
+
+
+class MessagePage(BaseModel):
+    items: list[MessageSummary]
+    next_cursor: str | None = None
+    total: int | None = Field(default=None, description="Only with count=true.")
+
+
+class Header(BaseModel):
+    name: str
+    value: str
+
+
+class AttachmentInfo(BaseModel):
+    id: str = Field(description="Stable within the message: the MIME part path, e.g. '2.1'.")
+    filename: str | None = None
+    content_type: str
+    size: int = Field(description="Decoded size in bytes.")
+    disposition: Literal["attachment", "inline"] | None = None
+    content_id: str | None = None
+
+
+class ParsedMessage(BaseModel):
+    """A whole message parsed to JSON."""
+
+    id: str
+    folder: str
+    message_id: str | None = None
+    in_reply_to: str | None = None
+    references: list[str] = Field(default_factory=list)
+    subject: str | None = None
+    from_: list[Address] = Field(default_factory=list, alias="from")
+    sender: Address | None = None
+    reply_to: list[Address] = Field(default_factory=list)
+    to: list[Address] = Field(default_factory=list)
+    cc: list[Address] = Field(default_factory=list)
+    bcc: list[Address] = Field(default_factory=list)
+    date: str | None = None
+    headers: list[Header] = Field(default_factory=list)
+    text: str | None = None
+    html: str | None = None
+    attachments: list[AttachmentInfo] = Field(default_factory=list)
+    flags: list[str] = Field(default_factory=list)
+    size: int | None = None
+    removed: bool = Field(
+        default=False,
+        description="True: the message is deleted on the server once this response is "
+        "fully written (mode=remove).",
+    )
+    defects: list[str] = Field(default_factory=list)
+
+    model_config = {"populate_by_name": True}
+
+
+class DeleteRequest(BaseModel):
+    ids: list[str] = Field(min_length=1, max_length=200)
+
+
+class DeleteResult(BaseModel):
+    id: str
+    status: int
+    code: str | None = None
+
+
+class DeleteResults(BaseModel):
+    results: list[DeleteResult]
+
+
+class MessagePatch(BaseModel):
+    seen: bool | None = None
+    flagged: bool | None = None
+    folder: str | None = Field(default=None, description="Move the message to this folder.")

@@ -1,0 +1,123 @@
+"""The two narrow interfaces between the API and the protocol adapters.
+
+``MessageSender`` only sends (SMTP). ``MailboxReader`` reads and deletes (IMAP
+or POP3). Every method raises only :mod:`service.errors` classes; an adapter
+translates its library's errors once, at its edge.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from datetime import date
+from typing import Literal, Protocol
+
+from service.ids import MessageRef
+from service.models.message import DeleteResult, Folder, MessagePage, MessagePatch
+
+
+@dataclass(frozen=True)
+class Credentials:
+    """Mailbox credentials of one request; never stored, never logged."""
+
+    user: str
+    secret: str = field(repr=False)
+    kind: Literal["basic", "xoauth2"] = "basic"
+
+    def pool_key(self, provider: str, protocol: str) -> str:
+        """A key for session reuse that does not reveal the secret."""
+        digest = hashlib.sha256(f"{self.kind}\0{self.user}\0{self.secret}".encode()).hexdigest()
+        return f"{protocol}:{provider}:{self.user}:{digest[:32]}"
+
+
+@dataclass(frozen=True)
+class SendOutcome:
+    accepted: list[str]
+    rejected: dict[str, str]
+
+
+class MessageSender(Protocol):
+    """Sends one message over SMTP."""
+
+    async def send(self, message: bytes, *, mail_from: str, rcpt_to: list[str]) -> SendOutcome:
+        """Transmit ``message`` unchanged to ``rcpt_to``.
+
+        Raises AuthRequired/AuthFailed, RecipientRejected (all refused), TooLarge,
+        UpstreamError, UpstreamUnavailable, UpstreamTimeout.
+        """
+        ...
+
+
+@dataclass(frozen=True)
+class ListQuery:
+    """What a caller asked to list; filters are None when not given."""
+
+    limit: int = 50
+    cursor: str | None = None
+    unseen: bool | None = None
+    flagged: bool | None = None
+    since: date | None = None
+    before: date | None = None
+    from_: str | None = None
+    to: str | None = None
+    subject: str | None = None
+    text: str | None = None
+    count: bool = False
+
+
+class OpenedMessage(Protocol):
+    """One message held open on its session until :meth:`release`."""
+
+    id: str
+    folder: str
+    size: int
+    flags: list[str]
+
+    def chunks(self, start: int = 0, end: int | None = None) -> AsyncIterator[bytes]:
+        """The raw bytes ``[start, end)`` in bounded chunks, never whole in memory."""
+        ...
+
+    async def read(self, limit: int) -> bytes:
+        """The whole raw message; TooLarge when it exceeds ``limit`` bytes."""
+        ...
+
+    async def mark_seen(self) -> None:
+        """Set \\Seen (IMAP); NotSupported on POP3."""
+        ...
+
+    async def remove(self) -> None:
+        """Delete this message on the server, committed when this returns."""
+        ...
+
+    async def release(self, *, healthy: bool) -> None:
+        """Give the session back (or discard it when not healthy).
+
+        Never deletes anything that :meth:`remove` did not commit: POP3 ends
+        without QUIT unless healthy.
+        """
+        ...
+
+
+class MailboxReader(Protocol):
+    """Reads, lists and deletes mail in one mailbox (IMAP or POP3)."""
+
+    async def folders(self, *, counts: bool) -> list[Folder]: ...
+
+    async def list_messages(self, folder: str, query: ListQuery) -> MessagePage: ...
+
+    async def open(self, ref: MessageRef) -> OpenedMessage:
+        """Open one message; NotFound, StaleId, InvalidId (id of the other protocol)."""
+        ...
+
+    async def delete(self, refs: list[MessageRef]) -> list[DeleteResult]:
+        """Delete these messages; one result per ref (status 204/404/410/400)."""
+        ...
+
+    async def patch(self, ref: MessageRef, patch: MessagePatch) -> None:
+        """Set flags and/or move (IMAP); NotSupported on POP3."""
+        ...
+
+    async def append_sent(self, message: bytes) -> str:
+        """APPEND to the \\Sent folder; returns that folder's name (IMAP)."""
+        ...

@@ -1,0 +1,329 @@
+"""POP3 adapter: the read endpoints over one short POP3 session per request.
+
+POP3 sessions are not pooled: a session sees the maildrop as it was at login,
+and DELE marks take effect only at QUIT. Keep mode never sends DELE; remove
+mode sends DELE and QUIT only after the response was written. Any failure ends
+the session without QUIT, so the server discards every DELE mark.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator
+from typing import Literal
+
+from service import mime
+from service.config import Provider, Settings
+from service.errors import (
+    AuthFailed,
+    BadRequest,
+    InvalidId,
+    MailboxInUse,
+    MailGatewayError,
+    NotFound,
+    NotSupported,
+    TooLarge,
+    Upstream,
+    UpstreamError,
+    UpstreamTimeout,
+    UpstreamUnavailable,
+    scrub,
+)
+from service.ids import ImapRef, MessageRef, Pop3Ref, decode_cursor, encode_cursor
+from service.models.common import Address
+from service.models.message import DeleteResult, Folder, MessagePage, MessagePatch, MessageSummary
+from service.protocols.base import Credentials, ListQuery
+from service.protocols.pop3client import (
+    Pop3AuthError,
+    Pop3Client,
+    Pop3ConnectError,
+    Pop3DisconnectedError,
+    Pop3Error,
+    Pop3InUseError,
+    Pop3NoSuchMessage,
+    Pop3TempError,
+    Pop3TimeoutError,
+    Pop3TLSError,
+)
+
+_IN_USE_RETRIES = (0.2, 0.5, 1.0)
+_TOP_MAX_BYTES = 256 * 1024
+
+
+def translate(exc: Pop3Error, secrets: tuple[str, ...] = ()) -> MailGatewayError:
+    """Map the POP3 client's errors to the gateway's tree, once."""
+    up = Upstream("pop3", scrub(exc.reply, secrets)) if exc.reply else None
+    if isinstance(exc, Pop3InUseError):
+        return MailboxInUse("The maildrop is locked by another POP3 session.", upstream=up)
+    if isinstance(exc, Pop3AuthError):
+        return AuthFailed("The POP3 server refused the credentials.")
+    if isinstance(exc, Pop3TimeoutError):
+        return UpstreamTimeout("The POP3 server did not answer in time.")
+    if isinstance(exc, Pop3ConnectError):
+        return UpstreamUnavailable("Cannot connect to the POP3 server.")
+    if isinstance(exc, Pop3TempError):
+        return UpstreamUnavailable("The POP3 server failed temporarily.", upstream=up)
+    if isinstance(exc, Pop3TLSError):
+        return UpstreamError("TLS with the POP3 server failed.", upstream=up)
+    if isinstance(exc, Pop3DisconnectedError):
+        return UpstreamError("The POP3 server closed the connection.", upstream=up)
+    if isinstance(exc, Pop3NoSuchMessage):
+        return NotFound("No such message.", upstream=up)
+    return UpstreamError("The POP3 server broke the protocol or refused.", upstream=up)
+
+
+class _Session:
+    """Context manager: a logged-in client; errors translated; never QUIT on failure."""
+
+    def __init__(self, reader: Pop3Reader) -> None:
+        self._reader = reader
+        self.client: Pop3Client | None = None
+
+    async def __aenter__(self) -> Pop3Client:
+        self.client = await self._reader.connect()
+        return self.client
+
+    async def __aexit__(self, exc_type: object, exc: BaseException | None, tb: object) -> None:
+        if self.client is None:
+            return
+        if exc is None:
+            try:
+                await self.client.quit()
+            except Pop3Error as err:
+                raise translate(err) from None
+        else:
+            await self.client.aclose_without_quit()
+            if isinstance(exc, Pop3Error):
+                raise translate(exc, self._reader.secrets) from None
+
+
+class Pop3Reader:
+    """MailboxReader over POP3 for one request's provider and credentials."""
+
+    protocol: Literal["pop3"] = "pop3"
+
+    def __init__(self, settings: Settings, provider: Provider, creds: Credentials) -> None:
+        if provider.pop3 is None:
+            raise NotSupported(f"Provider {provider.name!r} has no POP3 server.")
+        self._settings = settings
+        self._server = provider.pop3
+        self._ssl = settings.ssl_context(provider)
+        self._creds = creds
+        self.secrets = (creds.secret,)
+
+    async def connect(self) -> Pop3Client:
+        """A logged-in session; a locked maildrop is retried briefly, then 409."""
+        for delay in (*_IN_USE_RETRIES, None):
+            try:
+                return await self._connect_once()
+            except Pop3InUseError as exc:
+                if delay is None:
+                    raise translate(exc) from None
+                await asyncio.sleep(delay)
+            except Pop3Error as exc:
+                raise translate(exc, self.secrets) from None
+        raise AssertionError("unreachable")
+
+    async def _connect_once(self) -> Pop3Client:
+        client = await Pop3Client.connect(
+            self._server.host,
+            self._server.port,
+            tls=self._server.security,
+            ssl_context=self._ssl,
+            timeout=self._settings.command_timeout,
+        )
+        try:
+            if self._creds.kind == "xoauth2":
+                await client.auth_xoauth2(self._creds.user, self._creds.secret)
+            else:
+                await client.login(self._creds.user, self._creds.secret)
+        except BaseException:
+            await client.aclose_without_quit()
+            raise
+        return client
+
+    async def folders(self, *, counts: bool) -> list[Folder]:
+        folder = Folder(name="INBOX", delimiter=None, role="inbox")
+        if counts:
+            async with _Session(self) as client:
+                folder.messages, _ = await client.stat()
+        return [folder]
+
+    async def list_messages(self, folder: str, query: ListQuery) -> MessagePage:
+        _inbox_only(folder)
+        filters = (query.unseen, query.flagged, query.since, query.before, query.from_,
+                   query.to, query.subject, query.text)  # fmt: skip
+        if any(f is not None for f in filters):
+            raise NotSupported("POP3 has no flags and no search: list without filters.")
+        below: int | None = None
+        async with _Session(self) as client:
+            uidls = await client.uidl()
+            sizes = await client.list()
+            numbers = sorted(uidls, reverse=True)
+            if query.cursor is not None:
+                below = _cursor_position(query.cursor, uidls)
+                numbers = [n for n in numbers if n < below]
+            page = numbers[: query.limit]
+            items = []
+            for n in page:
+                head = await client.top(n, 0, max_bytes=_TOP_MAX_BYTES)
+                items.append(_summary(uidls[n], sizes.get(n), head))
+        more = len(numbers) > len(page)
+        cursor = encode_cursor({"p": 1, "u": uidls[page[-1]], "n": page[-1]}) if more else None
+        return MessagePage(
+            items=items, next_cursor=cursor, total=len(uidls) if query.count else None
+        )
+
+    async def open(self, ref: MessageRef) -> Pop3Message:
+        uidl = _pop3_ref(ref).uidl
+        client = await self.connect()
+        try:
+            n = _number_of(uidl, await client.uidl())
+            size = await client.list_one(n)
+        except BaseException as exc:
+            await client.aclose_without_quit()
+            if isinstance(exc, Pop3Error):
+                raise translate(exc, self.secrets) from None
+            raise
+        return Pop3Message(client, ref, n, size)
+
+    async def delete(self, refs: list[MessageRef]) -> list[DeleteResult]:
+        results: list[DeleteResult] = []
+        async with _Session(self) as client:
+            uidls = {u: n for n, u in (await client.uidl()).items()}
+            for ref in refs:
+                if isinstance(ref, ImapRef):
+                    results.append(DeleteResult(id=ref.encode(), status=400, code="invalid-id"))
+                elif ref.uidl not in uidls:
+                    results.append(DeleteResult(id=ref.encode(), status=404, code="not-found"))
+                else:
+                    await client.dele(uidls[ref.uidl])
+                    results.append(DeleteResult(id=ref.encode(), status=204))
+        return results  # QUIT succeeded: the DELE marks are committed
+
+    async def patch(self, ref: MessageRef, patch: MessagePatch) -> None:
+        raise NotSupported("POP3 has no flags or folders.")
+
+    async def append_sent(self, message: bytes) -> str:
+        raise NotSupported("POP3 cannot store messages.")
+
+
+class Pop3Message:
+    """One message on its own POP3 session, until release()."""
+
+    def __init__(self, client: Pop3Client, ref: MessageRef, number: int, size: int) -> None:
+        self._client = client
+        self._number = number
+        self._done = False
+        self.id = ref.encode()
+        self.folder = "INBOX"
+        self.size = size
+        self.flags: list[str] = []
+
+    async def chunks(self, start: int = 0, end: int | None = None) -> AsyncIterator[bytes]:
+        """RETR as it arrives, cut to ``[start, end)``; exactly LIST-size bytes or an error."""
+        end = self.size if end is None else min(end, self.size)
+        pos = 0
+        try:
+            async with contextlib.aclosing(self._client.retr(self._number)) as body:
+                async for chunk in body:
+                    lo, hi = max(start - pos, 0), min(end - pos, len(chunk))
+                    pos += len(chunk)
+                    if lo < hi:
+                        yield chunk[lo:hi]
+                    if pos >= end:
+                        break
+        except Pop3Error as exc:
+            raise translate(exc) from None
+        if pos < end:
+            raise UpstreamError("The POP3 server sent fewer bytes than LIST announced.")
+
+    async def read(self, limit: int) -> bytes:
+        if self.size > limit:
+            raise TooLarge(f"The message is over {limit} bytes: fetch /raw instead.")
+        return b"".join([c async for c in self.chunks()])
+
+    async def mark_seen(self) -> None:
+        raise NotSupported("POP3 has no flags.")
+
+    async def remove(self) -> None:
+        """DELE then QUIT: the deletion is committed when this returns."""
+        try:
+            await self._client.dele(self._number)
+            self._done = True
+            await self._client.quit()
+        except Pop3Error as exc:
+            await self._client.aclose_without_quit()
+            raise translate(exc) from None
+
+    async def release(self, *, healthy: bool) -> None:
+        if self._done:
+            return
+        self._done = True
+        if healthy:
+            with contextlib.suppress(Pop3Error):
+                await self._client.quit()  # keep mode: no DELE was sent
+                return
+        await self._client.aclose_without_quit()
+
+
+def _inbox_only(folder: str) -> None:
+    if folder.upper() != "INBOX":
+        raise NotFound("POP3 has one folder, INBOX.")
+
+
+def _pop3_ref(ref: MessageRef) -> Pop3Ref:
+    if not isinstance(ref, Pop3Ref):
+        raise InvalidId("This id is an IMAP id; use protocol=imap.")
+    return ref
+
+
+def _number_of(uidl: str, uidls: dict[int, str]) -> int:
+    for n, u in uidls.items():
+        if u == uidl:
+            return n
+    raise NotFound("No such message in the maildrop.")
+
+
+def _cursor_position(token: str, uidls: dict[int, str]) -> int:
+    """The message number to continue below: the cursor's message, wherever it is now."""
+    data = decode_cursor(token)
+    uidl, number = data.get("u"), data.get("n")
+    if data.get("p") != 1 or not isinstance(uidl, str) or not isinstance(number, int):
+        raise BadRequest("The cursor is not a POP3 cursor.")
+    for n, u in uidls.items():
+        if u == uidl:
+            return n
+    # The cursor's message was deleted: older messages can only have moved down.
+    return min(number, len(uidls) + 1)
+
+
+def _summary(uidl: str, size: int | None, head: bytes) -> MessageSummary:
+    fields = mime.summary_fields(head)
+
+    def addrs(key: str) -> list[Address]:
+        value = fields.get(key)
+        return list(value) if isinstance(value, list) else []
+
+    def text(key: str) -> str | None:
+        value = fields.get(key)
+        return value if isinstance(value, str) else None
+
+    return MessageSummary.model_validate(
+        {
+            "id": Pop3Ref(uidl).encode(),
+            "folder": "INBOX",
+            "uidl": uidl,
+            "message_id": text("message_id"),
+            "subject": text("subject"),
+            "from": addrs("from"),
+            "to": addrs("to"),
+            "cc": addrs("cc"),
+            "date": text("date"),
+            "size": size,
+            "flags": [],
+            "seen": None,
+            "has_attachments": bool(fields.get("has_attachments")),
+        }
+    )

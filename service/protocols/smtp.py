@@ -1,0 +1,139 @@
+"""SMTP adapter: sends one message with aiosmtplib under an overall deadline."""
+
+from __future__ import annotations
+
+import asyncio
+import ssl
+
+import aiosmtplib
+from aiosmtplib import (
+    SMTPAuthenticationError,
+    SMTPConnectError,
+    SMTPDataError,
+    SMTPException,
+    SMTPRecipientsRefused,
+    SMTPResponseException,
+    SMTPSenderRefused,
+    SMTPServerDisconnected,
+    SMTPTimeoutError,
+)
+
+from service.config import ServerUrl
+from service.errors import (
+    AuthFailed,
+    MailGatewayError,
+    RecipientRejected,
+    TooLarge,
+    Upstream,
+    UpstreamError,
+    UpstreamTimeout,
+    UpstreamUnavailable,
+    scrub,
+)
+from service.protocols.base import Credentials, SendOutcome
+
+
+class SmtpSender:
+    """One send = one SMTP session: connect, TLS, AUTH, MAIL/RCPT/DATA, QUIT."""
+
+    def __init__(
+        self,
+        server: ServerUrl,
+        creds: Credentials,
+        ssl_context: ssl.SSLContext,
+        *,
+        connect_timeout: float,
+        command_timeout: float,
+        deadline: float,
+    ) -> None:
+        self._server = server
+        self._creds = creds
+        self._ssl = ssl_context
+        self._connect_timeout = connect_timeout
+        self._command_timeout = command_timeout
+        self._deadline = deadline
+
+    async def send(self, message: bytes, *, mail_from: str, rcpt_to: list[str]) -> SendOutcome:
+        client = aiosmtplib.SMTP(
+            hostname=self._server.host,
+            port=self._server.port,
+            use_tls=self._server.security == "implicit",
+            # smtp:// requires STARTTLS (aiosmtplib fails if it is not offered);
+            # smtp+plain:// never upgrades.
+            start_tls=self._server.security == "starttls",
+            tls_context=self._ssl,
+            timeout=self._command_timeout,
+        )
+        options = ["SMTPUTF8"] if not (mail_from + "".join(rcpt_to)).isascii() else []
+        try:
+            async with asyncio.timeout(self._deadline):
+                await client.connect(timeout=self._connect_timeout)
+                try:
+                    if self._creds.kind == "xoauth2":
+                        await client.auth_xoauth2(self._creds.user, self._creds.secret)
+                    else:
+                        await client.login(self._creds.user, self._creds.secret)
+                    errors, _ = await client.sendmail(
+                        mail_from, rcpt_to, message, mail_options=options
+                    )
+                finally:
+                    await _quit_quietly(client)
+        except MailGatewayError:
+            raise
+        except Exception as exc:
+            raise self._translate(exc) from None
+        rejected = {addr: scrub(f"{r.code} {r.message}") for addr, r in errors.items()}
+        accepted = [a for a in rcpt_to if a not in rejected]
+        return SendOutcome(accepted=accepted, rejected=rejected)
+
+    def _translate(self, exc: BaseException) -> MailGatewayError:
+        """Map aiosmtplib and socket errors to the gateway's tree, once."""
+        secrets = (self._creds.secret,)
+
+        def up(reply: str) -> Upstream:
+            return Upstream("smtp", scrub(reply, secrets))
+
+        if isinstance(exc, SMTPRecipientsRefused):
+            rejected = {r.recipient: scrub(f"{r.code} {r.message}") for r in exc.recipients}
+            return RecipientRejected(
+                "The SMTP server refused every recipient.", extra={"rejected": rejected}
+            )
+        if isinstance(exc, SMTPAuthenticationError):
+            if 400 <= exc.code < 500:
+                return UpstreamUnavailable(
+                    "The SMTP server could not check the credentials now.",
+                    upstream=up(f"{exc.code} {exc.message}"),
+                )
+            return AuthFailed("The SMTP server refused the credentials.")
+        if isinstance(exc, SMTPSenderRefused | SMTPDataError) and exc.code == 552:
+            return TooLarge(
+                "The SMTP server refused the message size.",
+                upstream=up(f"{exc.code} {exc.message}"),
+            )
+        if isinstance(exc, SMTPResponseException):
+            reply = up(f"{exc.code} {exc.message}")
+            if 400 <= exc.code < 500:
+                return UpstreamUnavailable("The SMTP server failed temporarily.", upstream=reply)
+            return UpstreamError("The SMTP server refused the request.", upstream=reply)
+        if isinstance(exc, TimeoutError | SMTPTimeoutError):
+            return UpstreamTimeout("The SMTP server did not answer in time.")
+        if isinstance(exc, ssl.SSLCertVerificationError):
+            return UpstreamError("The SMTP server's TLS certificate could not be verified.")
+        if isinstance(exc, SMTPServerDisconnected):
+            return UpstreamError("The SMTP server closed the connection.")
+        if isinstance(exc, SMTPConnectError | OSError):
+            return UpstreamUnavailable("Cannot connect to the SMTP server.")
+        if isinstance(exc, SMTPException):
+            # e.g. AUTH or STARTTLS not offered: a configuration/protocol problem.
+            return UpstreamError("SMTP failed: " + scrub(str(exc), secrets))
+        return UpstreamError("SMTP failed unexpectedly.")
+
+
+async def _quit_quietly(client: aiosmtplib.SMTP) -> None:
+    if not client.is_connected:
+        return
+    try:
+        async with asyncio.timeout(2):
+            await client.quit()
+    except (SMTPException, OSError, TimeoutError):
+        client.close()

@@ -1,0 +1,112 @@
+"""Shared fixtures: the real mail stack, gateway settings, an HTTP client on the app."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Callable, Iterator
+from typing import Any
+
+import httpx
+import pytest
+from mailboxes import Mailbox
+from mailstack_env import ensure_mailstack, fresh_address
+
+from service.config import Settings
+from service.main import create_app
+
+
+@pytest.fixture(scope="session")
+def stack() -> dict[str, str]:
+    """The running Dovecot + Postfix (started once per run); its env file as a dict."""
+    return ensure_mailstack()
+
+
+def make_settings(stack: dict[str, str], **overrides: Any) -> Settings:
+    values: dict[str, Any] = {
+        "smtp_url": f"smtp://localhost:{stack['MAILSTACK_SUBMISSION_PORT']}",
+        "imap_url": f"imaps://localhost:{stack['MAILSTACK_IMAPS_PORT']}",
+        "pop3_url": f"pop3s://localhost:{stack['MAILSTACK_POP3S_PORT']}",
+        "ca_file": stack["MAILSTACK_CA_FILE"],
+        "command_timeout": 10.0,
+        "connect_timeout": 5.0,
+    }
+    values.update(overrides)
+    return Settings(**values)
+
+
+@pytest.fixture
+def settings(stack: dict[str, str]) -> Settings:
+    return make_settings(stack)
+
+
+@pytest.fixture
+def make_client(
+    stack: dict[str, str],
+) -> Iterator[Callable[..., Any]]:
+    """Factory: an httpx client on a fresh app built with settings overrides."""
+    from contextlib import asynccontextmanager
+
+    @asynccontextmanager
+    async def factory(**overrides: Any) -> AsyncIterator[httpx.AsyncClient]:
+        app = create_app(make_settings(stack, **overrides))
+        async with app.router.lifespan_context(app):
+            transport = httpx.ASGITransport(app=app)
+            async with httpx.AsyncClient(
+                transport=transport, base_url="http://gateway", timeout=60
+            ) as client:
+                yield client
+
+    yield factory
+
+
+@pytest.fixture
+async def client(make_client: Callable[..., Any]) -> AsyncIterator[httpx.AsyncClient]:
+    async with make_client() as c:
+        yield c
+
+
+@pytest.fixture
+def password(stack: dict[str, str]) -> str:
+    return stack["MAILSTACK_PASSWORD"]
+
+
+@pytest.fixture
+def mailbox(password: str) -> Mailbox:
+    """A fresh, empty mailbox of the test domain."""
+    return Mailbox(fresh_address(), password)
+
+
+@pytest.fixture
+def other_mailbox(password: str) -> Mailbox:
+    return Mailbox(fresh_address("o"), password)
+
+
+@pytest.fixture
+def make_live_gateway(stack: dict[str, str]) -> Callable[..., Any]:
+    """Factory: a real uvicorn server on a free loopback port (for disconnect tests)."""
+    import asyncio
+    import socket
+    from contextlib import asynccontextmanager
+
+    import uvicorn
+
+    @asynccontextmanager
+    async def factory(**overrides: Any) -> AsyncIterator[str]:
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        app = create_app(make_settings(stack, **overrides))
+        config = uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning",
+                                lifespan="on")  # fmt: skip
+        server = uvicorn.Server(config)
+        task = asyncio.create_task(server.serve())
+        while not server.started:
+            if task.done():
+                task.result()
+            await asyncio.sleep(0.01)
+        try:
+            yield f"http://127.0.0.1:{port}"
+        finally:
+            server.should_exit = True
+            await task
+
+    return factory

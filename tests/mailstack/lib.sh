@@ -1,0 +1,147 @@
+# Shared by start.sh and stop.sh (sourced, not executed).
+# shellcheck shell=bash
+
+MAILSTACK_HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+
+ROOT=${MAILSTACK_DIR:-/tmp/mailgate-stack}
+ROOT=${ROOT%/}
+HOST=127.0.0.1
+DOMAIN=example.test
+PASSWORD=secret
+MAIL_UID=5000
+MAIL_GID=5000
+
+IMAP_PORT=${MAILSTACK_IMAP_PORT:-31143}
+IMAPS_PORT=${MAILSTACK_IMAPS_PORT:-31993}
+POP3_PORT=${MAILSTACK_POP3_PORT:-31110}
+POP3S_PORT=${MAILSTACK_POP3S_PORT:-31995}
+SUBMISSION_PORT=${MAILSTACK_SUBMISSION_PORT:-31587}
+SMTPS_PORT=${MAILSTACK_SMTPS_PORT:-31465}
+SMTP_PLAIN_PORT=${MAILSTACK_SMTP_PLAIN_PORT:-31025}
+
+DOVECOT_CONF=$ROOT/etc/dovecot.conf
+POSTFIX_DIR=$ROOT/etc/postfix
+LOG_DIR=$ROOT/log
+
+ms_say() { printf 'mailstack: %s\n' "$*" 2>/dev/null || true; }
+ms_die() { printf 'mailstack: ERROR: %s\n' "$*" >&2; exit 1; }
+
+ms_require_root() {
+    if [ "$(id -u)" != 0 ]; then
+        if command -v sudo >/dev/null 2>&1 && sudo -n true 2>/dev/null; then
+            exec sudo -n -E bash "$0" "$@"
+        fi
+        ms_die "must run as root (Dovecot and Postfix need it); try sudo"
+    fi
+}
+
+ms_check_root_path() {
+    case $ROOT in
+        /*) ;;
+        *) ms_die "MAILSTACK_DIR must be an absolute path (got '$ROOT')" ;;
+    esac
+    # Unix socket paths must stay under 108 bytes; the longest we create is
+    # about 45 bytes below ROOT (Dovecot login sockets, Postfix private/).
+    if [ "${#ROOT}" -gt 60 ]; then
+        ms_die "MAILSTACK_DIR '$ROOT' is too long (${#ROOT} > 60 bytes): unix socket paths would exceed 108 bytes"
+    fi
+    # Every existing parent must be traversable by dovecot/dovenull/postfix.
+    local d=$ROOT mode
+    while d=$(dirname "$d"); [ "$d" != / ]; do
+        [ -d "$d" ] || continue
+        mode=$(stat -c %A "$d")
+        case ${mode:9:1} in
+            x|t) ;;
+            *) ms_die "parent directory $d ($mode) is not traversable by other users; choose a MAILSTACK_DIR outside it (e.g. under /tmp)" ;;
+        esac
+    done
+}
+
+# A process is alive unless gone or a zombie (trap 9: re-parented masters
+# linger as zombies, and /proc/PID still exists then).
+ms_alive() {
+    local stat
+    read -r stat 2>/dev/null <"/proc/$1/stat" || return 1
+    stat=${stat##*) }
+    case ${stat%% *} in
+        Z|X|x) return 1 ;;
+    esac
+    return 0
+}
+
+# PIDs of this root's Dovecot master (its command line names our config)
+# and Postfix master (its environment carries MAIL_CONFIG=our config dir).
+ms_masters() {
+    local p pid comm
+    for p in /proc/[0-9]*; do
+        pid=${p#/proc/}
+        read -r comm 2>/dev/null <"$p/comm" || continue
+        case $comm in
+            dovecot)
+                if ms_alive "$pid" && tr '\0' ' ' 2>/dev/null <"$p/cmdline" | grep -qF -- "-c $DOVECOT_CONF "; then
+                    echo "$pid"
+                fi
+                ;;
+            master)
+                if ms_alive "$pid" && tr '\0' '\n' 2>/dev/null <"$p/environ" | grep -qxF "MAIL_CONFIG=$POSTFIX_DIR"; then
+                    echo "$pid"
+                fi
+                ;;
+        esac
+    done
+    return 0
+}
+
+# Direct children of the given PIDs (Dovecot and Postfix service processes).
+ms_children() {
+    local p pid stat ppid want
+    for p in /proc/[0-9]*; do
+        pid=${p#/proc/}
+        read -r stat 2>/dev/null <"$p/stat" || continue
+        stat=${stat##*) }
+        read -r _ ppid _ <<<"$stat"
+        for want in "$@"; do
+            [ "$ppid" = "$want" ] && echo "$pid"
+        done
+    done
+    return 0
+}
+
+# Wait until none of the PIDs is alive; after $1 seconds send SIGKILL.
+ms_wait_gone() {
+    local limit=$1 pid waited=0 left
+    shift
+    while :; do
+        left=()
+        for pid in "$@"; do
+            ms_alive "$pid" && left+=("$pid")
+        done
+        [ "${#left[@]}" -eq 0 ] && return 0
+        if [ "$waited" -ge $((limit * 20)) ]; then
+            ms_say "still running after ${limit}s, sending SIGKILL: ${left[*]}"
+            kill -KILL "${left[@]}" 2>/dev/null || true
+            limit=$((limit + 5))
+        fi
+        sleep 0.05
+        waited=$((waited + 1))
+    done
+}
+
+ms_stop_stack() {
+    local masters children
+    masters=$(ms_masters)
+    [ -n "$masters" ] || return 0
+    # shellcheck disable=SC2086
+    children=$(ms_children $masters)
+    # shellcheck disable=SC2086
+    kill -TERM $masters 2>/dev/null || true
+    # shellcheck disable=SC2086
+    ms_wait_gone 10 $masters
+    # Service processes notice their master is gone and exit; make sure,
+    # so that the ports are free when we return.
+    if [ -n "$children" ]; then
+        # shellcheck disable=SC2086
+        ms_wait_gone 5 $children
+    fi
+    ms_say "stopped Dovecot/Postfix of $ROOT (pids $(echo $masters))"
+}
