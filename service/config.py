@@ -137,6 +137,8 @@ class Settings(BaseSettings):
     pool_max_sessions: int = Field(default=512, ge=1)
     fetch_chunk_bytes: int = Field(default=512 * 1024, ge=4096, le=16 * 1024 * 1024)
     idempotency_ttl_seconds: int = Field(default=86400, ge=1)
+    auth_failures_max: int = Field(default=20, ge=0, description="0 turns the limiter off")
+    auth_failures_window_seconds: float = Field(default=60.0, gt=0)
     host: str = "127.0.0.1"
     port: int = Field(default=8025, ge=1, le=65535)
     workers: int = Field(default=1, ge=1, le=64)

@@ -21,7 +21,7 @@ from service.api.routes import folders, health, messages, send
 from service.config import Settings, load_settings
 from service.idempotency import IdempotencyStore
 from service.metrics import Metrics, MetricsMiddleware
-
+from service.ratelimit import FailedLoginLimiter
 
 DESCRIPTION = """\
 mailgate turns HTTP calls into SMTP, IMAP and POP3 sessions. It stores nothing:
@@ -69,6 +69,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.settings = settings
     app.state.idempotency = IdempotencyStore(settings.idempotency_ttl_seconds)
     app.state.metrics = Metrics()
+    app.state.login_limiter = FailedLoginLimiter(
+        settings.auth_failures_max, settings.auth_failures_window_seconds
+    )
     install_problem_handlers(app)
     v1_deps: list[Any] = [Depends(check_api_key)]
     for router in (send.router, folders.router, messages.router):

@@ -12,10 +12,17 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from email import policy
 from email.generator import BytesGenerator
+from email.header import Header
 from email.headerregistry import Address as StdAddress
-from email.headerregistry import AddressHeader, HeaderRegistry, ParameterizedMIMEHeader
+from email.headerregistry import (
+    AddressHeader,
+    HeaderRegistry,
+    ParameterizedMIMEHeader,
+    UnstructuredHeader,
+)
 from email.message import EmailMessage, Message, MIMEPart
 from email.parser import BytesParser
+from email.policy import EmailPolicy
 from email.utils import format_datetime, getaddresses, make_msgid, parsedate_to_datetime
 from typing import Any, Literal
 
@@ -37,9 +44,29 @@ __all__ = [
     "summary_fields",
 ]
 
-# Building: CRLF, and bodies in 7-bit transfer encodings (quoted-printable or base64),
-# so that any SMTP server takes them, with or without 8BITMIME.
-_BUILD = policy.SMTP.clone(cte_type="7bit")
+
+class _BuildPolicy(EmailPolicy):
+    """The policy for building: CRLF, and bodies in 7-bit transfer encodings (quoted-printable
+    or base64) so that any SMTP server takes them, with or without 8BITMIME.
+
+    Non-ASCII unstructured headers (Subject, extra headers) are encoded by the legacy
+    encoder: Python 3.11's folder can turn the space between two encoded words into folding
+    white space, which decoders drop (RFC 2047 section 6.2), gluing two words together.
+    """
+
+    def fold(self, name: str, value: Any) -> str:
+        if isinstance(value, UnstructuredHeader) and not str(value).isascii():
+            encoded = Header(str(value), "utf-8", header_name=name).encode(linesep=self.linesep)
+            return f"{name}: {encoded}{self.linesep}"
+        return str(super().fold(name, value))
+
+    def fold_binary(self, name: str, value: Any) -> bytes:
+        if isinstance(value, UnstructuredHeader) and not str(value).isascii():
+            return self.fold(name, value).encode("ascii")
+        return super().fold_binary(name, value)
+
+
+_BUILD = _BuildPolicy(linesep="\r\n", cte_type="7bit")
 # Reading: the standard policy; regenerating a message/* part keeps its headers as received.
 _READ = policy.default
 _REGEN = policy.default.clone(linesep="\r\n", refold_source="none", max_line_length=0)
@@ -51,6 +78,8 @@ _ESCAPED = re.compile("[\udc80-\udcff]+")  # raw 8-bit bytes smuggled through su
 _SURROGATE = re.compile("[\ud800-\udfff]")
 _FOLD = re.compile(r"\r?\n(?=[ \t])")
 _MSGID = re.compile(r"<[^<>]*>")
+_EW = r"=\?[^?\s]+\?[bBqQ]\?[^?\s]*\?="
+_BETWEEN_EWS = re.compile(rf"(?<=\?=)\s+(?={_EW})")  # ignored white space (RFC 2047 6.2)
 _TOKEN = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")
 _ATOM_LOCAL = re.compile(r"[A-Za-z0-9!#$%&'*+/=?^_`{|}~.-]+")
 _DOMAIN = re.compile(
@@ -310,7 +339,7 @@ def _attachment_part(att: OutgoingAttachment) -> MIMEPart:
     maintype, subtype, params = _content_type_parts(att.content_type)
     data, cte = att.data, "base64"
     if maintype == "message":  # RFC 2046: message/* allows 7bit or 8bit only
-        data = _LINE_END.sub(b"\r\n", data)
+        data = _crlf(data)
         if any(len(line) > 998 for line in data.split(b"\r\n")):
             raise ValidationFailed("a message/* attachment has lines over 998 bytes")
         cte = "7bit" if data.isascii() else "8bit"
@@ -362,14 +391,14 @@ def prepare_raw(
       ``Bcc`` and ``Resent-Bcc`` field (with its continuation lines) is cut out of the header
       section. The caller keeps ``raw`` itself for the Sent copy, Bcc included.
     - Envelope, unless given: MAIL FROM is Sender, else From; recipients are To, Cc and Bcc,
-      de-duplicated. A resent message (the topmost block of Resent-* fields names
-      recipients) goes to that block's Resent-To/Cc/Bcc, from its Resent-Sender/From.
+      de-duplicated. A resent message (its topmost block of Resent-* fields has Resent-From)
+      goes to that block's Resent-To/Cc/Bcc instead, from its Resent-Sender, else Resent-From.
     - ``message_id`` is the Message-ID field's id with its angle brackets, or None.
 
     Raises ValidationFailed: no blank line after the header section, a header line that is
     neither a field nor a continuation, no sender or no recipient, an unusable address.
     """
-    data = _LINE_END.sub(b"\r\n", raw)
+    data = _crlf(raw)
     end = data.find(b"\r\n\r\n")
     if data.startswith(b"\r\n") or end < 0:
         raise ValidationFailed("the message needs header fields, then an empty line, then a body")
@@ -378,7 +407,7 @@ def prepare_raw(
     values = [(name, f.split(b":", 1)[1].decode("ascii", "surrogateescape")) for name, f in fields]
 
     block = _resent_block(values)
-    if _field_addresses(block, "resent-to", "resent-cc", "resent-bcc"):
+    if any(n == "resent-from" for n, _ in block):
         header_from = _field_addresses(block, "resent-sender") or _field_addresses(
             block, "resent-from"
         )
@@ -394,6 +423,14 @@ def prepare_raw(
         raise ValidationFailed("no recipients: give rcpt_to or To, Cc or Bcc headers")
     ids = [v for n, v in values if n == "message-id"]
     return kept + data[end + 2 :], sender, rcpts, _message_id(ids[0]) if ids else None
+
+
+def _crlf(data: bytes) -> bytes:
+    """Bare LF and bare CR become CRLF; the counts spare the rewrite when there is none."""
+    pairs = data.count(b"\r\n")
+    if data.count(b"\n") == pairs and data.count(b"\r") == pairs:
+        return data
+    return _LINE_END.sub(b"\r\n", data)
 
 
 def _header_fields(head: bytes) -> list[tuple[str, bytes]]:
@@ -465,7 +502,8 @@ def _decode_header(name: str, raw: str, defects: list[str] | None = None) -> str
 
 def _parse_addresses(name: str, raw: str) -> list[Address]:
     """Addresses of one address header (groups flattened); never raises."""
-    value = _clean(_unfold(raw))
+    # The 3.11 address parser keeps the space between adjacent encoded words: drop it first.
+    value = _BETWEEN_EWS.sub("", _clean(_unfold(raw)))
     pairs: list[tuple[str, str]]
     try:
         header = _READ.header_factory(name, value)

@@ -84,6 +84,19 @@ def _check_printable(value: str) -> None:
         raise AuthRequired("Credentials must not contain control characters.")
 
 
+def check_login_rate(
+    request: Request,
+    creds: Annotated[Credentials, Depends(get_credentials)],
+    provider: Annotated[Provider, Depends(get_provider)],
+) -> Credentials:
+    """429 while this mailbox has too many refused logins; remembers whose login this is."""
+    limiter = request.app.state.login_limiter
+    key = limiter.key(provider.name, creds.user)
+    limiter.check(key)
+    request.state.login_key = key
+    return creds
+
+
 def get_provider(
     settings: SettingsDep,
     x_mail_provider: Annotated[
@@ -107,6 +120,6 @@ def get_protocol(
     return protocol or settings.default_protocol
 
 
-CredentialsDep = Annotated[Credentials, Depends(get_credentials)]
+CredentialsDep = Annotated[Credentials, Depends(check_login_rate)]
 ProviderDep = Annotated[Provider, Depends(get_provider)]
 ProtocolDep = Annotated[Literal["imap", "pop3"], Depends(get_protocol)]

@@ -9,7 +9,6 @@ from fastapi import Request
 from service.config import Provider, Settings
 from service.errors import NotSupported
 from service.protocols.base import Credentials, MailboxReader, MessageSender
-
 from service.protocols.pop3 import Pop3Reader
 from service.protocols.smtp import SmtpSender
 

@@ -13,7 +13,6 @@ import contextlib
 from collections.abc import AsyncIterator
 from typing import Literal
 
-from service import mime
 from service.config import Provider, Settings
 from service.errors import (
     AuthFailed,
@@ -31,6 +30,7 @@ from service.errors import (
     scrub,
 )
 from service.ids import ImapRef, MessageRef, Pop3Ref, decode_cursor, encode_cursor
+from service.mime import summary_fields
 from service.models.common import Address
 from service.models.message import DeleteResult, Folder, MessagePage, MessagePatch, MessageSummary
 from service.protocols.base import Credentials, ListQuery
@@ -300,7 +300,7 @@ def _cursor_position(token: str, uidls: dict[int, str]) -> int:
 
 
 def _summary(uidl: str, size: int | None, head: bytes) -> MessageSummary:
-    fields = mime.summary_fields(head)
+    fields = summary_fields(head)
 
     def addrs(key: str) -> list[Address]:
         value = fields.get(key)

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import re
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from datetime import date
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal, TypeVar
 from urllib.parse import quote
 
 from fastapi import APIRouter, Header, Path, Query, Request, Response
@@ -30,6 +31,7 @@ from service.models.problem import problem_responses
 from service.protocols.base import ListQuery, MailboxReader, OpenedMessage
 
 router = APIRouter(tags=["messages"])
+T = TypeVar("T")
 
 Protocol = Literal["imap", "pop3"]
 Mode = Literal["keep", "remove"]
@@ -59,6 +61,16 @@ FolderQuery = Annotated[
 ]
 
 _ERRS = (400, 401, 403, 404, 410, 422, 502, 503, 504)
+
+
+_THREAD_ABOVE = 256 * 1024
+
+
+async def _cpu(func: Callable[..., T], raw: bytes, *args: Any, **kwargs: Any) -> T:
+    """Parse small messages inline; large ones in a thread so the loop keeps serving."""
+    if len(raw) < _THREAD_ABOVE:
+        return func(raw, *args, **kwargs)
+    return await asyncio.to_thread(func, raw, *args, **kwargs)
 
 
 def _protocol_for(ref: MessageRef, asked: Protocol | None) -> Protocol:
@@ -192,7 +204,9 @@ async def get_message(
     msg, proto = await _open(request, settings, provider, creds, id, protocol)
     try:
         raw = await msg.read(settings.max_message_bytes)
-        parsed = mime.parse_message(raw, id=id, folder=msg.folder, flags=msg.flags, size=msg.size)
+        parsed = await _cpu(
+            mime.parse_message, raw, id=id, folder=msg.folder, flags=msg.flags, size=msg.size
+        )
         parsed.removed = mode_ == "remove"
         body = json.dumps(parsed.model_dump(mode="json", by_alias=True)).encode()
     except BaseException:
@@ -295,7 +309,7 @@ async def get_attachment(
     msg, proto = await _open(request, settings, provider, creds, id, protocol)
     try:
         raw = await msg.read(settings.max_message_bytes)
-        found = mime.find_attachment(raw, attachment_id)
+        found = await _cpu(mime.find_attachment, raw, attachment_id)
         if found is None:
             raise NotFound(f"The message has no attachment {attachment_id!r}.")
     except BaseException:

@@ -196,9 +196,7 @@ async def send(
             wire = mime.serialize(msg)
             env_from, rcpts = mime.envelope(draft_, msg)
             message_id = msg["Message-ID"]
-            if draft_.bcc:
-                msg["Bcc"] = ", ".join(str(a.to_header()) for a in draft_.bcc)
-            sent_copy = mime.serialize(msg) if save_to_sent else b""
+            sent_copy = mime.sent_copy(wire, draft_) if save_to_sent else b""
         if len(wire) > limit:
             raise TooLarge(f"The message is over the limit of {limit} bytes.")
         sender = make_sender(request, settings, provider, creds)

@@ -1,0 +1,90 @@
+"""HTTP basics that need no mail traffic: docs offline, problem+json, keys, health."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import socket
+from pathlib import Path
+from typing import Any
+
+from mailboxes import Mailbox
+
+from service.main import create_app
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+async def test_docs_work_without_internet(client: Any) -> None:
+    r = await client.get("/docs")
+    assert r.status_code == 200
+    assert "/static/swagger-ui-bundle.js" in r.text and "cdn" not in r.text.lower()
+    for asset in ("/static/swagger-ui-bundle.js", "/static/swagger-ui.css",
+                  "/static/redoc.standalone.js"):  # fmt: skip
+        got = await client.get(asset)
+        assert got.status_code == 200 and len(got.content) > 10_000
+    r = await client.get("/redoc")
+    assert r.status_code == 200 and "/static/redoc.standalone.js" in r.text
+    assert "fonts.googleapis" not in r.text
+
+
+async def test_committed_openapi_matches_the_app(settings: Any) -> None:
+    committed = json.loads((ROOT / "openapi" / "openapi.json").read_text())
+    assert committed == json.loads(json.dumps(create_app(settings).openapi()))
+    paths = committed["paths"]
+    for path in ("/v1/send", "/v1/folders", "/v1/messages", "/v1/messages/{id}",
+                 "/v1/messages/{id}/raw", "/v1/messages/{id}/attachments/{attachment_id}",
+                 "/v1/messages/delete", "/healthz", "/readyz", "/metrics"):  # fmt: skip
+        assert path in paths
+
+
+async def test_unknown_route_and_method_are_problems(client: Any) -> None:
+    r = await client.get("/v1/nope")
+    assert r.status_code == 404
+    assert r.headers["content-type"] == "application/problem+json"
+    assert r.json()["code"] == "not-found" and r.json()["status"] == 404
+    r = await client.put("/v1/send")
+    assert r.status_code == 405 and r.json()["status"] == 405
+
+
+async def test_query_validation_is_422_problem(client: Any, mailbox: Mailbox) -> None:
+    r = await client.get("/v1/messages", params={"limit": 500}, headers=mailbox.auth)
+    assert r.status_code == 422
+    body = r.json()
+    assert body["code"] == "validation-failed" and "limit" in body["detail"]
+    r = await client.get("/v1/messages", params={"protocol": "smtp"}, headers=mailbox.auth)
+    assert r.status_code == 422
+
+
+async def test_api_keys_when_configured(make_client: Any, mailbox: Mailbox) -> None:
+    key = "gateway-key-1"
+    async with make_client(api_key_hashes=[hashlib.sha256(key.encode()).hexdigest()]) as c:
+        r = await c.get("/v1/folders", headers=mailbox.auth)
+        assert r.status_code == 403 and r.json()["code"] == "forbidden"
+        r = await c.get("/v1/folders", headers={**mailbox.auth, "X-API-Key": "wrong"})
+        assert r.status_code == 403
+        r = await c.get("/v1/folders", headers={**mailbox.auth, "X-API-Key": key})
+        assert r.status_code == 200, r.text
+        assert (await c.get("/healthz")).status_code == 200
+
+
+async def test_malformed_credentials_are_401(client: Any) -> None:
+    for value in ("Basic !!!", "Basic " + "dXNlcm9ubHk=", "Bearer tok", "Digest x"):
+        r = await client.get("/v1/folders", headers={"Authorization": value})
+        assert r.status_code == 401, value
+        assert r.json()["code"] == "auth-required"
+        assert r.headers["www-authenticate"].startswith("Basic")
+
+
+async def test_health_and_readiness(client: Any, make_client: Any) -> None:
+    assert (await client.get("/healthz")).json() == {"status": "ok"}
+    r = await client.get("/readyz")
+    assert r.status_code == 200 and r.json()["status"] == "ready"
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    async with make_client(smtp_url=f"smtp://127.0.0.1:{port}") as down:
+        r = await down.get("/readyz")
+    assert r.status_code == 503 and r.json()["checks"]["default.smtp"] == "unreachable"
+    r = await client.get("/metrics")
+    assert r.status_code == 200 and 'route="/healthz"' in r.text
