@@ -21,6 +21,7 @@ from service.api.routes import folders, health, messages, send
 from service.config import Settings, load_settings
 from service.idempotency import IdempotencyStore
 from service.metrics import Metrics, MetricsMiddleware
+from service.protocols.imap import new_imap_pool
 from service.ratelimit import FailedLoginLimiter
 
 DESCRIPTION = """\
@@ -45,17 +46,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        try:
-            from service.protocols.pool import SessionPool
-
-            app.state.imap_pool = SessionPool(settings)
-        except ImportError:
-            app.state.imap_pool = None
+        app.state.imap_pool = new_imap_pool(settings)
         try:
             yield
         finally:
-            if app.state.imap_pool:
-                await app.state.imap_pool.close_all()
+            await app.state.imap_pool.close_all()
 
     app = FastAPI(
         title="mailgate",

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from email import policy
 from email.generator import BytesGenerator
-from email.header import Header
+from email.header import Header, decode_header, make_header
 from email.headerregistry import Address as StdAddress
 from email.headerregistry import (
     AddressHeader,
@@ -798,6 +798,10 @@ def summary_fields(header_bytes: bytes) -> dict[str, object]:
     top-level non-text, non-multipart type, or ``Content-Disposition: attachment``.
     """
     try:
+        return _fast_summary_fields(header_bytes)
+    except Exception:  # noqa: S110 - the full parser below handles what this cannot
+        pass
+    try:
         msg, _ = _parse(header_bytes, headersonly=True)
         ctype = _content_type(msg)
         subject = _first(msg, "subject")
@@ -820,3 +824,90 @@ def summary_fields(header_bytes: bytes) -> dict[str, object]:
             **empty,
             "content_type": "text/plain",
         }
+
+
+_SUMMARY_NAMES = {"message-id", "subject", "from", "to", "cc", "date", "content-type",
+                  "content-disposition"}  # fmt: skip
+
+
+def _header_map(header_bytes: bytes) -> dict[str, list[str]]:
+    """The wanted fields of a header block, unfolded (values as str, raw 8-bit kept)."""
+    text = header_bytes.decode("utf-8", "surrogateescape")
+    end = text.find("\r\n\r\n")
+    if end >= 0:
+        text = text[:end]
+    fields: dict[str, list[str]] = {}
+    name: str | None = None
+    for line in text.replace("\r\n", "\n").split("\n"):
+        if line[:1] in (" ", "\t"):
+            if name is not None:
+                fields[name][-1] += " " + line.strip()
+            continue
+        field, sep, value = line.partition(":")
+        key = field.strip().lower()
+        if not sep or not key or key not in _SUMMARY_NAMES:
+            name = None
+            continue
+        name = key
+        fields.setdefault(key, []).append(value.strip())
+    return fields
+
+
+def _fast_words(value: str) -> str:
+    """Encoded words decoded with the legacy decoder: fast, and exact for listings."""
+    if "=?" not in value:
+        return _clean(value)
+    return _clean(str(make_header(decode_header(value))))
+
+
+def _fast_addresses(values: list[str]) -> list[Address]:
+    out = []
+    for name, addr in getaddresses([_clean(v) for v in values]):
+        addr = addr.strip()
+        if addr and addr != "<>":
+            out.append(Address.model_construct(name=_fast_words(name).strip() or None,
+                                               address=addr))  # fmt: skip
+    return out
+
+
+def _fast_summary_fields(header_bytes: bytes) -> dict[str, object]:
+    """summary_fields without the policy parser (about 8x faster: listings are hot).
+
+    Any value it cannot read plainly (8-bit bytes, odd encoded words) raises, and
+    the caller falls back to the full parser.
+    """
+    fields = _header_map(header_bytes)
+    if any(_SURROGATE.search(v) for vs in fields.values() for v in vs):
+        raise ValueError("raw 8-bit header bytes")
+
+    def first(name: str) -> str | None:
+        values = fields.get(name)
+        return values[0] if values else None
+
+    ctype = (first("content-type") or "text/plain").split(";")[0].strip().lower()
+    if "/" not in ctype:
+        ctype = "text/plain"
+    disposition = (first("content-disposition") or "").split(";")[0].strip().lower()
+    msgid = first("message-id")
+    match = _MSGID.search(msgid) if msgid else None
+    subject = first("subject")
+    date_raw = first("date")
+    date_iso = None
+    if date_raw:
+        try:
+            when = parsedate_to_datetime(date_raw)
+            date_iso = (when if when.tzinfo else when.replace(tzinfo=UTC)).isoformat()
+        except (TypeError, ValueError, IndexError):
+            date_iso = None
+    return {
+        "message_id": match.group() if match else (msgid.split()[0] if msgid else None),
+        "subject": None if subject is None else _fast_words(subject).strip(),
+        "from": _fast_addresses(fields.get("from", [])),
+        "to": _fast_addresses(fields.get("to", [])),
+        "cc": _fast_addresses(fields.get("cc", [])),
+        "date": date_iso,
+        "has_attachments": ctype == "multipart/mixed"
+        or ctype.split("/")[0] not in ("text", "multipart")
+        or disposition == "attachment",
+        "content_type": ctype,
+    }

@@ -9,6 +9,7 @@ from fastapi import Request
 from service.config import Provider, Settings
 from service.errors import NotSupported
 from service.protocols.base import Credentials, MailboxReader, MessageSender
+from service.protocols.imap import imap_reader
 from service.protocols.pop3 import Pop3Reader
 from service.protocols.smtp import SmtpSender
 
@@ -39,8 +40,6 @@ def make_reader(
     if protocol == "imap":
         if provider.imap is None:
             raise NotSupported(f"Provider {provider.name!r} has no IMAP server.")
-        from service.protocols.imap import imap_reader
-
         return imap_reader(settings, provider, creds, request.app.state.imap_pool)
     if provider.pop3 is None:
         raise NotSupported(f"Provider {provider.name!r} has no POP3 server.")

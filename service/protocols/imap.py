@@ -1,0 +1,545 @@
+"""The IMAP MailboxReader: folders, listing, open/stream, delete, flags/move, append to Sent.
+
+Sessions come from a :class:`~service.protocols.pool.SessionPool`; the wire
+work is in :mod:`service.protocols.imapconn`. Only :mod:`service.errors`
+classes leave this module.
+
+Removing single messages needs UIDPLUS (``UID EXPUNGE``). Without it the
+reader refuses with NotSupported (422) *before* flagging anything: a bare
+EXPUNGE would also purge messages that another client flagged ``\\Deleted``,
+and clearing/re-setting their flags around it is racy; moving to Trash is not
+a deletion. Every mainstream server (Dovecot, Cyrus, Gmail, Exchange) offers
+UIDPLUS.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import AsyncIterator, Awaitable, Callable
+from datetime import date
+from typing import Literal, TypeVar, cast
+
+from service.config import Provider, Settings
+from service.errors import (
+    BadRequest,
+    InvalidId,
+    NotFound,
+    NotSupported,
+    RangeNotSatisfiable,
+    StaleId,
+    TooLarge,
+    UpstreamError,
+    UpstreamUnavailable,
+    ValidationFailed,
+)
+from service.ids import ImapRef, MessageRef, decode_cursor, encode_cursor
+from service.mime import summary_fields
+from service.models.message import (
+    DeleteResult,
+    Folder,
+    FolderRole,
+    MessagePage,
+    MessagePatch,
+    MessageSummary,
+)
+from service.protocols.base import Credentials, ListQuery
+from service.protocols.imapconn import (
+    FetchItem,
+    ImapSession,
+    MailboxInfo,
+    SearchResult,
+    Word,
+    astring,
+    format_uid_set,
+)
+from service.protocols.pool import SessionPool
+
+__all__ = [
+    "ImapOpenedMessage",
+    "ImapReader",
+    "filters_hash",
+    "imap_reader",
+    "new_imap_pool",
+    "search_criteria",
+]
+
+T = TypeVar("T")
+
+SUMMARY_ITEMS = (
+    "(UID FLAGS RFC822.SIZE BODY.PEEK[HEADER.FIELDS "
+    "(MESSAGE-ID SUBJECT FROM TO CC DATE CONTENT-TYPE CONTENT-DISPOSITION)])"
+)
+_MONTHS = ("Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec")
+_ROLES: dict[str, FolderRole] = {
+    "\\sent": "sent",
+    "\\drafts": "drafts",
+    "\\trash": "trash",
+    "\\junk": "junk",
+    "\\archive": "archive",
+}
+_SENT_NAMES = ("sent", "sent items", "sent messages", "sent mail")
+_HIDDEN_FLAGS = {"\\recent"}  # per-session, changes between calls: not shown
+
+
+# --------------------------------------------------------------------------- pure helpers
+
+
+def imap_date(d: date) -> str:
+    """``date(2024, 2, 1)`` → ``1-Feb-2024`` (RFC 3501 date)."""
+    return f"{d.day}-{_MONTHS[d.month - 1]}-{d.year}"
+
+
+def search_criteria(query: ListQuery) -> list[Word]:
+    """The SEARCH keys of a listing's filters (no UID restriction, no CHARSET).
+
+    Strings go out quoted, or as UTF-8 literals when not ASCII, so no filter
+    value can inject IMAP syntax; NUL, CR and LF are refused (422).
+    """
+    out: list[Word] = []
+    if query.unseen is not None:
+        out.append("UNSEEN" if query.unseen else "SEEN")
+    if query.flagged is not None:
+        out.append("FLAGGED" if query.flagged else "UNFLAGGED")
+    if query.since is not None:
+        out += ["SINCE", imap_date(query.since)]
+    if query.before is not None:
+        out += ["BEFORE", imap_date(query.before)]
+    for key, value in (
+        ("FROM", query.from_),
+        ("TO", query.to),
+        ("SUBJECT", query.subject),
+        ("TEXT", query.text),
+    ):
+        if value is None:
+            continue
+        if any(c in value for c in "\0\r\n"):
+            raise ValidationFailed(f"The {key.lower()} filter must not contain NUL, CR or LF.")
+        out += [key, astring(value)]
+    return out
+
+
+def filters_hash(query: ListQuery) -> str:
+    """A short hash of the filters, bound into cursors."""
+    filters = {
+        "unseen": query.unseen,
+        "flagged": query.flagged,
+        "since": query.since.isoformat() if query.since else None,
+        "before": query.before.isoformat() if query.before else None,
+        "from": query.from_,
+        "to": query.to,
+        "subject": query.subject,
+        "text": query.text,
+    }
+    raw = json.dumps(filters, sort_keys=True, separators=(",", ":")).encode()
+    return hashlib.sha256(raw).hexdigest()[:12]
+
+
+def _cursor_position(token: str, folder: str, qhash: str) -> tuple[int, int]:
+    """(uidvalidity, last uid) from a cursor of this folder and filters; else BadRequest."""
+    data = decode_cursor(token)
+    v, u = data.get("v"), data.get("u")
+    if not (
+        isinstance(v, int)
+        and isinstance(u, int)
+        and not isinstance(v, bool)
+        and not isinstance(u, bool)
+        and 0 < v < 2**32
+        and 0 < u < 2**32
+    ):
+        raise BadRequest("The cursor is malformed.")
+    if data.get("f") != folder or data.get("q") != qhash:
+        raise BadRequest("The cursor belongs to another listing (folder or filters differ).")
+    return v, u
+
+
+def _role(box: MailboxInfo) -> FolderRole | None:
+    if box.name.upper() == "INBOX":
+        return "inbox"
+    for attr in box.attributes:
+        role = _ROLES.get(attr)
+        if role is not None:
+            return role
+    return None
+
+
+def _visible_flags(flags: list[str] | None) -> list[str]:
+    return [f for f in flags or [] if f.lower() not in _HIDDEN_FLAGS]
+
+
+def _summary(folder: str, uidvalidity: int, item: FetchItem) -> MessageSummary:
+    fields = summary_fields(item.section("BODY[HEADER") or b"")
+    flags = _visible_flags(item.flags)
+    return MessageSummary.model_validate(
+        {
+            "id": ImapRef(folder, uidvalidity, item.uid).encode(),
+            "folder": folder,
+            "uid": item.uid,
+            "message_id": fields.get("message_id"),
+            "subject": fields.get("subject"),
+            "from": fields.get("from") or [],
+            "to": fields.get("to") or [],
+            "cc": fields.get("cc") or [],
+            "date": fields.get("date"),
+            "size": item.size,
+            "flags": flags,
+            "seen": "\\Seen" in flags,
+            "has_attachments": bool(fields.get("has_attachments")),
+        }
+    )
+
+
+def _imap_ref(ref: MessageRef) -> ImapRef:
+    if not isinstance(ref, ImapRef):
+        raise InvalidId("This id belongs to another protocol (POP3), not IMAP.")
+    return ref
+
+
+# --------------------------------------------------------------------------- opened message
+
+
+class ImapOpenedMessage:
+    """One message held open on its leased session until :meth:`release`."""
+
+    def __init__(
+        self,
+        reader: ImapReader,
+        session: ImapSession,
+        ref: ImapRef,
+        size: int,
+        flags: list[str],
+    ) -> None:
+        self._reader = reader
+        self._session: ImapSession | None = session
+        self._ref = ref
+        self.id = ref.encode()
+        self.folder = ref.folder
+        self.uid = ref.uid
+        self.size = size
+        self.flags = flags
+
+    def _live(self) -> ImapSession:
+        if self._session is None:
+            raise UpstreamError("The message was already released.")
+        return self._session
+
+    async def _fetch_body(self, section: str) -> bytes:
+        session = self._live()
+        items = await session.uid_fetch(str(self.uid), f"(UID BODY.PEEK[]{section})")
+        item = items.get(self.uid)
+        data = item.section("BODY[]") if item is not None else None
+        if data is None:
+            raise NotFound("The message is gone.")
+        return data
+
+    async def chunks(self, start: int = 0, end: int | None = None) -> AsyncIterator[bytes]:
+        """The raw bytes ``[start, end)`` as partial fetches of ``fetch_chunk_bytes``."""
+        stop = self.size if end is None else min(end, self.size)
+        if start < 0 or start > stop:
+            raise RangeNotSatisfiable(size=self.size)
+        step = self._reader.settings.fetch_chunk_bytes
+        offset = start
+        while offset < stop:
+            want = min(step, stop - offset)
+            data = await self._fetch_body(f"<{offset}.{want}>")
+            if len(data) != want:
+                raise UpstreamError("The message changed on the server while it was read.")
+            offset += want
+            yield data
+
+    async def read(self, limit: int) -> bytes:
+        """The whole message in one FETCH; TooLarge above ``limit``."""
+        if self.size > limit:
+            raise TooLarge(f"The message is {self.size} bytes; the limit is {limit}.")
+        data = await self._fetch_body("")
+        if len(data) > limit:
+            raise TooLarge(f"The message is over the limit of {limit} bytes.")
+        return data
+
+    async def mark_seen(self) -> None:
+        """UID STORE +FLAGS.SILENT (\\Seen)."""
+        await self._live().uid_store(str(self.uid), "+FLAGS", ["\\Seen"])
+        if "\\Seen" not in self.flags:
+            self.flags.append("\\Seen")
+
+    async def remove(self) -> None:
+        """``\\Deleted`` + ``UID EXPUNGE`` of this UID only; checked gone on return."""
+        session = self._live()
+        await _expunge_uids(session, format_uid_set([self.uid]), verify=True)
+
+    async def release(self, *, healthy: bool) -> None:
+        """Give the session back to the pool (dropped when not healthy); idempotent."""
+        session, self._session = self._session, None
+        if session is not None:
+            self._reader.pool.release(session, healthy=healthy and session.usable)
+
+
+async def _expunge_uids(session: ImapSession, uids: str, *, verify: bool = False) -> None:
+    """Flag ``\\Deleted`` and UID EXPUNGE exactly ``uids`` (UIDPLUS required, checked first)."""
+    if "UIDPLUS" not in session.capabilities:
+        raise NotSupported(
+            "The IMAP server cannot expunge single messages (no UIDPLUS); nothing was changed."
+        )
+    await session.uid_store(uids, "+FLAGS", ["\\Deleted"])
+    expunged = await session.uid_expunge(uids)
+    if verify and not expunged:
+        left = await session.uid_search(["UID", uids])
+        if left.ranges:
+            raise UpstreamError("The IMAP server did not remove the message.")
+
+
+# --------------------------------------------------------------------------- the reader
+
+
+class ImapReader:
+    """MailboxReader over IMAP for one request's provider and credentials."""
+
+    protocol: Literal["imap", "pop3"] = "imap"
+
+    def __init__(
+        self,
+        settings: Settings,
+        provider: Provider,
+        creds: Credentials,
+        pool: SessionPool[ImapSession],
+    ) -> None:
+        server = provider.imap
+        if server is None:
+            raise NotSupported(f"No IMAP server is configured for provider {provider.name!r}.")
+        self.settings = settings
+        self.pool = pool
+        self._server = server
+        self._ctx = settings.ssl_context(provider)
+        self._creds = creds
+        self._key = creds.pool_key(provider.name, "imap")
+
+    async def _connect(self) -> ImapSession:
+        return await ImapSession.connect(self.settings, self._server, self._ctx, self._creds)
+
+    async def _acquire(self) -> ImapSession:
+        session = await self.pool.acquire(self._key, self._connect)
+        session.begin_lease()
+        return session
+
+    async def _run(
+        self, op: Callable[[ImapSession], Awaitable[T]], *, retry: bool = True, keep: bool = False
+    ) -> T:
+        """Run ``op`` on a leased session and release it (unless ``keep``).
+
+        A reused session whose very first command finds the connection gone
+        (the server closed it while idle) is replaced once by a new session.
+        """
+        for attempt in (0, 1):
+            session = await self._acquire()
+            try:
+                result = await op(session)
+            except BaseException as exc:
+                self.pool.release(session, healthy=session.usable)
+                stale_link = (
+                    isinstance(exc, UpstreamUnavailable)
+                    and not session.usable
+                    and session.leases > 1
+                    and session.commands_in_lease == 0
+                )
+                if retry and attempt == 0 and stale_link:
+                    continue
+                raise
+            if not keep:
+                self.pool.release(session, healthy=session.usable)
+            return result
+        raise UpstreamUnavailable("The IMAP server closed the connection.")  # pragma: no cover
+
+    # -- folders ----------------------------------------------------------------------------
+    async def folders(self, *, counts: bool) -> list[Folder]:
+        async def op(session: ImapSession) -> list[Folder]:
+            boxes = await session.list_mailboxes(status=counts)
+            need_status = counts and "LIST-STATUS" not in session.capabilities
+            out: list[Folder] = []
+            for box in boxes:
+                messages = unseen = None
+                if counts and box.selectable:
+                    if need_status:
+                        status = await session.status(box.raw_name)
+                        messages, unseen = status.get("MESSAGES"), status.get("UNSEEN")
+                    else:
+                        messages, unseen = box.messages, box.unseen
+                out.append(
+                    Folder(
+                        name=box.name,
+                        delimiter=box.delimiter,
+                        role=_role(box),
+                        messages=messages,
+                        unseen=unseen,
+                    )
+                )
+            out.sort(key=lambda f: (f.role != "inbox", f.name.casefold()))
+            return out
+
+        return await self._run(op)
+
+    # -- listing ----------------------------------------------------------------------------
+    async def list_messages(self, folder: str, query: ListQuery) -> MessagePage:
+        """Newest first (highest UID first); one UID SEARCH + one UID FETCH per page."""
+        qhash = filters_hash(query)
+        position = _cursor_position(query.cursor, folder, qhash) if query.cursor else None
+        criteria = search_criteria(query)
+        limit = max(1, min(query.limit, 200))
+
+        async def op(session: ImapSession) -> MessagePage:
+            uidvalidity = await session.select(folder)
+            if position is not None:
+                if position[0] != uidvalidity:
+                    raise StaleId("The folder changed (UIDVALIDITY); start the listing again.")
+                if position[1] > 1:
+                    found = await session.uid_search(["UID", f"1:{position[1] - 1}", *criteria])
+                else:
+                    found = SearchResult([], 0)  # nothing below UID 1
+            else:
+                found = await session.uid_search(criteria or ["ALL"])
+            uids = found.highest(limit + 1)
+            page, more = uids[:limit], len(uids) > limit
+            total: int | None = None
+            if query.count:
+                if position is None:
+                    total = found.count
+                else:
+                    total = (await session.uid_search(criteria or ["ALL"], count=True)).count
+            fetched = await session.uid_fetch(format_uid_set(page), SUMMARY_ITEMS) if page else {}
+            items = [_summary(folder, uidvalidity, fetched[uid]) for uid in page if uid in fetched]
+            cursor = None
+            if more:
+                cursor = encode_cursor({"f": folder, "v": uidvalidity, "u": page[-1], "q": qhash})
+            return MessagePage(items=items, next_cursor=cursor, total=total)
+
+        return await self._run(op)
+
+    # -- one message ------------------------------------------------------------------------
+    async def open(self, ref: MessageRef) -> ImapOpenedMessage:
+        """Open one message; the returned object holds the session until released."""
+        iref = _imap_ref(ref)
+
+        async def op(session: ImapSession) -> ImapOpenedMessage:
+            if await session.select(iref.folder) != iref.uidvalidity:
+                raise StaleId("The message id is stale (the folder's UIDVALIDITY changed).")
+            items = await session.uid_fetch(str(iref.uid), "(UID FLAGS RFC822.SIZE)")
+            item = items.get(iref.uid)
+            if item is None or item.size is None:
+                raise NotFound("No such message.")
+            return ImapOpenedMessage(self, session, iref, item.size, _visible_flags(item.flags))
+
+        return await self._run(op, keep=True)
+
+    async def delete(self, refs: list[MessageRef]) -> list[DeleteResult]:
+        """Per-ref results: 204 deleted, 404 missing, 410 stale, 400 not an IMAP id.
+
+        Per folder: one SELECT, one UID SEARCH (which of the UIDs exist), one
+        STORE ``\\Deleted`` and one UID EXPUNGE of exactly those UIDs.
+        """
+        results: list[DeleteResult | None] = [None] * len(refs)
+        by_folder: dict[str, list[int]] = {}
+        for i, ref in enumerate(refs):
+            if isinstance(ref, ImapRef):
+                by_folder.setdefault(ref.folder, []).append(i)
+            else:
+                results[i] = DeleteResult(id=ref.encode(), status=400, code="invalid-id")
+
+        async def op(session: ImapSession) -> None:
+            if by_folder and "UIDPLUS" not in session.capabilities:
+                raise NotSupported(
+                    "The IMAP server cannot expunge single messages (no UIDPLUS); "
+                    "nothing was changed."
+                )
+            for folder, indexes in by_folder.items():
+                try:
+                    uidvalidity = await session.select(folder)
+                except NotFound:
+                    for i in indexes:
+                        results[i] = DeleteResult(id=refs[i].encode(), status=404, code="not-found")
+                    continue
+                live: list[int] = []
+                for i in indexes:
+                    ref = cast(ImapRef, refs[i])
+                    if ref.uidvalidity != uidvalidity:
+                        results[i] = DeleteResult(id=ref.encode(), status=410, code="stale-id")
+                    else:
+                        live.append(i)
+                if not live:
+                    continue
+                wanted = format_uid_set(cast(ImapRef, refs[i]).uid for i in live)
+                found = await session.uid_search(["UID", wanted])
+                existing = {u for lo, hi in found.ranges for u in range(lo, hi + 1)}
+                if existing:
+                    await _expunge_uids(session, format_uid_set(existing))
+                for i in live:
+                    ref = cast(ImapRef, refs[i])
+                    if ref.uid in existing:
+                        results[i] = DeleteResult(id=ref.encode(), status=204)
+                    else:
+                        results[i] = DeleteResult(id=ref.encode(), status=404, code="not-found")
+
+        if by_folder:
+            await self._run(op)
+        return [r for r in results if r is not None]
+
+    async def patch(self, ref: MessageRef, patch: MessagePatch) -> None:
+        """Set/clear ``\\Seen``/``\\Flagged`` (UID STORE), then move (UID MOVE, else COPY +
+        ``\\Deleted`` + UID EXPUNGE of that UID). NotFound for a missing message or folder."""
+        iref = _imap_ref(ref)
+        add = [f for f, v in (("\\Seen", patch.seen), ("\\Flagged", patch.flagged)) if v is True]
+        remove = [
+            f for f, v in (("\\Seen", patch.seen), ("\\Flagged", patch.flagged)) if v is False
+        ]
+        target = patch.folder
+
+        async def op(session: ImapSession) -> None:
+            if await session.select(iref.folder) != iref.uidvalidity:
+                raise StaleId("The message id is stale (the folder's UIDVALIDITY changed).")
+            uid = str(iref.uid)
+            if not (await session.uid_search(["UID", uid])).ranges:
+                raise NotFound("No such message.")
+            if add:
+                await session.uid_store(uid, "+FLAGS", add)
+            if remove:
+                await session.uid_store(uid, "-FLAGS", remove)
+            if target is None or target == iref.folder:
+                return
+            if "MOVE" in session.capabilities:
+                await session.uid_move(uid, target)
+                return
+            if "UIDPLUS" not in session.capabilities:
+                raise NotSupported(
+                    "The IMAP server can move messages neither with MOVE nor UIDPLUS."
+                )
+            await session.uid_copy(uid, target)
+            await _expunge_uids(session, uid)
+
+        await self._run(op)
+
+    async def append_sent(self, message: bytes) -> str:
+        """APPEND (``\\Seen``) to the ``\\Sent`` special-use folder, else to a folder named
+        Sent / Sent Items / Sent Messages / Sent Mail; none is created (NotFound)."""
+
+        async def op(session: ImapSession) -> str:
+            boxes = [b for b in await session.list_mailboxes() if b.selectable]
+            sent = next((b for b in boxes if "\\sent" in b.attributes), None)
+            if sent is None:
+                by_name = {b.name.casefold(): b for b in boxes}
+                sent = next((by_name[n] for n in _SENT_NAMES if n in by_name), None)
+            if sent is None:
+                raise NotFound("The mailbox has no Sent folder.")
+            await session.append(sent.name, message, ["\\Seen"])
+            return sent.name
+
+        return await self._run(op, retry=False)
+
+
+def imap_reader(
+    settings: Settings, provider: Provider, creds: Credentials, pool: SessionPool[ImapSession]
+) -> ImapReader:
+    """The reader the API uses for ``protocol=imap``."""
+    return ImapReader(settings, provider, creds, pool)
+
+
+def new_imap_pool(settings: Settings) -> SessionPool[ImapSession]:
+    """The app's IMAP session pool (create in the lifespan, ``await close_all()`` at exit)."""
+    return SessionPool[ImapSession](settings)

@@ -1,0 +1,46 @@
+"""The `mailgate` command as the Dockerfile's ENTRYPOINT runs it."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+MAILGATE = str(Path(sys.executable).parent / "mailgate")
+
+
+def run(*args: str, **env: str) -> subprocess.CompletedProcess[str]:
+    clean = {k: v for k, v in os.environ.items() if not k.startswith("MAILGATE_")}
+    return subprocess.run(
+        [MAILGATE, *args], env={**clean, **env}, capture_output=True, text=True, timeout=60,
+        check=False,
+    )  # fmt: skip
+
+
+def test_openapi_command_prints_the_spec() -> None:
+    out = run("openapi")
+    assert out.returncode == 0, out.stderr
+    spec = json.loads(out.stdout)
+    assert spec["info"]["title"] == "mailgate" and "/v1/send" in spec["paths"]
+
+
+def test_bad_setting_stops_start_up_with_one_line_naming_it() -> None:
+    out = run("serve", MAILGATE_POP3_URL="pop3+plain://mail.example.com:110")
+    assert out.returncode == 2
+    lines = out.stderr.strip().splitlines()
+    assert len(lines) == 1 and "MAILGATE_POP3_URL" in lines[0], out.stderr
+    out = run("serve", MAILGATE_COMMAND_TIMEOUT="soon")
+    assert out.returncode == 2 and "MAILGATE_COMMAND_TIMEOUT" in out.stderr
+
+
+def test_dockerfile_entrypoint_is_the_installed_command() -> None:
+    text = (ROOT / "Dockerfile").read_text()
+    assert re.search(r'^ENTRYPOINT \["mailgate"\]$', text, re.M)
+    assert re.search(r'^CMD \["serve"\]$', text, re.M)
+    assert re.search(r"^USER \d+$", text, re.M)  # never root
+    pyproject = (ROOT / "pyproject.toml").read_text()
+    assert 'mailgate = "service.cli:main"' in pyproject

@@ -1,0 +1,936 @@
+"""IMAP wire code without Dovecot: pure parsers, the session pool, and a scripted IMAP server
+on a real localhost socket for faults a real server will not produce (no patched methods)."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import contextlib
+import ssl
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from datetime import date
+from typing import Any
+
+import pytest
+import trustme
+
+from service.config import ServerUrl, Settings
+from service.errors import (
+    AuthFailed,
+    UpstreamError,
+    UpstreamTimeout,
+    UpstreamUnavailable,
+    ValidationFailed,
+)
+from service.protocols.base import Credentials, ListQuery
+from service.protocols.imap import filters_hash, search_criteria
+from service.protocols.imapconn import (
+    ImapSession,
+    astring,
+    format_uid_set,
+    parse_fetch,
+    parse_list,
+    parse_search,
+    parse_sequence_set,
+    quote,
+    response_code,
+    split_records,
+    tokenize,
+    utf7_decode,
+    utf7_encode,
+)
+from service.protocols.pool import SessionPool
+
+# --------------------------------------------------------------------------- modified UTF-7
+
+
+@pytest.mark.parametrize(
+    ("text", "wire"),
+    [
+        ("INBOX", "INBOX"),
+        ("Entwürfe", "Entw&APw-rfe"),
+        ("A & B", "A &- B"),
+        ("~peter/mail/台北/日本語", "~peter/mail/&U,BTFw-/&ZeVnLIqe-"),  # RFC 3501 example
+        ("Price * 2 (x)", "Price * 2 (x)"),
+        ("😀 fun", "&2D3eAA- fun"),  # astral: a surrogate pair
+        ("tab\there", "tab&AAk-here"),  # control characters are encoded too
+        ("", ""),
+    ],
+)
+def test_utf7_round_trip(text: str, wire: str) -> None:
+    assert utf7_encode(text) == wire
+    assert utf7_decode(wire) == text
+
+
+@pytest.mark.parametrize("bad", ["&Jjo", "&Jjo!-", "Entwürfe", "&AGE=-", "&A-"])
+def test_utf7_decode_rejects_invalid(bad: str) -> None:
+    with pytest.raises(ValueError):
+        utf7_decode(bad)
+
+
+# --------------------------------------------------------------------------- quoting, criteria
+
+
+def test_quote_escapes_quotes_and_backslashes() -> None:
+    assert quote('a"b\\c') == '"a\\"b\\\\c"'
+    assert astring("plain") == '"plain"'
+    assert astring("grüße") == "grüße".encode()
+    assert astring("cr\rlf") == b"cr\rlf"  # never on the command line
+
+
+def test_search_criteria_cover_every_filter() -> None:
+    q = ListQuery(
+        unseen=True,
+        flagged=False,
+        since=date(2024, 2, 1),
+        before=date(2024, 12, 31),
+        from_="alice@example.test",
+        to="bob",
+        subject='x" ALL (',
+        text="grüße",
+    )
+    assert search_criteria(q) == [
+        "UNSEEN",
+        "UNFLAGGED",
+        "SINCE",
+        "1-Feb-2024",
+        "BEFORE",
+        "31-Dec-2024",
+        "FROM",
+        '"alice@example.test"',
+        "TO",
+        '"bob"',
+        "SUBJECT",
+        '"x\\" ALL ("',
+        "TEXT",
+        "grüße".encode(),
+    ]
+    assert search_criteria(ListQuery(unseen=False, flagged=True)) == ["SEEN", "FLAGGED"]
+    assert search_criteria(ListQuery()) == []
+
+
+@pytest.mark.parametrize("bad", ["a\r\nA1 LOGOUT", "x\ny", "nul\0"])
+def test_search_criteria_refuse_line_breaks(bad: str) -> None:
+    with pytest.raises(ValidationFailed):
+        search_criteria(ListQuery(subject=bad))
+
+
+def test_filters_hash_ignores_paging_but_not_filters() -> None:
+    a = filters_hash(ListQuery(limit=5, subject="x"))
+    assert a == filters_hash(ListQuery(limit=50, cursor="c", count=True, subject="x"))
+    assert a != filters_hash(ListQuery(subject="y"))
+    assert filters_hash(ListQuery(unseen=True)) != filters_hash(ListQuery(unseen=False))
+
+
+# --------------------------------------------------------------------------- response parsing
+
+
+def test_uid_sets() -> None:
+    assert format_uid_set([7, 1, 2, 3, 3, 9, 10]) == "1:3,7,9:10"
+    assert format_uid_set([5]) == "5"
+    assert parse_sequence_set("1:3,7,10:9") == [(1, 3), (7, 7), (9, 10)]
+
+
+def test_response_code() -> None:
+    assert response_code("[TRYCREATE] Mailbox doesn't exist") == ("TRYCREATE", "")
+    assert response_code("[COPYUID 5 1:2 3:4] Moved") == ("COPYUID", "5 1:2 3:4")
+    assert response_code("Logged in") == ("", "")
+
+
+def _header_literal(subject: bytes) -> bytearray:
+    return bytearray(b"Subject: " + subject + b"\r\n\r\n")
+
+
+def test_parse_fetch_literals_flags_and_tricky_subjects() -> None:
+    subjects = [b"Price * 2", b"(unbalanced", b'"quoted"', b"=?UTF-8?B?w6TDtsO8?= ) ("]
+    lines: list[bytes | bytearray] = []
+    for n, subject in enumerate(subjects, start=1):
+        lit = _header_literal(subject)
+        lines += [
+            b"%d FETCH (UID %d FLAGS (\\Seen $Label) RFC822.SIZE %d "
+            b"BODY[HEADER.FIELDS (SUBJECT)] {%d}" % (n, 10 + n, 100 + n, len(lit)),
+            lit,
+            b")",
+        ]
+    lines += [
+        b"3 EXISTS",  # unsolicited, ignored
+        b"9 FETCH (FLAGS (\\Deleted))",  # no UID: ignored
+        b"2 FETCH (UID 12 FLAGS (\\Flagged))",  # a later flag update merges in
+    ]
+    items = parse_fetch(lines)
+    assert sorted(items) == [11, 12, 13, 14]
+    for n, subject in enumerate(subjects, start=1):
+        item = items[10 + n]
+        assert item.size == 100 + n
+        assert item.section("BODY[HEADER") == b"Subject: " + subject + b"\r\n\r\n"
+    assert items[11].flags == ["\\Seen", "$Label"]
+    assert items[12].flags == ["\\Flagged"]
+
+
+def test_parse_fetch_quoted_section_and_partial_origin() -> None:
+    lines: list[bytes | bytearray] = [
+        b'1 FETCH (UID 4 BODY[HEADER.FIELDS (SUBJECT)] "Subject: a * b (c \\"d\\"")',
+        b"2 FETCH (UID 5 BODY[]<4096> {3}",
+        bytearray(b")(*"),
+        b" FLAGS ())",
+        b"3 FETCH (UID 6 BODY[] NIL)",
+    ]
+    items = parse_fetch(lines)
+    assert items[4].section("BODY[HEADER") == b'Subject: a * b (c "d"'
+    assert items[5].section("BODY[]") == b")(*"
+    assert items[5].flags == []
+    assert items[6].section("BODY[]") == b""
+
+
+def test_split_records_and_literal_mailbox_names() -> None:
+    lines: list[bytes | bytearray] = [
+        b'LIST (\\HasNoChildren \\Sent) "." "Sent"',
+        b'LIST (\\Noselect \\HasChildren) "/" {9}',
+        bytearray(b'Price * "'),
+        b"LIST () NIL INBOX",
+        b'STATUS "Sent" (MESSAGES 3 UNSEEN 1)',
+        b"STATUS INBOX (MESSAGES 10 UNSEEN 0)",
+    ]
+    assert len(split_records(lines)) == 5
+    boxes = parse_list(lines)
+    assert [(b.raw_name, b.delimiter) for b in boxes] == [
+        ("Sent", "."),
+        ('Price * "', "/"),
+        ("INBOX", None),
+    ]
+    assert boxes[0].attributes == frozenset({"\\hasnochildren", "\\sent"})
+    assert (boxes[0].messages, boxes[0].unseen) == (3, 1)
+    assert not boxes[1].selectable and boxes[1].messages is None
+    assert (boxes[2].messages, boxes[2].unseen) == (10, 0)
+
+
+def test_tokenize_tolerates_garbage() -> None:
+    assert tokenize([b'STATUS "unterminated (MESSAGES 1)']) == [
+        "STATUS",
+        "unterminated",
+        ["MESSAGES", "1"],
+    ]
+    assert tokenize([b"A ) ) B (C"]) == ["A", "B", ["C"]]
+    assert tokenize([b"X {5} y"]) == ["X", "{5}", "y"]  # not at the end: not a literal
+
+
+def test_parse_search_plain_and_esearch() -> None:
+    plain = parse_search([b"SEARCH 5 3 4 10 1"])
+    assert plain.ranges == [(1, 1), (3, 5), (10, 10)]
+    assert plain.count == 5
+    assert plain.highest(3) == [10, 5, 4]
+    es = parse_search([b'ESEARCH (TAG "A1") UID ALL 1:1500,1502 COUNT 1501'])
+    assert es.count == 1501
+    assert es.highest(4) == [1502, 1500, 1499, 1498]
+    assert parse_search([b'ESEARCH (TAG "A1") UID']).ranges == []
+    assert parse_search([b'ESEARCH (TAG "A1") UID COUNT 7']).count == 7
+    assert parse_search([b"SEARCH"]).highest(5) == []
+
+
+# --------------------------------------------------------------------------- the pool
+
+
+class Dummy:
+    """A session stand-in for pool tests."""
+
+    made = 0
+
+    def __init__(self) -> None:
+        Dummy.made += 1
+        self.n = Dummy.made
+        self.alive = True
+        self.closed = False
+        self.pings = 0
+        self.ping_ok = True
+
+    @property
+    def usable(self) -> bool:
+        return self.alive
+
+    async def ping(self) -> bool:
+        self.pings += 1
+        return self.ping_ok
+
+    async def close(self) -> None:
+        self.closed = True
+        self.alive = False
+
+    def abort(self) -> None:
+        self.closed = True
+        self.alive = False
+
+
+async def _dummy() -> Dummy:
+    await asyncio.sleep(0)
+    return Dummy()
+
+
+def _pool(**kw: Any) -> SessionPool[Dummy]:
+    values: dict[str, Any] = {
+        "per_key": 2,
+        "max_total": 10,
+        "idle_seconds": 30.0,
+        "wait_timeout": 1.0,
+        "check_after": 5.0,
+    }
+    values.update(kw)
+    return SessionPool[Dummy](Settings(), **values)
+
+
+async def test_pool_reuses_warm_session_without_ping() -> None:
+    pool = _pool()
+    async with pool.lease("k", _dummy) as first:
+        pass
+    async with pool.lease("k", _dummy) as second:
+        assert second is first
+    assert first.pings == 0
+    assert pool.stats().open == 1
+    await pool.close_all()
+    assert first.closed
+
+
+async def test_pool_pings_after_idle_and_replaces_dead() -> None:
+    pool = _pool(check_after=0.0)
+    s1 = await pool.acquire("k", _dummy)
+    pool.release(s1, healthy=True)
+    s1.ping_ok = False
+    s2 = await pool.acquire("k", _dummy)
+    assert s2 is not s1 and s1.closed and s1.pings == 1
+    pool.release(s2, healthy=True)
+    assert (await pool.acquire("k", _dummy)) is s2 and s2.pings == 1
+    await pool.close_all()
+
+
+async def test_pool_unhealthy_release_is_closed_not_reused() -> None:
+    pool = _pool()
+    s1 = await pool.acquire("k", _dummy)
+    pool.release(s1, healthy=False)
+    assert s1.closed and pool.stats().open == 0
+    s2 = await pool.acquire("k", _dummy)
+    s2.alive = False  # e.g. a command timed out on it
+    pool.release(s2, healthy=True)
+    assert s2.closed and pool.stats().open == 0
+    pool.release(s2, healthy=True)  # a second release is a no-op
+    await pool.close_all()
+
+
+async def test_pool_per_key_cap_queues_fairly() -> None:
+    pool = _pool(per_key=2)
+    a = await pool.acquire("k", _dummy)
+    b = await pool.acquire("k", _dummy)
+    order: list[int] = []
+
+    async def waiter(i: int) -> Dummy:
+        s = await pool.acquire("k", _dummy)
+        order.append(i)
+        return s
+
+    tasks = []
+    for i in range(3):
+        tasks.append(asyncio.create_task(waiter(i)))
+        await asyncio.sleep(0.01)
+    other = await pool.acquire("other-user", _dummy)  # other keys are not blocked
+    assert pool.stats().waiting == 3 and pool.stats().open == 3
+    pool.release(a, healthy=True)
+    assert (await tasks[0]) is a  # handed over, warm
+    pool.release(b, healthy=False)  # dropped: the next waiter gets room for a new one
+    second = await tasks[1]
+    assert second is not b and not second.closed
+    pool.release(a, healthy=True)
+    assert (await tasks[2]) is a
+    assert order == [0, 1, 2]
+    assert pool.stats().open == 3  # never more than 2 for "k"
+    for s in (a, second, other):
+        pool.release(s, healthy=True)
+    await pool.close_all()
+
+
+async def test_pool_wait_is_bounded() -> None:
+    pool = _pool(per_key=1, wait_timeout=0.1)
+    held = await pool.acquire("k", _dummy)
+    started = time.monotonic()
+    with pytest.raises(UpstreamUnavailable) as info:
+        await pool.acquire("k", _dummy)
+    assert 0.09 < time.monotonic() - started < 1.0
+    assert info.value.retry_after is not None
+    assert pool.stats().waiting == 0
+    pool.release(held, healthy=True)
+    assert (await pool.acquire("k", _dummy)) is held
+    await pool.close_all()
+
+
+async def test_pool_cancelled_waiter_leaves_the_queue() -> None:
+    pool = _pool(per_key=1)
+    held = await pool.acquire("k", _dummy)
+    task = asyncio.create_task(pool.acquire("k", _dummy))
+    await asyncio.sleep(0.01)
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    pool.release(held, healthy=True)
+    assert pool.stats() == pool.stats().__class__(open=1, idle=1, leased=0, waiting=0)
+    await pool.close_all()
+
+
+async def test_pool_factory_failure_frees_the_slot() -> None:
+    pool = _pool(per_key=1)
+
+    async def broken() -> Dummy:
+        raise AuthFailed("no")
+
+    with pytest.raises(AuthFailed):
+        await pool.acquire("k", broken)
+    assert pool.stats().open == 0
+    s = await pool.acquire("k", _dummy)
+    pool.release(s, healthy=True)
+    await pool.close_all()
+
+
+async def test_pool_global_cap_evicts_idle_then_waits() -> None:
+    pool = _pool(per_key=2, max_total=2)
+    a = await pool.acquire("a", _dummy)
+    b = await pool.acquire("b", _dummy)
+    pool.release(a, healthy=True)  # idle
+    c = await pool.acquire("c", _dummy)  # evicts a's idle session
+    assert pool.stats().open == 2
+    await asyncio.sleep(0)
+    assert a.closed
+    waiting = asyncio.create_task(pool.acquire("d", _dummy))
+    await asyncio.sleep(0.01)
+    assert not waiting.done() and pool.stats().waiting == 1
+    pool.release(b, healthy=True)  # closed to make room for "d"
+    d = await waiting
+    assert d is not b and pool.stats().open == 2
+    await asyncio.sleep(0)
+    assert b.closed
+    pool.release(c, healthy=True)
+    pool.release(d, healthy=True)
+    await pool.close_all()
+
+
+async def test_pool_idle_sessions_expire() -> None:
+    pool = _pool(idle_seconds=0.05)
+    s = await pool.acquire("k", _dummy)
+    pool.release(s, healthy=True)
+    await asyncio.sleep(0.3)
+    assert s.closed and pool.stats().open == 0
+    await pool.close_all()
+
+
+async def test_pool_close_all_fails_waiters_and_closes() -> None:
+    pool = _pool(per_key=1)
+    held = await pool.acquire("k", _dummy)
+    waiter = asyncio.create_task(pool.acquire("k", _dummy))
+    await asyncio.sleep(0.01)
+    await pool.close_all()
+    with pytest.raises(UpstreamUnavailable):
+        await waiter
+    pool.release(held, healthy=True)
+    assert held.closed
+    with pytest.raises(UpstreamUnavailable):
+        await pool.acquire("k", _dummy)
+
+
+# --------------------------------------------------------------------------- scripted server
+
+Handler = Callable[["Peer"], Awaitable[None]]
+CAPS = b"IMAP4rev1 AUTH=PLAIN SASL-IR LITERAL+"
+AFTER_LOGIN = b"IMAP4rev1 UIDPLUS MOVE ESEARCH LITERAL+"
+
+
+class Peer:
+    """The server side of one scripted connection."""
+
+    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.reader = reader
+        self.writer = writer
+        self.received: list[bytes] = []
+
+    async def line(self) -> tuple[bytes, bytes]:
+        """The next command: (tag, rest) without CRLF."""
+        raw = await asyncio.wait_for(self.reader.readline(), 5)
+        if not raw:
+            raise ConnectionError("client went away")
+        self.received.append(raw)
+        tag, _, rest = raw.rstrip(b"\r\n").partition(b" ")
+        return tag, rest
+
+    async def send(self, data: bytes) -> None:
+        self.writer.write(data)
+        await self.writer.drain()
+
+    async def hello(self, caps: bytes = CAPS) -> None:
+        await self.send(b"* OK [CAPABILITY " + caps + b"] scripted ready\r\n")
+
+    async def login(self) -> bytes:
+        tag, rest = await self.line()
+        assert rest.startswith(b"AUTHENTICATE PLAIN ")
+        await self.send(tag + b" OK [CAPABILITY " + AFTER_LOGIN + b"] Logged in\r\n")
+        return rest
+
+    async def select(self) -> None:
+        tag, rest = await self.line()
+        assert rest.startswith(b"SELECT ")
+        await self.send(
+            b"* 3 EXISTS\r\n* OK [UIDVALIDITY 42] UIDs valid\r\n"
+            + tag
+            + b" OK [READ-WRITE] Select completed\r\n"
+        )
+
+    async def until_closed(self) -> None:
+        with contextlib.suppress(ConnectionError, OSError):
+            while await self.reader.read(4096):
+                pass
+
+
+@contextlib.asynccontextmanager
+async def scripted(handler: Handler) -> AsyncIterator[tuple[int, list[BaseException]]]:
+    """A one-connection IMAP server on 127.0.0.1:<port>; yields (port, handler errors)."""
+    errors: list[BaseException] = []
+    tasks: set[asyncio.Task[None]] = set()
+
+    async def run(peer: Peer) -> None:
+        try:
+            await handler(peer)
+        except Exception as exc:  # surfaced by the test
+            errors.append(exc)
+        finally:
+            peer.writer.close()
+            with contextlib.suppress(Exception):
+                await peer.writer.wait_closed()
+
+    def on_connect(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        task = asyncio.get_running_loop().create_task(run(Peer(reader, writer)))
+        tasks.add(task)
+        task.add_done_callback(tasks.discard)
+
+    server = await asyncio.start_server(on_connect, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    try:
+        yield port, errors
+    finally:
+        server.close()
+        for task in list(tasks):
+            with contextlib.suppress(asyncio.TimeoutError, asyncio.CancelledError):
+                await asyncio.wait_for(asyncio.shield(task), 2)
+            task.cancel()
+        await server.wait_closed()
+
+
+FAST = Settings(command_timeout=0.5, connect_timeout=0.5)
+CREDS = Credentials("user@example.test", "s3cret-pw")
+
+
+def _url(port: int, scheme: str = "imap+plain") -> ServerUrl:
+    return ServerUrl.parse(f"{scheme}://127.0.0.1:{port}", "imap", allow_plaintext=True)
+
+
+async def _connect(port: int, *, scheme: str = "imap+plain", **kw: Any) -> ImapSession:
+    ctx: ssl.SSLContext = kw.pop("ctx", None) or ssl.create_default_context()
+    creds: Credentials = kw.pop("creds", CREDS)
+    settings: Settings = kw.pop("settings", FAST)
+    return await ImapSession.connect(settings, _url(port, scheme), ctx, creds)
+
+
+async def test_session_plain_login_wire_format() -> None:
+    seen: dict[str, bytes] = {}
+
+    async def handler(peer: Peer) -> None:
+        await peer.hello()
+        seen["auth"] = await peer.login()
+        tag, rest = await peer.line()
+        seen["logout"] = rest
+        await peer.send(b"* BYE bye\r\n" + tag + b" OK Logout completed\r\n")
+
+    async with scripted(handler) as (port, errors):
+        session = await _connect(port)
+        assert "UIDPLUS" in session.capabilities  # re-read from the login reply
+        await session.close()
+    assert not errors
+    payload = base64.b64decode(seen["auth"].split()[-1])
+    assert payload == b"\0user@example.test\0s3cret-pw"
+    assert seen["logout"] == b"LOGOUT"
+
+
+async def test_session_login_refused_is_auth_failed_without_secret() -> None:
+    async def handler(peer: Peer) -> None:
+        await peer.hello()
+        tag, rest = await peer.line()
+        await peer.send(tag + b" NO [AUTHENTICATIONFAILED] Authentication failed " + rest + b"\r\n")
+        await peer.until_closed()
+
+    async with scripted(handler) as (port, errors):
+        with pytest.raises(AuthFailed) as info:
+            await _connect(port)
+    assert not errors
+    text = f"{info.value} {info.value.upstream}"
+    assert "s3cret-pw" not in text
+    assert base64.b64encode(b"\0user@example.test\0s3cret-pw").decode() not in text
+
+
+async def test_session_xoauth2_wire_format_and_error_challenge() -> None:
+    seen: dict[str, bytes] = {}
+
+    async def handler(peer: Peer) -> None:
+        await peer.hello(b"IMAP4rev1 AUTH=XOAUTH2")  # no SASL-IR: payload after "+"
+        tag, rest = await peer.line()
+        seen["cmd"] = rest
+        await peer.send(b"+ \r\n")
+        seen["payload"] = (await peer.reader.readline()).rstrip(b"\r\n")
+        await peer.send(b"+ eyJzdGF0dXMiOiI0MDEifQ==\r\n")  # error challenge
+        seen["ack"] = await peer.reader.readline()
+        await peer.send(tag + b" NO [AUTHENTICATIONFAILED] Invalid credentials\r\n")
+        await peer.until_closed()
+
+    creds = Credentials("me@example.test", "tok-123", "xoauth2")
+    async with scripted(handler) as (port, errors):
+        with pytest.raises(AuthFailed):
+            await _connect(port, creds=creds)
+    assert not errors
+    assert seen["cmd"] == b"AUTHENTICATE XOAUTH2"
+    expected = b"user=me@example.test\x01auth=Bearer tok-123\x01\x01"
+    assert base64.b64decode(seen["payload"]) == expected
+    assert seen["ack"] == b"\r\n"
+
+
+async def test_session_command_hang_times_out_and_is_discarded() -> None:
+    async def handler(peer: Peer) -> None:
+        await peer.hello()
+        await peer.login()
+        await peer.line()  # SELECT: never answered
+        await peer.until_closed()
+
+    async with scripted(handler) as (port, errors):
+        session = await _connect(port)
+        started = time.monotonic()
+        with pytest.raises(UpstreamTimeout):
+            await session.select("INBOX")
+        assert time.monotonic() - started < 2 * FAST.command_timeout
+        assert not session.usable
+        session.abort()
+    assert not errors
+
+
+async def test_session_connection_dropped_mid_fetch_fails_at_once() -> None:
+    async def handler(peer: Peer) -> None:
+        await peer.hello()
+        await peer.login()
+        await peer.select()
+        await peer.line()  # UID FETCH
+        await peer.send(b"* 1 FETCH (UID 1 BODY[] {100}\r\nonly part of it")
+        peer.writer.close()
+
+    slow = Settings(command_timeout=10, connect_timeout=2)
+    async with scripted(handler) as (port, errors):
+        session = await _connect(port, settings=slow)
+        await session.select("INBOX")
+        started = time.monotonic()
+        with pytest.raises(UpstreamUnavailable):
+            await session.uid_fetch("1", "(BODY.PEEK[])")
+        assert time.monotonic() - started < 2  # not the 10 s timeout
+        assert not session.usable
+    assert not errors
+
+
+async def test_session_bad_reply_is_upstream_error_and_discards() -> None:
+    async def handler(peer: Peer) -> None:
+        await peer.hello()
+        await peer.login()
+        tag, _ = await peer.line()
+        await peer.send(tag + b" BAD Error in IMAP command\r\n")
+        await peer.until_closed()
+
+    async with scripted(handler) as (port, errors):
+        session = await _connect(port)
+        with pytest.raises(UpstreamError) as info:
+            await session.select("INBOX")
+        assert info.value.upstream is not None and "Error in IMAP" in info.value.upstream.reply
+        assert not session.usable
+        session.abort()
+    assert not errors
+
+
+async def test_session_greeting_bye_is_unavailable() -> None:
+    async def handler(peer: Peer) -> None:
+        await peer.send(b"* BYE [UNAVAILABLE] Too many connections\r\n")
+
+    async with scripted(handler) as (port, errors):
+        with pytest.raises(UpstreamUnavailable) as info:
+            await _connect(port)
+    assert info.value.upstream is not None and "Too many" in info.value.upstream.reply
+    assert not errors
+
+
+async def test_session_silent_server_times_out_on_connect() -> None:
+    async def handler(peer: Peer) -> None:
+        await peer.until_closed()
+
+    async with scripted(handler) as (port, errors):
+        with pytest.raises(UpstreamTimeout):
+            await _connect(port)
+    assert not errors
+
+
+async def test_session_closed_port_is_unavailable() -> None:
+    server = await asyncio.start_server(lambda r, w: None, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    server.close()
+    await server.wait_closed()
+    with pytest.raises(UpstreamUnavailable):
+        await _connect(port)
+
+
+async def test_starttls_not_offered_is_refused() -> None:
+    async def handler(peer: Peer) -> None:
+        await peer.hello(b"IMAP4rev1 AUTH=PLAIN")
+        await peer.until_closed()
+
+    async with scripted(handler) as (port, errors):
+        with pytest.raises(UpstreamError, match="STARTTLS"):
+            await _connect(port, scheme="imap")
+    assert not errors
+
+
+@pytest.fixture(scope="module")
+def tls() -> tuple[ssl.SSLContext, ssl.SSLContext]:
+    """(server context, client context) from a throw-away CA."""
+    ca = trustme.CA()
+    server_ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ca.issue_cert("127.0.0.1").configure_cert(server_ctx)
+    client_ctx = ssl.create_default_context()
+    ca.configure_trust(client_ctx)
+    return server_ctx, client_ctx
+
+
+async def test_starttls_upgrades_and_rereads_capabilities(
+    tls: tuple[ssl.SSLContext, ssl.SSLContext],
+) -> None:
+    server_ctx, client_ctx = tls
+
+    async def handler(peer: Peer) -> None:
+        await peer.hello(b"IMAP4rev1 STARTTLS LOGINDISABLED")
+        tag, rest = await peer.line()
+        assert rest == b"STARTTLS"
+        await peer.send(tag + b" OK Begin TLS negotiation now\r\n")
+        await peer.writer.start_tls(server_ctx)
+        tag, rest = await peer.line()
+        assert rest == b"CAPABILITY"  # capabilities from before TLS are not trusted
+        await peer.send(b"* CAPABILITY " + CAPS + b"\r\n" + tag + b" OK done\r\n")
+        await peer.login()
+        await peer.until_closed()
+
+    async with scripted(handler) as (port, errors):
+        session = await _connect(port, scheme="imap", ctx=client_ctx)
+        assert session.usable and "UIDPLUS" in session.capabilities
+        session.abort()
+    assert not errors
+
+
+async def test_starttls_plaintext_injection_is_refused(
+    tls: tuple[ssl.SSLContext, ssl.SSLContext],
+) -> None:
+    _, client_ctx = tls
+
+    async def handler(peer: Peer) -> None:
+        await peer.hello(b"IMAP4rev1 STARTTLS")
+        tag, _ = await peer.line()
+        await peer.send(tag + b" OK Begin TLS\r\n* OK [CAPABILITY IMAP4rev1 AUTH=PLAIN] evil\r\n")
+        await peer.until_closed()
+
+    async with scripted(handler) as (port, errors):
+        with pytest.raises(UpstreamError, match="STARTTLS"):
+            await _connect(port, scheme="imap", ctx=client_ctx)
+    assert not errors
+
+
+async def test_implicit_tls_untrusted_certificate_is_upstream_error(
+    tls: tuple[ssl.SSLContext, ssl.SSLContext],
+) -> None:
+    server_ctx, _ = tls
+    server = await asyncio.start_server(lambda r, w: w.close(), "127.0.0.1", 0, ssl=server_ctx)
+    port = server.sockets[0].getsockname()[1]
+    try:
+        with pytest.raises(UpstreamError, match="certificate"):
+            await _connect(port, scheme="imaps", ctx=ssl.create_default_context())
+    finally:
+        server.close()
+        await server.wait_closed()
+
+
+async def test_sync_literal_without_literal_plus() -> None:
+    seen: list[bytes] = []
+
+    async def handler(peer: Peer) -> None:
+        await peer.hello(b"IMAP4rev1 AUTH=PLAIN SASL-IR")
+        tag, _ = await peer.line()
+        await peer.send(tag + b" OK [CAPABILITY IMAP4rev1 ESEARCH] in\r\n")
+        await peer.select()
+        tag, rest = await peer.line()
+        seen.append(rest)
+        await peer.send(b"+ go on\r\n")
+        rest = await peer.reader.readline()
+        seen.append(rest)
+        await peer.send(b'* ESEARCH (TAG "' + tag + b'") UID ALL 2:3\r\n' + tag + b" OK done\r\n")
+        await peer.until_closed()
+
+    async with scripted(handler) as (port, errors):
+        session = await _connect(port)
+        await session.select("INBOX")
+        found = await session.uid_search(["SUBJECT", astring("grüße")])
+        assert found.highest(5) == [3, 2]
+        session.abort()
+    assert not errors
+    literal = "grüße".encode()
+    assert seen[0] == b"UID SEARCH RETURN (ALL) CHARSET UTF-8 SUBJECT {%d}" % len(literal)
+    assert seen[1] == literal + b"\r\n"
+
+
+async def test_huge_fetch_reply_in_one_chunk_parses_without_recursion() -> None:
+    count = 3000  # the library recursed once per line: RecursionError past ~1000
+
+    async def handler(peer: Peer) -> None:
+        await peer.hello()
+        await peer.login()
+        await peer.select()
+        tag, _ = await peer.line()
+        out = bytearray()
+        for uid in range(1, count + 1):
+            subject = b'Subject: Price * 2 (unbalanced "quoted"\r\n\r\n'
+            out += b"* %d FETCH (UID %d FLAGS (\\Seen) BODY[HEADER.FIELDS (SUBJECT)] {%d}\r\n" % (
+                uid,
+                uid,
+                len(subject),
+            )
+            out += subject + b")\r\n"
+        out += b'* 5 FETCH (FLAGS (\\Flagged) X "a ) b")\r\n' + tag + b" OK Fetch completed\r\n"
+        await peer.send(bytes(out))
+        await peer.until_closed()
+
+    async with scripted(handler) as (port, errors):
+        session = await _connect(port)
+        await session.select("INBOX")
+        items = await session.uid_fetch("1:*", "(UID FLAGS BODY.PEEK[HEADER.FIELDS (SUBJECT)])")
+        assert len(items) == count
+        assert {i.section("BODY[HEADER") for i in items.values()} == {
+            b'Subject: Price * 2 (unbalanced "quoted"\r\n\r\n'
+        }
+        assert session.usable
+        session.abort()
+    assert not errors
+
+
+async def test_untagged_lines_keep_inner_star_space() -> None:
+    async def handler(peer: Peer) -> None:
+        await peer.hello()
+        await peer.login()
+        tag, _ = await peer.line()
+        await peer.send(
+            b'* LIST (\\HasNoChildren) "." "Price * 2"\r\n'
+            b'* LIST (\\HasNoChildren) "." "a * b * c"\r\n' + tag + b" OK List completed\r\n"
+        )
+        await peer.until_closed()
+
+    async with scripted(handler) as (port, errors):
+        session = await _connect(port)
+        boxes = await session.list_mailboxes()
+        assert [b.name for b in boxes] == ["Price * 2", "a * b * c"]
+        session.abort()
+    assert not errors
+
+
+# --------------------------------------------------------------------------- the reader on a script
+
+
+def _command_name(rest: bytes) -> bytes:
+    words = rest.split()
+    return b" ".join(words[:2]) if words[0] == b"UID" else words[0]
+
+
+async def _serve(peer: Peer, caps: bytes, *, hang_up_on: bytes | None = None) -> None:
+    """A tiny mailbox with one message (UID 7) in INBOX."""
+    await peer.hello()
+    tag, _ = await peer.line()
+    await peer.send(tag + b" OK [CAPABILITY " + caps + b"] Logged in\r\n")
+    header = b"Subject: Price * 2\r\n\r\n"
+    while True:
+        tag, rest = await peer.line()
+        name = _command_name(rest)
+        if name == hang_up_on:
+            return
+        if name == b"SELECT":
+            out = b"* 1 EXISTS\r\n* OK [UIDVALIDITY 42] ok\r\n"
+        elif name == b"UID SEARCH":
+            out = b'* ESEARCH (TAG "' + tag + b'") UID ALL 7\r\n'
+        elif name == b"UID FETCH" and b"HEADER.FIELDS" in rest:
+            out = (
+                b"* 1 FETCH (UID 7 FLAGS () RFC822.SIZE 30 BODY[HEADER.FIELDS (SUBJECT)] {%d}\r\n"
+                % (len(header))
+            )
+            out += header + b")\r\n"
+        elif name == b"UID FETCH":
+            out = b"* 1 FETCH (UID 7 FLAGS (\\Seen) RFC822.SIZE 30)\r\n"
+        elif name == b"LOGOUT":
+            await peer.send(b"* BYE bye\r\n" + tag + b" OK bye\r\n")
+            return
+        else:
+            out = b""
+        await peer.send(out + tag + b" OK done\r\n")
+
+
+def _reader(port: int, pool: SessionPool[ImapSession]) -> Any:
+    from service.protocols.imap import imap_reader
+
+    settings = Settings(
+        imap_url=f"imap+plain://127.0.0.1:{port}", command_timeout=2, connect_timeout=2
+    )
+    return imap_reader(settings, settings.providers["default"], CREDS, pool)
+
+
+async def test_reader_replaces_a_pooled_session_that_died_once() -> None:
+    connections = 0
+
+    async def handler(peer: Peer) -> None:
+        nonlocal connections
+        connections += 1
+        caps = b"IMAP4rev1 UIDPLUS ESEARCH LITERAL+"
+        # the first connection dies when the next lease syncs its selected folder (NOOP)
+        await _serve(peer, caps, hang_up_on=b"NOOP" if connections == 1 else None)
+
+    pool = SessionPool[ImapSession](Settings())
+    async with scripted(handler) as (port, errors):
+        reader = _reader(port, pool)
+        first = await reader.list_messages("INBOX", ListQuery())
+        second = await reader.list_messages("INBOX", ListQuery())
+        assert [i.subject for i in first.items] == [i.subject for i in second.items]
+        assert [i.subject for i in second.items] == ["Price * 2"]
+        assert connections == 2
+        await pool.close_all()
+    assert not errors
+
+
+async def test_remove_without_uidplus_is_refused_before_flagging() -> None:
+    from service.errors import NotSupported
+    from service.ids import ImapRef
+
+    received: list[bytes] = []
+
+    async def handler(peer: Peer) -> None:
+        try:
+            await _serve(peer, b"IMAP4rev1 MOVE ESEARCH LITERAL+")
+        finally:
+            received.extend(peer.received)
+
+    pool = SessionPool[ImapSession](Settings())
+    async with scripted(handler) as (port, errors):
+        reader = _reader(port, pool)
+        msg = await reader.open(ImapRef("INBOX", 42, 7))
+        assert (msg.size, msg.flags) == (30, ["\\Seen"])
+        with pytest.raises(NotSupported):
+            await msg.remove()
+        await msg.release(healthy=True)
+        with pytest.raises(NotSupported):
+            await reader.delete([ImapRef("INBOX", 42, 7)])
+        await pool.close_all()
+    assert not errors
+    assert not [line for line in received if b"STORE" in line or b"EXPUNGE" in line]
