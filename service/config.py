@@ -135,6 +135,9 @@ class Settings(BaseSettings):
     pool_size_per_user: int = Field(default=8, ge=1, le=9)
     pool_idle_seconds: float = Field(default=30.0, ge=0, le=3600)
     pool_max_sessions: int = Field(default=512, ge=1)
+    summary_cache_entries: int = Field(
+        default=20_000, ge=0, description="IMAP listing summaries kept (0: none)"
+    )
     fetch_chunk_bytes: int = Field(default=512 * 1024, ge=4096, le=16 * 1024 * 1024)
     idempotency_ttl_seconds: int = Field(default=86400, ge=1)
     auth_failures_max: int = Field(default=20, ge=0, description="0 turns the limiter off")
@@ -178,6 +181,12 @@ class Settings(BaseSettings):
     @classmethod
     def _pop3(cls, value: str | None, info: ValidationInfo) -> str | None:
         return _check_url(value, "pop3", info)
+
+    @property
+    def pool_size_per_process(self) -> int:
+        """Sessions per mailbox in one worker: the per-user budget shared by the workers,
+        so that all workers together stay under the server's per user+IP limit."""
+        return max(1, self.pool_size_per_user // self.workers)
 
     @cached_property
     def providers(self) -> dict[str, Provider]:

@@ -22,6 +22,7 @@ from service.config import Settings, load_settings
 from service.idempotency import IdempotencyStore
 from service.metrics import Metrics, MetricsMiddleware
 from service.protocols.imap import new_imap_pool
+from service.protocols.summary_cache import SummaryCache
 from service.ratelimit import FailedLoginLimiter
 
 DESCRIPTION = """\
@@ -64,6 +65,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.settings = settings
     app.state.idempotency = IdempotencyStore(settings.idempotency_ttl_seconds)
     app.state.metrics = Metrics()
+    app.state.summary_cache = SummaryCache(settings.summary_cache_entries)
     app.state.login_limiter = FailedLoginLimiter(
         settings.auth_failures_max, settings.auth_failures_window_seconds
     )

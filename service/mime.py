@@ -860,13 +860,67 @@ def _fast_words(value: str) -> str:
     return _clean(str(make_header(decode_header(value))))
 
 
+_NAME_ADDR = re.compile(r'\s*(?:"((?:[^"\\]|\\.)*)"|([^<>"]*?))\s*<([^<>\s]+@[^<>\s]+)>\s*')
+_BARE_ADDR = re.compile(r"\s*<?([^<>\s\"(),;:]+@[^<>\s\"(),;:]+)>?\s*")
+
+
+def _split_list(value: str) -> list[str] | None:
+    """Split an address list on commas outside quotes; None when it has groups or
+    comments (the full parser handles those)."""
+    if '"' not in value:
+        if any(c in value for c in "():;"):
+            return None
+        return [i for i in value.split(",") if i.strip()]
+    items: list[str] = []
+    current: list[str] = []
+    quoted = escaped = False
+    for ch in value:
+        if escaped:
+            escaped = False
+        elif ch == "\\" and quoted:
+            escaped = True
+        elif ch == '"':
+            quoted = not quoted
+        elif not quoted and ch in "():;":
+            return None
+        elif not quoted and ch == ",":
+            items.append("".join(current))
+            current = []
+            continue
+        current.append(ch)
+    if quoted:
+        return None
+    items.append("".join(current))
+    return [i for i in items if i.strip()]
+
+
+def _simple_addresses(value: str) -> list[tuple[str, str]] | None:
+    items = _split_list(value)
+    if items is None:
+        return None
+    out = []
+    for item in items:
+        if m := _NAME_ADDR.fullmatch(item):
+            name = m.group(1) if m.group(1) is not None else m.group(2)
+            out.append((re.sub(r"\\(.)", r"\1", name) if m.group(1) else name, m.group(3)))
+        elif m := _BARE_ADDR.fullmatch(item):
+            out.append(("", m.group(1)))
+        else:
+            return None
+    return out
+
+
 def _fast_addresses(values: list[str]) -> list[Address]:
     out = []
-    for name, addr in getaddresses([_clean(v) for v in values]):
-        addr = addr.strip()
-        if addr and addr != "<>":
-            out.append(Address.model_construct(name=_fast_words(name).strip() or None,
-                                               address=addr))  # fmt: skip
+    for value in values:
+        pairs = _simple_addresses(value)
+        if pairs is None:
+            pairs = getaddresses([value])
+        for name, addr in pairs:
+            addr = addr.strip()
+            if addr and addr != "<>":
+                out.append(Address.model_construct(name=_fast_words(name).strip() or None,
+                                                   address=addr))  # fmt: skip
     return out
 
 

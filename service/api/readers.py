@@ -40,7 +40,9 @@ def make_reader(
     if protocol == "imap":
         if provider.imap is None:
             raise NotSupported(f"Provider {provider.name!r} has no IMAP server.")
-        return imap_reader(settings, provider, creds, request.app.state.imap_pool)
+        return imap_reader(
+            settings, provider, creds, request.app.state.imap_pool, request.app.state.summary_cache
+        )
     if provider.pop3 is None:
         raise NotSupported(f"Provider {provider.name!r} has no POP3 server.")
     return Pop3Reader(settings, provider, creds)

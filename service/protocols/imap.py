@@ -54,6 +54,7 @@ from service.protocols.imapconn import (
     format_uid_set,
 )
 from service.protocols.pool import SessionPool
+from service.protocols.summary_cache import SummaryCache
 
 __all__ = [
     "ImapOpenedMessage",
@@ -170,8 +171,9 @@ def _visible_flags(flags: list[str] | None) -> list[str]:
 def _summary(folder: str, uidvalidity: int, item: FetchItem) -> MessageSummary:
     fields = summary_fields(item.section("BODY[HEADER") or b"")
     flags = _visible_flags(item.flags)
-    return MessageSummary.model_validate(
-        {
+    return MessageSummary.model_construct(
+        None,
+        **{
             "id": ImapRef(folder, uidvalidity, item.uid).encode(),
             "folder": folder,
             "uid": item.uid,
@@ -185,7 +187,7 @@ def _summary(folder: str, uidvalidity: int, item: FetchItem) -> MessageSummary:
             "flags": flags,
             "seen": "\\Seen" in flags,
             "has_attachments": bool(fields.get("has_attachments")),
-        }
+        },
     )
 
 
@@ -302,6 +304,7 @@ class ImapReader:
         provider: Provider,
         creds: Credentials,
         pool: SessionPool[ImapSession],
+        cache: SummaryCache | None = None,
     ) -> None:
         server = provider.imap
         if server is None:
@@ -312,6 +315,7 @@ class ImapReader:
         self._ctx = settings.ssl_context(provider)
         self._creds = creds
         self._key = creds.pool_key(provider.name, "imap")
+        self._cache = cache
 
     async def _connect(self) -> ImapSession:
         return await ImapSession.connect(self.settings, self._server, self._ctx, self._creds)
@@ -404,14 +408,41 @@ class ImapReader:
                     total = found.count
                 else:
                     total = (await session.uid_search(criteria or ["ALL"], count=True)).count
-            fetched = await session.uid_fetch(format_uid_set(page), SUMMARY_ITEMS) if page else {}
-            items = [_summary(folder, uidvalidity, fetched[uid]) for uid in page if uid in fetched]
+            items = await self._summaries(session, folder, uidvalidity, page)
             cursor = None
             if more:
                 cursor = encode_cursor({"f": folder, "v": uidvalidity, "u": page[-1], "q": qhash})
             return MessagePage(items=items, next_cursor=cursor, total=total)
 
         return await self._run(op)
+
+    async def _summaries(
+        self, session: ImapSession, folder: str, uidvalidity: int, page: list[int]
+    ) -> list[MessageSummary]:
+        """One FETCH: FLAGS only when every summary is cached, else the header fields."""
+        if not page:
+            return []
+        keys = {uid: (self._key, folder, uidvalidity, uid) for uid in page}
+        cached = {uid: self._cache.get(k) for uid, k in keys.items()} if self._cache else {}
+        if cached and all(v is not None for v in cached.values()):
+            fetched = await session.uid_fetch(format_uid_set(page), "(UID FLAGS)")
+            out = []
+            for uid in page:
+                known, item = cached[uid], fetched.get(uid)
+                if known is not None and item is not None:
+                    flags = _visible_flags(item.flags)
+                    out.append(known.model_copy(update={"flags": flags,
+                                                        "seen": "\\Seen" in flags}))  # fmt: skip
+            return out
+        fetched = await session.uid_fetch(format_uid_set(page), SUMMARY_ITEMS)
+        out = []
+        for uid in page:
+            if uid in fetched:
+                summary = _summary(folder, uidvalidity, fetched[uid])
+                if self._cache is not None:
+                    self._cache.put(keys[uid], summary)
+                out.append(summary)
+        return out
 
     # -- one message ------------------------------------------------------------------------
     async def open(self, ref: MessageRef) -> ImapOpenedMessage:
@@ -534,10 +565,14 @@ class ImapReader:
 
 
 def imap_reader(
-    settings: Settings, provider: Provider, creds: Credentials, pool: SessionPool[ImapSession]
+    settings: Settings,
+    provider: Provider,
+    creds: Credentials,
+    pool: SessionPool[ImapSession],
+    cache: SummaryCache | None = None,
 ) -> ImapReader:
     """The reader the API uses for ``protocol=imap``."""
-    return ImapReader(settings, provider, creds, pool)
+    return ImapReader(settings, provider, creds, pool, cache)
 
 
 def new_imap_pool(settings: Settings) -> SessionPool[ImapSession]:

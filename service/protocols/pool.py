@@ -98,7 +98,7 @@ class SessionPool(Generic[S]):
         pool_idle_seconds, command_timeout); keyword arguments override them."""
         if settings is None:
             settings = Settings()
-        self.per_key = per_key if per_key is not None else settings.pool_size_per_user
+        self.per_key = per_key if per_key is not None else settings.pool_size_per_process
         self.max_total = max_total if max_total is not None else settings.pool_max_sessions
         self.idle_seconds = idle_seconds if idle_seconds is not None else settings.pool_idle_seconds
         self.wait_timeout = wait_timeout if wait_timeout is not None else settings.command_timeout

@@ -310,8 +310,9 @@ def _summary(uidl: str, size: int | None, head: bytes) -> MessageSummary:
         value = fields.get(key)
         return value if isinstance(value, str) else None
 
-    return MessageSummary.model_validate(
-        {
+    return MessageSummary.model_construct(
+        None,
+        **{
             "id": Pop3Ref(uidl).encode(),
             "folder": "INBOX",
             "uidl": uidl,
@@ -325,5 +326,5 @@ def _summary(uidl: str, size: int | None, head: bytes) -> MessageSummary:
             "flags": [],
             "seen": None,
             "has_attachments": bool(fields.get("has_attachments")),
-        }
+        },
     )
