@@ -1,0 +1,127 @@
+"""IMAP-only behaviour through the API, checked against the real mailbox with imaplib."""
+
+from __future__ import annotations
+
+import email
+from typing import Any
+
+import pytest
+from mailboxes import Mailbox
+
+pytestmark = pytest.mark.mailstack
+
+
+def raw(subject: str, sender: str = "a@example.test") -> bytes:
+    return (
+        f"From: {sender}\r\nTo: b@example.test\r\nSubject: {subject}\r\n"
+        f"Message-ID: <{subject.replace(' ', '.')}@example.test>\r\n\r\nbody {subject}\r\n"
+    ).encode()
+
+
+async def items(client: Any, box: Mailbox, **params: Any) -> list[dict[str, Any]]:
+    r = await client.get("/v1/messages", params={"protocol": "imap", **params}, headers=box.auth)
+    assert r.status_code == 200, r.text
+    result: list[dict[str, Any]] = r.json()["items"]
+    return result
+
+
+async def test_stale_id_is_410(client: Any, stack: dict[str, str], mailbox: Mailbox) -> None:
+    conn = mailbox.imap(stack)
+    assert conn.create("Projects")[0] == "OK"
+    conn.logout()
+    mailbox.append(stack, raw("old"), folder="Projects")
+    [item] = await items(client, mailbox, folder="Projects")
+    conn = mailbox.imap(stack)
+    assert conn.delete("Projects")[0] == "OK" and conn.create("Projects")[0] == "OK"
+    conn.logout()
+    mailbox.append(stack, raw("new"), folder="Projects")
+    for method, path in (("GET", ""), ("GET", "/raw"), ("DELETE", "")):
+        r = await client.request(method, f"/v1/messages/{item['id']}{path}",
+                                 headers=mailbox.auth)  # fmt: skip
+        assert r.status_code == 410, (method, path, r.text)
+        assert r.json()["code"] == "stale-id"
+    assert [email.message_from_bytes(m)["Subject"] for _, m, _ in
+            mailbox.messages(stack, "Projects")] == ["new"]  # fmt: skip
+
+
+async def test_missing_folder_is_404(client: Any, mailbox: Mailbox) -> None:
+    r = await client.get("/v1/messages", params={"folder": "Nope"}, headers=mailbox.auth)
+    assert r.status_code == 404 and r.json()["code"] == "not-found"
+
+
+async def test_mark_seen_and_patch(client: Any, stack: dict[str, str], mailbox: Mailbox) -> None:
+    mailbox.append(stack, raw("one"))
+    mailbox.append(stack, raw("two"))
+    listed = {i["subject"]: i for i in await items(client, mailbox)}
+    assert listed["one"]["seen"] is False and listed["one"]["flags"] == []
+    r = await client.get(f"/v1/messages/{listed['one']['id']}", params={"mark_seen": "true"},
+                         headers=mailbox.auth)  # fmt: skip
+    assert r.status_code == 200
+    flags = {email.message_from_bytes(m)["Subject"]: f for _, m, f in mailbox.messages(stack)}
+    assert "\\Seen" in flags["one"] and "\\Seen" not in flags["two"]
+    # Listing again (summaries now cached) shows the fresh flags.
+    again = {i["subject"]: i for i in await items(client, mailbox)}
+    assert again["one"]["seen"] is True and again["two"]["seen"] is False
+    r = await client.patch(f"/v1/messages/{listed['two']['id']}",
+                           json={"flagged": True, "seen": True}, headers=mailbox.auth)  # fmt: skip
+    assert r.status_code == 204, r.text
+    flags = {email.message_from_bytes(m)["Subject"]: f for _, m, f in mailbox.messages(stack)}
+    assert "\\Flagged" in flags["two"] and "\\Seen" in flags["two"]
+    assert [i["subject"] for i in await items(client, mailbox, flagged="true")] == ["two"]
+    r = await client.patch(f"/v1/messages/{listed['two']['id']}", json={"folder": "Archive"},
+                           headers=mailbox.auth)  # fmt: skip
+    assert r.status_code == 204, r.text
+    assert [email.message_from_bytes(m)["Subject"] for _, m, _ in mailbox.messages(stack)] == [
+        "one"
+    ]
+    moved = mailbox.messages(stack, "Archive")
+    assert [email.message_from_bytes(m)["Subject"] for _, m, _ in moved] == ["two"]
+    r = await client.patch(f"/v1/messages/{listed['one']['id']}", json={"folder": "Nowhere"},
+                           headers=mailbox.auth)  # fmt: skip
+    assert r.status_code == 404
+    r = await client.patch(f"/v1/messages/{listed['one']['id']}", json={},
+                           headers=mailbox.auth)  # fmt: skip
+    assert r.status_code == 422
+
+
+async def test_search_filters(client: Any, stack: dict[str, str], mailbox: Mailbox) -> None:
+    mailbox.append(stack, raw("invoice march", sender="billing@shop.test"))
+    mailbox.append(stack, raw("hello there", sender="friend@example.test"), flags="\\Seen")
+    mailbox.append(stack, raw("Price * 2 (unbalanced", sender="friend@example.test"))
+    assert [i["subject"] for i in await items(client, mailbox, subject="invoice")] == [
+        "invoice march"
+    ]
+    got = [i["subject"] for i in await items(client, mailbox, **{"from": "friend@example.test"})]
+    assert got == ["Price * 2 (unbalanced", "hello there"]
+    unseen = [i["subject"] for i in await items(client, mailbox, unseen="true")]
+    assert unseen == ["Price * 2 (unbalanced", "invoice march"]
+    assert [i["subject"] for i in await items(client, mailbox, subject="* 2 (")] == [
+        "Price * 2 (unbalanced"
+    ]
+    assert await items(client, mailbox, since="2999-01-01") == []
+    r = await client.get("/v1/messages", params={"subject": "a\r\nb"}, headers=mailbox.auth)
+    assert r.status_code == 422
+
+
+async def test_remove_spares_messages_flagged_deleted_elsewhere(
+    client: Any, stack: dict[str, str], mailbox: Mailbox
+) -> None:
+    mailbox.append(stack, raw("flagged by another client"), flags="\\Deleted")
+    mailbox.append(stack, raw("target"))
+    target = next(i for i in await items(client, mailbox) if i["subject"] == "target")
+    r = await client.get(f"/v1/messages/{target['id']}", params={"mode": "remove"},
+                         headers=mailbox.auth)  # fmt: skip
+    assert r.status_code == 200 and r.json()["removed"] is True
+    [(_, left, flags)] = mailbox.messages(stack)
+    assert b"flagged by another client" in left and "\\Deleted" in flags
+
+
+@pytest.mark.parametrize("kind", ["starttls", "plain"])
+async def test_starttls_and_plain_loopback(
+    kind: str, make_client: Any, stack: dict[str, str], mailbox: Mailbox
+) -> None:
+    mailbox.append(stack, raw("over " + kind))
+    port = stack["MAILSTACK_IMAP_PORT"]
+    url = f"imap://localhost:{port}" if kind == "starttls" else f"imap+plain://127.0.0.1:{port}"
+    async with make_client(imap_url=url) as client:
+        assert [i["subject"] for i in await items(client, mailbox)] == ["over " + kind]
