@@ -87,9 +87,8 @@ def main() -> None:
         print(
             f"{proto}: {n / 1e6:.1f} MB byte-exact={exact} in {took:.2f}s "
             f"(direct stdlib client {direct:.2f}s, ratio {took / direct:.2f}); "
-            f"gateway peak RSS {before / 1024:.0f} -> {after / 1024:.0f} MB, "
-            f"growth {growth_mb:.1f} MB = {100 * growth_mb * 1e6 / 1048576 / (SIZE / 1e6):.1f}% "
-            "of the message"
+            f"gateway peak RSS {before / 1024:.0f} -> {after / 1024:.0f} MiB, "
+            f"growth {growth_mb:.1f} MiB = {100 * growth_mb * 1048576 / SIZE:.1f}% of the message"
         )
         assert exact
 
