@@ -96,6 +96,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             with_google_fonts=False,
         )
 
+    _document_security(app)
     if settings.cors_origins:
         app.add_middleware(
             CORSMiddleware,
@@ -109,3 +110,42 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.add_middleware(MetricsMiddleware, metrics=app.state.metrics)
     logging.getLogger("mailgate").setLevel(settings.log_level.upper())
     return app
+
+
+SECURITY_SCHEMES = {
+    "mailboxBasic": {
+        "type": "http",
+        "scheme": "basic",
+        "description": "Mailbox user and password: IMAP LOGIN, SMTP/POP3 AUTH PLAIN or "
+        "USER/PASS. Sent on every request; never stored or logged.",
+    },
+    "mailboxBearer": {
+        "type": "http",
+        "scheme": "bearer",
+        "description": "OAuth 2 access token for SASL XOAUTH2; needs X-Mail-User.",
+    },
+    "mailUser": {
+        "type": "apiKey",
+        "in": "header",
+        "name": "X-Mail-User",
+        "description": "The mailbox address that goes with a Bearer token.",
+    },
+}
+
+
+def _document_security(app: FastAPI) -> None:
+    """Declare the mailbox credentials as security schemes (the docs' Authorize button)."""
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is None:
+            schema = FastAPI.openapi(app)
+            schema.setdefault("components", {})["securitySchemes"] = SECURITY_SCHEMES
+            for path, ops in schema["paths"].items():
+                if path.startswith("/v1/"):
+                    for op in ops.values():
+                        op["security"] = [{"mailboxBasic": []},
+                                          {"mailboxBearer": [], "mailUser": []}]  # fmt: skip
+            app.openapi_schema = schema
+        return app.openapi_schema
+
+    app.openapi = openapi  # type: ignore[method-assign]

@@ -41,19 +41,15 @@ def check_api_key(
         raise Forbidden("A valid X-API-Key header is required.")
 
 
-def get_credentials(
-    authorization: Annotated[
-        str | None,
-        Header(
-            description="`Basic base64(user:password)`, or `Bearer TOKEN` with X-Mail-User "
-            "(SASL XOAUTH2). Never stored or logged."
-        ),
-    ] = None,
-    x_mail_user: Annotated[
-        str | None, Header(description="Mailbox user for Bearer (XOAUTH2) credentials.")
-    ] = None,
-) -> Credentials:
-    """Mailbox credentials of this request; 401 auth-required when absent or unreadable."""
+def get_credentials(request: Request) -> Credentials:
+    """Mailbox credentials of this request; 401 auth-required when absent or unreadable.
+
+    Read from the headers directly (documented as OpenAPI security schemes, so that
+    the interactive docs can send them): ``Authorization: Basic`` or ``Bearer`` with
+    ``X-Mail-User``.
+    """
+    authorization = request.headers.get("authorization")
+    x_mail_user = request.headers.get("x-mail-user")
     if not authorization:
         raise AuthRequired("Send mailbox credentials: Authorization: Basic or Bearer.")
     scheme, _, value = authorization.strip().partition(" ")

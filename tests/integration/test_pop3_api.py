@@ -41,11 +41,19 @@ async def test_every_tls_mode_lists_fetches_and_removes(
     assert [raw for _, raw, _ in left] == [RAW.replace(b"hi", b"second")]
 
 
+class Recorded(list[str]):
+    """Command verbs in order; ``lines`` keeps whole AUTH lines."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.lines: list[str] = []
+
+
 @asynccontextmanager
 async def fake_pop3(retr: str, *, pass_reply: bytes = b"+OK logged in\r\n"
-                    ) -> AsyncIterator[tuple[int, list[str]]]:  # fmt: skip
+                    ) -> AsyncIterator[tuple[int, Recorded]]:  # fmt: skip
     """A scripted POP3 server with one message; ``retr`` says how RETR misbehaves."""
-    received: list[str] = []
+    received = Recorded()
     body = b"Subject: x\r\n\r\n" + b"line of body text\r\n" * 2000
 
     async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
@@ -56,15 +64,22 @@ async def fake_pop3(retr: str, *, pass_reply: bytes = b"+OK logged in\r\n"
                 received.append(cmd.split()[0].upper())
                 verb = received[-1]
                 if verb == "CAPA":
-                    writer.write(b"+OK\r\nUSER\r\nUIDL\r\nTOP\r\n.\r\n")
+                    writer.write(b"+OK\r\nUSER\r\nUIDL\r\nTOP\r\nSASL XOAUTH2\r\n.\r\n")
+                elif verb == "AUTH":
+                    received.lines.append(cmd)
+                    writer.write(b"+OK authenticated\r\n")
                 elif verb == "USER":
                     writer.write(b"+OK\r\n")
                 elif verb == "PASS":
                     writer.write(pass_reply)
                 elif verb == "UIDL":
                     writer.write(b"+OK\r\n1 uid-one\r\n.\r\n")
+                elif verb == "LIST" and cmd.upper() == "LIST":
+                    writer.write(f"+OK\r\n1 {len(body)}\r\n.\r\n".encode())
                 elif verb == "LIST":
                     writer.write(f"+OK 1 {len(body)}\r\n".encode())
+                elif verb == "TOP":
+                    writer.write(b"+OK\r\nSubject: x\r\n\r\n.\r\n")
                 elif verb == "RETR":
                     if retr == "hang":
                         await asyncio.sleep(30)
@@ -157,3 +172,21 @@ async def test_repeated_refused_logins_are_rate_limited(make_client: Any, mailbo
             assert r.status_code == 401  # another mailbox is not affected
     assert codes == [(401, "auth-failed"), (401, "auth-failed"), (429, "rate-limited")]
     assert received.count("PASS") == 3  # the third call never reached the server
+
+
+async def test_bearer_token_is_sent_as_xoauth2(make_client: Any) -> None:
+    import base64
+
+    async with fake_pop3("ok") as (port, received):
+        async with make_client(pop3_url=f"pop3+plain://127.0.0.1:{port}") as client:
+            r = await client.get(
+                "/v1/messages",
+                params={"protocol": "pop3"},
+                headers={"Authorization": "Bearer ya29.token-xyz", "X-Mail-User": "u@example.test"},
+            )
+    assert r.status_code == 200, r.text
+    assert "PASS" not in received and "USER" not in received
+    [auth] = received.lines
+    verb, mech, payload = auth.split(" ")
+    assert (verb, mech) == ("AUTH", "XOAUTH2")
+    assert base64.b64decode(payload) == b"user=u@example.test\x01auth=Bearer ya29.token-xyz\x01\x01"
