@@ -164,6 +164,33 @@ def _role(box: MailboxInfo) -> FolderRole | None:
     return None
 
 
+_NAME_ROLES: dict[str, FolderRole] = {
+    **dict.fromkeys(_SENT_NAMES, "sent"),
+    **dict.fromkeys(("drafts", "draft"), "drafts"),
+    **dict.fromkeys(("trash", "deleted items", "deleted messages", "bin"), "trash"),
+    **dict.fromkeys(("junk", "spam", "junk e-mail", "junk email", "bulk mail"), "junk"),
+    **dict.fromkeys(("archive", "archives"), "archive"),
+}
+
+
+def _roles_from_names(folders: list[Folder]) -> None:
+    """For servers without SPECIAL-USE: give a role by a well-known name (a top-level
+    folder, or one directly under INBOX) when no folder has it by attribute."""
+    taken = {f.role for f in folders if f.role is not None}
+    for folder in folders:
+        if folder.role is not None:
+            continue
+        name = folder.name
+        if folder.delimiter and name.upper().startswith("INBOX" + folder.delimiter):
+            name = name[len("INBOX") + len(folder.delimiter) :]
+        if folder.delimiter and folder.delimiter in name:
+            continue
+        role = _NAME_ROLES.get(name.casefold())
+        if role is not None and role not in taken:
+            folder.role = role
+            taken.add(role)
+
+
 def _visible_flags(flags: list[str] | None) -> list[str]:
     return [f for f in flags or [] if f.lower() not in _HIDDEN_FLAGS]
 
@@ -376,6 +403,7 @@ class ImapReader:
                         unseen=unseen,
                     )
                 )
+            _roles_from_names(out)
             out.sort(key=lambda f: (f.role != "inbox", f.name.casefold()))
             return out
 

@@ -166,8 +166,16 @@ class Pop3Reader:
                 numbers = [n for n in numbers if n < below]
             page = numbers[: query.limit]
             items = []
+            use_top = not client.capabilities or "TOP" in client.capabilities
             for n in page:
-                head = await client.top(n, 0, max_bytes=_TOP_MAX_BYTES)
+                head = None
+                if use_top:
+                    try:
+                        head = await client.top(n, 0, max_bytes=_TOP_MAX_BYTES)
+                    except Pop3NoSuchMessage:
+                        use_top = False  # TOP is optional (RFC 1939): read the message
+                if head is None:
+                    head = await _head_by_retr(client, n)
                 items.append(_summary(uidls[n], sizes.get(n), head))
         more = len(numbers) > len(page)
         cursor = encode_cursor({"p": 1, "u": uidls[page[-1]], "n": page[-1]}) if more else None
@@ -222,27 +230,49 @@ class Pop3Message:
         self.flags: list[str] = []
 
     async def chunks(self, start: int = 0, end: int | None = None) -> AsyncIterator[bytes]:
-        """RETR as it arrives, cut to ``[start, end)``; exactly LIST-size bytes or an error."""
+        """RETR as it arrives, cut to ``[start, end)``.
+
+        The HTTP answer announced LIST's size (RFC 1939: the exact size): a server
+        that sends more or fewer bytes for the whole message fails the download
+        (the connection is cut) rather than delivering a silently wrong body.
+        """
+        whole = end is None or end >= self.size
         end = self.size if end is None else min(end, self.size)
         pos = 0
+        pending = b""  # one piece held back until RETR has ended, so a surplus cuts it
         try:
             async with contextlib.aclosing(self._client.retr(self._number)) as body:
                 async for chunk in body:
                     lo, hi = max(start - pos, 0), min(end - pos, len(chunk))
                     pos += len(chunk)
-                    if lo < hi:
-                        yield chunk[lo:hi]
-                    if pos >= end:
+                    if whole and pos > self.size:
+                        raise UpstreamError("The POP3 server sent more bytes than LIST said.")
+                    if pending:
+                        yield pending
+                    pending = chunk[lo:hi] if lo < hi else b""
+                    if pos >= end and not whole:
                         break
         except Pop3Error as exc:
             raise translate(exc) from None
         if pos < end:
             raise UpstreamError("The POP3 server sent fewer bytes than LIST announced.")
+        if pending:
+            yield pending
 
     async def read(self, limit: int) -> bytes:
+        """The whole message as RETR sends it (not cut to LIST's size), at most ``limit``."""
         if self.size > limit:
             raise TooLarge(f"The message is over {limit} bytes: fetch /raw instead.")
-        return b"".join([c async for c in self.chunks()])
+        out = bytearray()
+        try:
+            async with contextlib.aclosing(self._client.retr(self._number)) as body:
+                async for chunk in body:
+                    out += chunk
+                    if len(out) > limit:
+                        raise TooLarge(f"The message is over {limit} bytes: fetch /raw instead.")
+        except Pop3Error as exc:
+            raise translate(exc) from None
+        return bytes(out)
 
     async def mark_seen(self) -> None:
         raise NotSupported("POP3 has no flags.")
@@ -266,6 +296,21 @@ class Pop3Message:
                 await self._client.quit()  # keep mode: no DELE was sent
                 return
         await self._client.aclose_without_quit()
+
+
+async def _head_by_retr(client: Pop3Client, n: int) -> bytes:
+    """The header section of message ``n`` for a server without TOP: RETR, keep the head."""
+    head = bytearray()
+    done = False
+    async with contextlib.aclosing(client.retr(n)) as body:
+        async for chunk in body:
+            if not done:
+                head += chunk
+                cut = head.find(b"\r\n\r\n")
+                if cut >= 0 or len(head) > _TOP_MAX_BYTES:
+                    del head[cut + 4 if cut >= 0 else _TOP_MAX_BYTES :]
+                    done = True
+    return bytes(head)
 
 
 def _inbox_only(folder: str) -> None:

@@ -9,6 +9,7 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
 
+import httpx
 import pytest
 from mailboxes import Mailbox
 
@@ -50,8 +51,13 @@ class Recorded(list[str]):
 
 
 @asynccontextmanager
-async def fake_pop3(retr: str, *, pass_reply: bytes = b"+OK logged in\r\n"
-                    ) -> AsyncIterator[tuple[int, Recorded]]:  # fmt: skip
+async def fake_pop3(
+    retr: str,
+    *,
+    pass_reply: bytes = b"+OK logged in\r\n",
+    capa: bytes = b"USER\r\nUIDL\r\nTOP\r\nSASL XOAUTH2\r\n",
+    list_skew: int = 0,
+) -> AsyncIterator[tuple[int, Recorded]]:
     """A scripted POP3 server with one message; ``retr`` says how RETR misbehaves."""
     received = Recorded()
     body = b"Subject: x\r\n\r\n" + b"line of body text\r\n" * 2000
@@ -64,7 +70,7 @@ async def fake_pop3(retr: str, *, pass_reply: bytes = b"+OK logged in\r\n"
                 received.append(cmd.split()[0].upper())
                 verb = received[-1]
                 if verb == "CAPA":
-                    writer.write(b"+OK\r\nUSER\r\nUIDL\r\nTOP\r\nSASL XOAUTH2\r\n.\r\n")
+                    writer.write(b"+OK\r\n" + capa + b".\r\n")
                 elif verb == "AUTH":
                     received.lines.append(cmd)
                     writer.write(b"+OK authenticated\r\n")
@@ -75,14 +81,18 @@ async def fake_pop3(retr: str, *, pass_reply: bytes = b"+OK logged in\r\n"
                 elif verb == "UIDL":
                     writer.write(b"+OK\r\n1 uid-one\r\n.\r\n")
                 elif verb == "LIST" and cmd.upper() == "LIST":
-                    writer.write(f"+OK\r\n1 {len(body)}\r\n.\r\n".encode())
+                    writer.write(f"+OK\r\n1 {len(body) + list_skew}\r\n.\r\n".encode())
                 elif verb == "LIST":
-                    writer.write(f"+OK 1 {len(body)}\r\n".encode())
-                elif verb == "TOP":
+                    writer.write(f"+OK 1 {len(body) + list_skew}\r\n".encode())
+                elif verb == "TOP" and b"TOP" in capa:
                     writer.write(b"+OK\r\nSubject: x\r\n\r\n.\r\n")
                 elif verb == "RETR":
                     if retr == "hang":
                         await asyncio.sleep(30)
+                    if retr == "ok":
+                        writer.write(b"+OK\r\n" + body + b".\r\n")
+                        await writer.drain()
+                        continue
                     writer.write(b"+OK\r\n" + body[: len(body) // 2])
                     await writer.drain()
                     if retr == "drop":
@@ -190,3 +200,27 @@ async def test_bearer_token_is_sent_as_xoauth2(make_client: Any) -> None:
     verb, mech, payload = auth.split(" ")
     assert (verb, mech) == ("AUTH", "XOAUTH2")
     assert base64.b64decode(payload) == b"user=u@example.test\x01auth=Bearer ya29.token-xyz\x01\x01"
+
+
+async def test_server_without_top_lists_by_retr(make_client: Any, mailbox: Mailbox) -> None:
+    async with fake_pop3("ok", capa=b"USER\r\nUIDL\r\n") as (port, received):
+        async with make_client(pop3_url=f"pop3+plain://127.0.0.1:{port}") as client:
+            r = await client.get("/v1/messages", params={"protocol": "pop3"}, headers=mailbox.auth)
+    assert r.status_code == 200, r.text
+    assert [i["subject"] for i in r.json()["items"]] == ["x"]
+    assert "TOP" not in received and "RETR" in received and "DELE" not in received
+
+
+async def test_list_size_that_lies_never_yields_a_wrong_body(
+    make_client: Any, make_live_gateway: Any, mailbox: Mailbox
+) -> None:
+    async with fake_pop3("ok", list_skew=-10) as (port, received):
+        url = f"pop3+plain://127.0.0.1:{port}"
+        async with make_client(pop3_url=url) as client:
+            r = await client.get(f"/v1/messages/{_id()}", headers=mailbox.auth)
+            assert r.status_code == 200 and r.json()["subject"] == "x"  # parsed: RETR's bytes
+        async with make_live_gateway(pop3_url=url) as base, httpx.AsyncClient() as http:
+            with pytest.raises(httpx.HTTPError):  # the download is cut, never short-changed
+                await http.get(f"{base}/v1/messages/{_id()}/raw", params={"mode": "remove"},
+                               headers=mailbox.auth)  # fmt: skip
+    assert "DELE" not in received
