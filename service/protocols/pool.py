@@ -60,6 +60,17 @@ class PooledSession(Protocol):
 S = TypeVar("S", bound=PooledSession)
 
 
+class _RetryInQueue(Exception):
+    """The server refused a new session for its connection limit; wait for ours."""
+
+
+def _is_connection_limit(exc: BaseException) -> bool:
+    """A login refused because the user has too many connections (IMAP [LIMIT])."""
+    upstream = getattr(exc, "upstream", None)
+    reply = getattr(upstream, "reply", "") or ""
+    return isinstance(exc, UpstreamUnavailable) and "[LIMIT]" in reply.upper()
+
+
 class _Slot:
     """A waiter's grant: room to open one new session (already counted for its key)."""
 
@@ -112,6 +123,8 @@ class SessionPool(Generic[S]):
         self._closing: set[asyncio.Task[None]] = set()
         self._reaper: asyncio.Task[None] | None = None
         self._closed = False
+        self._lowered: dict[str, tuple[int, float]] = {}
+        self.lowered_for = 60.0
 
     # -- public API -------------------------------------------------------------------------
     @contextlib.asynccontextmanager
@@ -142,13 +155,14 @@ class SessionPool(Generic[S]):
                     self.release(session, healthy=False)
                     continue
                 return session
-            if self._reserve(key):
-                break
-            granted = await self._wait(key, deadline)
-            if not isinstance(granted, _Slot):
-                return granted  # handed over by release(), already leased to us
-            break  # a slot was reserved for us
-        return await self._create(key, factory)
+            if not self._reserve(key):
+                granted = await self._wait(key, deadline)
+                if not isinstance(granted, _Slot):
+                    return granted  # handed over by release(), already leased to us
+            try:
+                return await self._create(key, factory)
+            except _RetryInQueue:
+                continue
 
     def release(self, session: S, *, healthy: bool) -> None:
         """Give a leased session back; closed instead of kept when not healthy."""
@@ -229,7 +243,7 @@ class SessionPool(Generic[S]):
 
     def _reserve(self, key: str) -> bool:
         """Count a new session for ``key`` if both caps (and fairness) allow."""
-        if self._open.get(key, 0) >= self.per_key or self._key_waiters.get(key):
+        if self._open.get(key, 0) >= self._limit(key) or self._key_waiters.get(key):
             return False
         if self._global_waiters:
             return False
@@ -257,7 +271,7 @@ class SessionPool(Generic[S]):
     async def _wait(self, key: str, deadline: float) -> S | _Slot:
         loop = asyncio.get_running_loop()
         fut: asyncio.Future[S | _Slot] = loop.create_future()
-        if self._open.get(key, 0) >= self.per_key or self._key_waiters.get(key):
+        if self._open.get(key, 0) >= self._limit(key) or self._key_waiters.get(key):
             self._key_waiters.setdefault(key, deque()).append(fut)
         else:
             self._global_waiters.append((key, fut))
@@ -320,7 +334,7 @@ class SessionPool(Generic[S]):
             k, fut = self._global_waiters.popleft()
             if fut.done():
                 continue
-            if self._open.get(k, 0) >= self.per_key:
+            if self._open.get(k, 0) >= self._limit(k):
                 self._key_waiters.setdefault(k, deque()).append(fut)
                 continue
             self._grant(k, fut)
@@ -330,10 +344,27 @@ class SessionPool(Generic[S]):
         self._total += 1
         fut.set_result(_SLOT)
 
+    def _limit(self, key: str) -> int:
+        """The per-key cap, lowered for a while after the server refused one more login."""
+        lowered = self._lowered.get(key)
+        if lowered is None:
+            return self.per_key
+        if lowered[1] < time.monotonic():
+            del self._lowered[key]
+            return self.per_key
+        return lowered[0]
+
     async def _create(self, key: str, factory: Callable[[], Awaitable[S]]) -> S:
         try:
             session = await factory()
-        except BaseException:
+        except BaseException as exc:
+            others = self._open.get(key, 1) - 1
+            if others > 0 and _is_connection_limit(exc):
+                # The server's per-user limit is shared with the user's other clients:
+                # queue for one of our own sessions instead of failing this request.
+                self._lowered[key] = (others, time.monotonic() + self.lowered_for)
+                self._free_slot(key)
+                raise _RetryInQueue from exc
             self._free_slot(key)
             raise
         if self._closed:

@@ -125,3 +125,23 @@ async def test_starttls_and_plain_loopback(
     url = f"imap://localhost:{port}" if kind == "starttls" else f"imap+plain://127.0.0.1:{port}"
     async with make_client(imap_url=url) as client:
         assert [i["subject"] for i in await items(client, mailbox)] == ["over " + kind]
+
+
+async def test_other_clients_connections_queue_instead_of_failing(
+    client: Any, stack: dict[str, str], mailbox: Mailbox
+) -> None:
+    """Dovecot allows 10 connections per user and IP; the user's own mail client holds 8.
+    The gateway's pool (8 per user) must then live with what is left, queueing."""
+    import asyncio
+
+    mailbox.append(stack, raw("hello"))
+    others = [mailbox.imap(stack) for _ in range(8)]
+    try:
+        results = await asyncio.gather(
+            *(client.get("/v1/messages", headers=mailbox.auth) for _ in range(12))
+        )
+    finally:
+        for conn in others:
+            conn.logout()
+    assert [r.status_code for r in results] == [200] * 12, results[0].text
+    assert all(r.json()["items"][0]["subject"] == "hello" for r in results)
