@@ -965,3 +965,32 @@ def _fast_summary_fields(header_bytes: bytes) -> dict[str, object]:
         or disposition == "attachment",
         "content_type": ctype,
     }
+
+
+@dataclass(frozen=True)
+class PartInfo:
+    """What the MIME header of one part says about it."""
+
+    content_type: str
+    encoding: str | None
+    filename: str | None
+    disposition: Literal["attachment", "inline"] | None
+
+
+def part_info(header: bytes) -> PartInfo | None:
+    """Describe a leaf part from its MIME header alone; None for a multipart. Never raises."""
+    try:
+        part, _ = _parse(header if header.endswith(b"\r\n\r\n") else header + b"\r\n",
+                         headersonly=True)  # fmt: skip
+        ctype = _content_type(part)
+        if ctype.startswith("multipart/"):
+            return None
+        encoding = part.get("Content-Transfer-Encoding")
+        return PartInfo(
+            content_type=ctype,
+            encoding=str(encoding).strip().lower() if encoding else None,
+            filename=_filename(part),
+            disposition=_disposition(part),
+        )
+    except Exception:
+        return PartInfo("application/octet-stream", None, None, None)

@@ -82,6 +82,12 @@ class OpenedMessage(Protocol):
         """The whole raw message; TooLarge when it exceeds ``limit`` bytes."""
         ...
 
+    async def open_part(self, section: str) -> tuple[bytes, AsyncIterator[bytes]] | None:
+        """One MIME part alone (IMAP section number): its MIME header and its encoded
+        bytes in bounded chunks; None when there is no such part. TooLarge where the
+        protocol cannot fetch a part alone (POP3)."""
+        ...
+
     async def mark_seen(self) -> None:
         """Set \\Seen (IMAP); NotSupported on POP3."""
         ...

@@ -285,6 +285,45 @@ class ImapOpenedMessage:
             raise TooLarge(f"The message is over the limit of {limit} bytes.")
         return data
 
+    async def open_part(self, section: str) -> tuple[bytes, AsyncIterator[bytes]] | None:
+        """The MIME header of part ``section`` and its encoded bytes as partial fetches;
+        None when the message has no such part."""
+        session = self._live()
+        items = await session.uid_fetch(
+            str(self.uid),
+            f"(UID BODY.PEEK[HEADER.FIELDS (CONTENT-TYPE)] BODY.PEEK[{section}.MIME])",
+        )
+        item = items.get(self.uid)
+        if item is None:
+            raise NotFound("The message is gone.")
+        top = (item.section("BODY[HEADER.FIELDS") or b"").lower()
+        if b"multipart/" in top:
+            header = item.section(f"BODY[{section}.MIME]")
+        elif section == "1":  # a single-part message: its header describes part 1
+            header = await self._fetch_section("BODY.PEEK[HEADER]", "BODY[HEADER]")
+        else:
+            header = None
+        return (header, self._part_chunks(section)) if header else None
+
+    async def _fetch_section(self, item: str, key: str) -> bytes | None:
+        items = await self._live().uid_fetch(str(self.uid), f"(UID {item})")
+        found = items.get(self.uid)
+        return found.section(key) if found is not None else None
+
+    async def _part_chunks(self, section: str) -> AsyncIterator[bytes]:
+        step = self._reader.settings.fetch_chunk_bytes
+        offset = 0
+        while True:
+            data = await self._fetch_section(
+                f"BODY.PEEK[{section}]<{offset}.{step}>", f"BODY[{section}]"
+            )
+            if not data:
+                return
+            offset += len(data)
+            yield data
+            if len(data) < step:
+                return
+
     async def mark_seen(self) -> None:
         """UID STORE +FLAGS.SILENT (\\Seen)."""
         await self._live().uid_store(str(self.uid), "+FLAGS", ["\\Seen"])

@@ -274,6 +274,9 @@ class Pop3Message:
             raise translate(exc) from None
         return bytes(out)
 
+    async def open_part(self, section: str) -> tuple[bytes, AsyncIterator[bytes]] | None:
+        raise TooLarge("POP3 cannot fetch one part alone: the message is over the size limit.")
+
     async def mark_seen(self) -> None:
         raise NotSupported("POP3 has no flags.")
 

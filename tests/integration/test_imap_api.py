@@ -145,3 +145,40 @@ async def test_other_clients_connections_queue_instead_of_failing(
             conn.logout()
     assert [r.status_code for r in results] == [200] * 12, results[0].text
     assert all(r.json()["items"][0]["subject"] == "hello" for r in results)
+
+
+async def test_attachment_of_a_message_over_the_limit_streams_one_part(
+    make_client: Any, stack: dict[str, str], mailbox: Mailbox
+) -> None:
+    import os
+    from email.message import EmailMessage
+
+    blob = os.urandom(300_000)
+    notes = ("Grüße * 2 = ok\n" * 3000).encode()
+    msg = EmailMessage()
+    msg["From"], msg["To"], msg["Subject"] = "a@example.test", "b@example.test", "big"
+    msg.set_content("body")
+    msg.add_alternative("<p>body</p>", subtype="html")
+    msg.add_attachment(blob, maintype="application", subtype="octet-stream", filename="b.bin")
+    msg.add_attachment(notes, maintype="text", subtype="plain", filename="notes ü.txt",
+                       cte="quoted-printable")  # fmt: skip
+    mailbox.append(stack, msg.as_bytes())
+    async with make_client(max_message_bytes=100_000) as client:
+        [item] = await items(client, mailbox)
+        r = await client.get(f"/v1/messages/{item['id']}", headers=mailbox.auth)
+        assert r.status_code == 413  # too large to parse whole ...
+        url = f"/v1/messages/{item['id']}/attachments"
+        r = await client.get(f"{url}/2", headers=mailbox.auth)  # ... but one part streams
+        assert r.status_code == 200 and r.content == blob
+        assert r.headers["content-type"] == "application/octet-stream"
+        assert 'filename="b.bin"' in r.headers["content-disposition"]
+        r = await client.get(f"{url}/3", headers=mailbox.auth)
+        assert r.status_code == 200 and r.content == notes
+        for missing in ("1", "9", "2.4"):  # 1 is the multipart/alternative
+            r = await client.get(f"{url}/{missing}", headers=mailbox.auth)
+            assert r.status_code == 404, (missing, r.text)
+        r = await client.get(f"{url}/2", params={"protocol": "pop3"}, headers=mailbox.auth)
+        assert r.status_code == 400  # an IMAP id is not a POP3 id
+        r = await client.get(f"{url}/2", params={"mode": "remove"}, headers=mailbox.auth)
+        assert r.status_code == 200 and r.content == blob
+    assert mailbox.messages(stack) == []

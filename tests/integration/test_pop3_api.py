@@ -224,3 +224,15 @@ async def test_list_size_that_lies_never_yields_a_wrong_body(
                 await http.get(f"{base}/v1/messages/{_id()}/raw", params={"mode": "remove"},
                                headers=mailbox.auth)  # fmt: skip
     assert "DELE" not in received
+
+
+async def test_attachment_over_the_limit_is_413_on_pop3(
+    make_client: Any, stack: dict[str, str], mailbox: Mailbox
+) -> None:
+    mailbox.append(stack, RAW + b"x" * 5000 + b"\r\n")
+    async with make_client(max_message_bytes=2048) as client:
+        r = await client.get("/v1/messages", params={"protocol": "pop3"}, headers=mailbox.auth)
+        [item] = r.json()["items"]
+        r = await client.get(f"/v1/messages/{item['id']}/attachments/1", headers=mailbox.auth)
+    assert r.status_code == 413 and r.json()["code"] == "too-large"
+    assert len(mailbox.messages(stack)) == 1

@@ -19,6 +19,7 @@ from service.api.readers import make_reader
 from service.api.responses import CommitAfterSendResponse, one_chunk, parse_range
 from service.errors import ALL_ERRORS, InvalidId, NotFound, NotSupported, ValidationFailed
 from service.ids import ImapRef, MessageRef, Pop3Ref, decode_id
+from service.mime_stream import PartDecoder
 from service.models.message import (
     DeleteRequest,
     DeleteResult,
@@ -276,8 +277,9 @@ def _safe_ascii(name: str) -> str:
     return _UNSAFE.sub("_", name).strip(" .") or "attachment"
 
 
-def content_disposition(filename: str | None, kind: str = "attachment") -> str:
+def content_disposition(filename: str | None, kind: str | None = "attachment") -> str:
     """A Content-Disposition that no filename can break out of (RFC 6266)."""
+    kind = "inline" if kind == "inline" else "attachment"
     name = (filename or "attachment").replace("\\", "/").rsplit("/", 1)[-1]
     name = "".join(c for c in name if c.isprintable()).strip() or "attachment"
     fallback = _safe_ascii(name)[:150]
@@ -308,6 +310,8 @@ async def get_attachment(
     mode_ = mode or settings.default_mode
     msg, proto = await _open(request, settings, provider, creds, id, protocol)
     try:
+        if msg.size > settings.max_message_bytes:
+            return await _large_attachment(msg, attachment_id, mode_, mark_seen, proto)
         raw = await msg.read(settings.max_message_bytes)
         found = await _cpu(mime.find_attachment, raw, attachment_id)
         if found is None:
@@ -328,7 +332,38 @@ async def get_attachment(
         media_type=info.content_type,
         headers={
             "Content-Length": str(len(data)),
-            "Content-Disposition": content_disposition(info.filename),
+            "Content-Disposition": content_disposition(info.filename, info.disposition),
+            "X-Content-Type-Options": "nosniff",
+        },
+    )  # fmt: skip
+
+
+async def _large_attachment(
+    msg: OpenedMessage, section: str, mode: Mode, mark_seen: bool, proto: Protocol
+) -> Response:
+    """A message too large to parse whole: fetch the one part and decode it as it comes
+    (IMAP). The decoded length is not known in advance: the answer is chunked."""
+    found = await msg.open_part(section)
+    if found is None:
+        raise NotFound(f"The message has no attachment {section!r}.")
+    header, encoded = found
+    info = mime.part_info(header)
+    if info is None:
+        raise NotFound(f"Part {section!r} is not an attachment (it is a multipart).")
+    decoder = PartDecoder(info.encoding)
+
+    async def pieces() -> AsyncIterator[bytes]:
+        async for piece in encoded:
+            if out := decoder.feed(piece):
+                yield out
+        if out := decoder.flush():
+            yield out
+
+    return _commit_response(
+        msg, pieces(), mode=mode, mark_seen=mark_seen, protocol=proto,
+        media_type=info.content_type,
+        headers={
+            "Content-Disposition": content_disposition(info.filename, info.disposition),
             "X-Content-Type-Options": "nosniff",
         },
     )  # fmt: skip
