@@ -137,7 +137,9 @@ async def _multipart(request: Request, limit: int) -> tuple[Draft, list[mime.Out
         "(`Idempotent-Replayed: true`) without sending; with another body, 409. The key "
         "store is per gateway process (in memory) and scoped to the mailbox user; failed "
         "sends are not remembered, so a retry after an error sends again. For a raw message "
-        "without a Message-ID header, `message_id` is null."
+        "without a Message-ID header, `message_id` is null. `save_to_sent=true` appends the "
+        "copy over IMAP after a successful send; if that fails, the send still answers 200 "
+        "with `saved_to: null` (the message went out and must not be sent twice)."
     ),
     openapi_extra={"requestBody": _REQUEST_BODY},
     responses=problem_responses(400, 401, 403, 409, 413, 415, 422, 502, 503, 504),
