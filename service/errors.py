@@ -46,12 +46,13 @@ class Upstream:
 
 
 _SECRET_PATTERNS = [
-    # AUTH PLAIN / XOAUTH2 / LOGIN payloads and anything base64-looking after AUTH.
-    re.compile(r"(?i)(AUTH(?:ENTICATE)?\s+\S+\s+)\S+"),
-    re.compile(r"(?i)(\bLOGIN\s+\S+\s+)\S+"),
-    re.compile(r"(?i)(\bPASS\s+)\S+"),
-    re.compile(r"(?i)(Bearer\s+)\S+"),
-    re.compile(r"(?i)(auth=Bearer\s+)\S+"),
+    # Protocol lines that carry credentials: a SASL initial response after
+    # AUTH/AUTHENTICATE <MECHANISM>, the password of an IMAP "tag LOGIN user pass"
+    # or a POP3 "PASS", and bearer tokens. Ordinary words after them stay.
+    re.compile(r"(\bAUTH(?:ENTICATE)?\s+[A-Z0-9_-]+\s+)[A-Za-z0-9+/=]{4,}"),
+    re.compile(r"(?im)(^\s*\S+\s+LOGIN\s+\S+\s+)\S+"),
+    re.compile(r"(?im)(^\s*PASS\s+)\S+"),
+    re.compile(r"(?i)(\bBearer\s+)[A-Za-z0-9._~+/=-]+"),
 ]
 
 

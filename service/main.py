@@ -21,6 +21,7 @@ from service.api.routes import folders, health, messages, send
 from service.config import Settings, load_settings
 from service.idempotency import IdempotencyStore
 from service.metrics import Metrics, MetricsMiddleware
+from service.models.problem import Problem
 from service.protocols.imap import new_imap_pool
 from service.protocols.summary_cache import SummaryCache
 from service.ratelimit import FailedLoginLimiter
@@ -139,7 +140,11 @@ def _document_security(app: FastAPI) -> None:
     def openapi() -> dict[str, Any]:
         if app.openapi_schema is None:
             schema = FastAPI.openapi(app)
-            schema.setdefault("components", {})["securitySchemes"] = SECURITY_SCHEMES
+            components = schema.setdefault("components", {})
+            components["securitySchemes"] = SECURITY_SCHEMES
+            problem = Problem.model_json_schema(ref_template="#/components/schemas/{model}")
+            components.setdefault("schemas", {}).update(problem.pop("$defs", {}))
+            components["schemas"]["Problem"] = problem
             for path, ops in schema["paths"].items():
                 if path.startswith("/v1/"):
                     for op in ops.values():

@@ -747,7 +747,11 @@ def parse_message(
         infos = [leaf.info(len(_leaf_bytes(leaf.part))) for leaf in attachments]
         refs_raw = _decode_header("References", _first(msg, "references") or "")
         in_reply_to = _message_id(_first(msg, "in-reply-to"))
-        senders = _addresses_of(msg, "sender")
+
+        def addresses(name: str) -> list[Address]:
+            return _checked(_addresses_of(msg, name), name, defects)
+
+        senders = addresses("sender")
         subject = _first(msg, "subject")
         fields = {
             **base,
@@ -755,12 +759,12 @@ def parse_message(
             "in_reply_to": in_reply_to,
             "references": _MSGID.findall(refs_raw) or refs_raw.split(),
             "subject": None if subject is None else _decode_header("Subject", subject),
-            "from": _addresses_of(msg, "from"),
+            "from": addresses("from"),
             "sender": senders[0] if senders else None,
-            "reply_to": _addresses_of(msg, "reply-to"),
-            "to": _addresses_of(msg, "to"),
-            "cc": _addresses_of(msg, "cc"),
-            "bcc": _addresses_of(msg, "bcc"),
+            "reply_to": addresses("reply-to"),
+            "to": addresses("to"),
+            "cc": addresses("cc"),
+            "bcc": addresses("bcc"),
             "date": _iso_date(_first(msg, "date")),
             "headers": [{"name": _clean(n), "value": v} for n, v in headers],
             "text": text_body,
@@ -773,6 +777,18 @@ def parse_message(
         return ParsedMessage.model_validate(
             {**base, "defects": [f"ParserError ({type(exc).__name__})"]}
         )
+
+
+def _checked(found: list[Address], header: str, defects: list[str]) -> list[Address]:
+    """Addresses that hold up as addresses; each one that does not becomes a defect
+    (one broken address must not cost the caller the rest of the message)."""
+    out = []
+    for addr in found:
+        try:
+            out.append(Address.model_validate({"name": addr.name, "address": addr.address}))
+        except ValueError:
+            defects.append(f"InvalidAddressDefect (header {header})")
+    return out
 
 
 def find_attachment(raw: bytes, attachment_id: str) -> tuple[AttachmentInfo, bytes] | None:

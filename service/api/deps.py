@@ -64,11 +64,16 @@ def get_credentials(request: Request) -> Credentials:
         user, sep, password = decoded.partition(":")
         if not sep or not user or not password:
             raise AuthRequired("The Basic credentials must be user:password, both non-empty.")
+        if len(user) > 512 or len(password) > 1024:
+            raise AuthRequired("The Basic credentials are too long.")
         _check_printable(user)
+        _check_printable(password)
         return Credentials(user=user, secret=password, kind="basic")
     if scheme.lower() == "bearer":
         if not value or not x_mail_user:
             raise AuthRequired("Bearer credentials need a token and the X-Mail-User header.")
+        if len(x_mail_user) > 512 or len(value) > 16384:
+            raise AuthRequired("The Bearer credentials are too long.")
         _check_printable(x_mail_user)
         _check_printable(value)
         return Credentials(user=x_mail_user.strip(), secret=value, kind="xoauth2")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field
 
 from service.models.common import Address
 
@@ -116,6 +116,14 @@ class DeleteResults(BaseModel):
 
 
 class MessagePatch(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
     seen: bool | None = None
     flagged: bool | None = None
-    folder: str | None = Field(default=None, description="Move the message to this folder.")
+    folder: str | None = Field(
+        default=None,
+        min_length=1,
+        max_length=1000,
+        pattern=r"^[^\x00-\x1f\x7f]+$",
+        description="Move the message to this folder (IMAP).",
+    )

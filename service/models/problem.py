@@ -27,13 +27,36 @@ class Problem(BaseModel):
     )
 
 
-def problem_responses(*statuses: int) -> dict[int | str, dict[str, Any]]:
-    """OpenAPI ``responses=`` entries for these error statuses."""
-    return {
-        s: {"model": Problem, "content": {"application/problem+json": {}}, "description": desc}
-        for s in statuses
-        for desc in [_DESCRIPTIONS.get(s, "Error")]
+PROBLEM_REF = {"$ref": "#/components/schemas/Problem"}
+_RETRY_AFTER = {
+    "Retry-After": {
+        "description": "Seconds to wait before trying again",
+        "schema": {"type": "integer"},
     }
+}
+_HEADERS: dict[int, dict[str, Any]] = {
+    401: {
+        "WWW-Authenticate": {"description": 'Basic realm="mailgate"', "schema": {"type": "string"}}
+    },
+    409: _RETRY_AFTER,
+    429: _RETRY_AFTER,
+    503: _RETRY_AFTER,
+}
+
+
+def problem_responses(*statuses: int) -> dict[int | str, dict[str, Any]]:
+    """OpenAPI ``responses=`` entries for these error statuses (application/problem+json;
+    the Problem schema is added to the components by the app)."""
+    out: dict[int | str, dict[str, Any]] = {}
+    for status in sorted({*statuses, 401, 403, 429}):
+        entry: dict[str, Any] = {
+            "description": _DESCRIPTIONS.get(status, "Error"),
+            "content": {"application/problem+json": {"schema": PROBLEM_REF}},
+        }
+        if status in _HEADERS:
+            entry["headers"] = _HEADERS[status]
+        out[status] = entry
+    return out
 
 
 _DESCRIPTIONS = {
@@ -41,13 +64,14 @@ _DESCRIPTIONS = {
     401: "Mailbox credentials missing or refused",
     403: "Gateway access key missing or wrong",
     404: "No such message, folder or attachment",
-    409: "Idempotency key reused with another body, or mailbox in use",
+    409: "Idempotency key reused with another body; POP3 maildrop in use (Retry-After); "
+    "IMAP without UIDPLUS while other messages are flagged \\Deleted",
     410: "The id's UIDVALIDITY no longer matches (stale-id)",
     413: "Over the configured size limit",
     415: "Body type not accepted",
     416: "Range not satisfiable",
     422: "Invalid fields, not supported by the protocol, or all recipients rejected",
-    429: "Rate limited",
+    429: "Too many refused logins for this mailbox (Retry-After)",
     502: "The mail server broke the protocol or refused",
     503: "The mail server cannot be reached (Retry-After)",
     504: "The mail server did not answer in time",

@@ -73,6 +73,9 @@ class OpenedMessage(Protocol):
     folder: str
     size: int
     flags: list[str]
+    exact_size: bool
+    """True when ``size`` is known to be the exact byte count (IMAP, checked); False when
+    it is the server's estimate (POP3 LIST sizes; some servers report sizes loosely)."""
 
     def chunks(self, start: int = 0, end: int | None = None) -> AsyncIterator[bytes]:
         """The raw bytes ``[start, end)`` in bounded chunks, never whole in memory."""
@@ -86,6 +89,12 @@ class OpenedMessage(Protocol):
         """One MIME part alone (IMAP section number): its MIME header and its encoded
         bytes in bounded chunks; None when there is no such part. TooLarge where the
         protocol cannot fetch a part alone (POP3)."""
+        ...
+
+    async def prepare_remove(self) -> None:
+        """Before a mode=remove answer starts: raise (NotSupported, Conflict) if the
+        message could not be removed afterwards, so that ``removed: true`` is never
+        promised in vain."""
         ...
 
     async def mark_seen(self) -> None:

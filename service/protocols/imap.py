@@ -23,6 +23,7 @@ from typing import Literal, TypeVar, cast
 from service.config import Provider, Settings
 from service.errors import (
     BadRequest,
+    Conflict,
     InvalidId,
     NotFound,
     NotSupported,
@@ -246,6 +247,14 @@ class ImapOpenedMessage:
         self.uid = ref.uid
         self.size = size
         self.flags = flags
+        self.exact_size = False
+
+    async def probe_size(self) -> bool:
+        """Is RFC822.SIZE the exact length? (GreenMail counts the body only, others round.)
+        One partial fetch across the announced end: exactly one byte comes back iff so."""
+        if self.size <= 0:
+            return False
+        return len(await self._fetch_body(f"<{self.size - 1}.2>")) == 1
 
     def _live(self) -> ImapSession:
         if self._session is None:
@@ -262,19 +271,27 @@ class ImapOpenedMessage:
         return data
 
     async def chunks(self, start: int = 0, end: int | None = None) -> AsyncIterator[bytes]:
-        """The raw bytes ``[start, end)`` as partial fetches of ``fetch_chunk_bytes``."""
+        """The raw bytes ``[start, end)`` as partial fetches of ``fetch_chunk_bytes``.
+
+        With a size that is not exact and no ``end``, pieces are fetched until one
+        comes back short: the whole message, whatever RFC822.SIZE said.
+        """
+        open_end = end is None and not self.exact_size
         stop = self.size if end is None else min(end, self.size)
-        if start < 0 or start > stop:
+        if start < 0 or (start > stop and not open_end):
             raise RangeNotSatisfiable(size=self.size)
         step = self._reader.settings.fetch_chunk_bytes
         offset = start
-        while offset < stop:
-            want = min(step, stop - offset)
+        while open_end or offset < stop:
+            want = step if open_end else min(step, stop - offset)
             data = await self._fetch_body(f"<{offset}.{want}>")
-            if len(data) != want:
+            if len(data) != want and not (open_end and len(data) < want):
                 raise UpstreamError("The message changed on the server while it was read.")
-            offset += want
-            yield data
+            offset += len(data)
+            if data:
+                yield data
+            if open_end and len(data) < want:
+                return
 
     async def read(self, limit: int) -> bytes:
         """The whole message in one FETCH; TooLarge above ``limit``."""
@@ -330,10 +347,16 @@ class ImapOpenedMessage:
         if "\\Seen" not in self.flags:
             self.flags.append("\\Seen")
 
+    async def prepare_remove(self) -> None:
+        """Without UIDPLUS, refuse (409) while other messages here are flagged \\Deleted."""
+        session = self._live()
+        if "UIDPLUS" not in session.capabilities:
+            await _others_flagged_deleted(session, {self.uid})
+
     async def remove(self) -> None:
         """``\\Deleted`` + ``UID EXPUNGE`` of this UID only; checked gone on return."""
         session = self._live()
-        await _expunge_uids(session, format_uid_set([self.uid]), verify=True)
+        await _expunge_uids(session, {self.uid}, verify=True)
 
     async def release(self, *, healthy: bool) -> None:
         """Give the session back to the pool (dropped when not healthy); idempotent."""
@@ -342,12 +365,39 @@ class ImapOpenedMessage:
             self._reader.pool.release(session, healthy=healthy and session.usable)
 
 
-async def _expunge_uids(session: ImapSession, uids: str, *, verify: bool = False) -> None:
-    """Flag ``\\Deleted`` and UID EXPUNGE exactly ``uids`` (UIDPLUS required, checked first)."""
-    if "UIDPLUS" not in session.capabilities:
-        raise NotSupported(
-            "The IMAP server cannot expunge single messages (no UIDPLUS); nothing was changed."
+async def _others_flagged_deleted(session: ImapSession, ours: set[int]) -> None:
+    """Conflict when a message other than ``ours`` carries \\Deleted in this folder."""
+    flagged = await session.uid_search(["DELETED"])
+    if set(flagged.highest(1_000_000)) - ours:
+        raise Conflict(
+            "The IMAP server has no UIDPLUS, and other messages in this folder are flagged "
+            "\\Deleted by another client: expunging now would remove them too. Nothing "
+            "was changed; try again after that client has expunged."
         )
+
+
+async def _expunge_uids(session: ImapSession, wanted: set[int], *, verify: bool = False) -> None:
+    """Flag ``\\Deleted`` and expunge exactly ``uids``.
+
+    With UIDPLUS: UID EXPUNGE of those UIDs. Without it, a plain EXPUNGE would also
+    purge messages another client flagged \\Deleted, so: flag ours, check with
+    SEARCH DELETED that no other message carries the flag, and only then EXPUNGE;
+    otherwise take our flags back and answer 409. (A client flagging a message in
+    the instant between that SEARCH and the EXPUNGE is the one race left.)
+    """
+    uids = format_uid_set(wanted)
+    if "UIDPLUS" not in session.capabilities:
+        await _others_flagged_deleted(session, wanted)
+        await session.uid_store(uids, "+FLAGS", ["\\Deleted"])
+        try:
+            await _others_flagged_deleted(session, wanted)
+        except Conflict:
+            await session.uid_store(uids, "-FLAGS", ["\\Deleted"])
+            raise
+        await session.expunge()
+        if verify and (await session.uid_search(["UID", uids])).ranges:
+            raise UpstreamError("The IMAP server did not remove the message.")
+        return
     await session.uid_store(uids, "+FLAGS", ["\\Deleted"])
     expunged = await session.uid_expunge(uids)
     if verify and not expunged:
@@ -523,7 +573,9 @@ class ImapReader:
             item = items.get(iref.uid)
             if item is None or item.size is None:
                 raise NotFound("No such message.")
-            return ImapOpenedMessage(self, session, iref, item.size, _visible_flags(item.flags))
+            msg = ImapOpenedMessage(self, session, iref, item.size, _visible_flags(item.flags))
+            msg.exact_size = await msg.probe_size()
+            return msg
 
         return await self._run(op, keep=True)
 
@@ -542,11 +594,6 @@ class ImapReader:
                 results[i] = DeleteResult(id=ref.encode(), status=400, code="invalid-id")
 
         async def op(session: ImapSession) -> None:
-            if by_folder and "UIDPLUS" not in session.capabilities:
-                raise NotSupported(
-                    "The IMAP server cannot expunge single messages (no UIDPLUS); "
-                    "nothing was changed."
-                )
             for folder, indexes in by_folder.items():
                 try:
                     uidvalidity = await session.select(folder)
@@ -566,11 +613,17 @@ class ImapReader:
                 wanted = format_uid_set(cast(ImapRef, refs[i]).uid for i in live)
                 found = await session.uid_search(["UID", wanted])
                 existing = {u for lo, hi in found.ranges for u in range(lo, hi + 1)}
+                refused = False
                 if existing:
-                    await _expunge_uids(session, format_uid_set(existing))
+                    try:
+                        await _expunge_uids(session, existing)
+                    except Conflict:  # no UIDPLUS and others flagged: nothing was changed
+                        refused = True
                 for i in live:
                     ref = cast(ImapRef, refs[i])
-                    if ref.uid in existing:
+                    if ref.uid in existing and refused:
+                        results[i] = DeleteResult(id=ref.encode(), status=409, code="conflict")
+                    elif ref.uid in existing:
                         results[i] = DeleteResult(id=ref.encode(), status=204)
                     else:
                         results[i] = DeleteResult(id=ref.encode(), status=404, code="not-found")
@@ -604,12 +657,8 @@ class ImapReader:
             if "MOVE" in session.capabilities:
                 await session.uid_move(uid, target)
                 return
-            if "UIDPLUS" not in session.capabilities:
-                raise NotSupported(
-                    "The IMAP server can move messages neither with MOVE nor UIDPLUS."
-                )
             await session.uid_copy(uid, target)
-            await _expunge_uids(session, uid)
+            await _expunge_uids(session, {iref.uid})
 
         await self._run(op)
 

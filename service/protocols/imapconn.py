@@ -874,7 +874,7 @@ class ImapSession:
                 raise AuthFailed("The IMAP server does not offer XOAUTH2 (Bearer) logins.")
             raw = f"user={creds.user}\x01auth=Bearer {creds.secret}\x01\x01".encode()
             reply = await self._sasl("XOAUTH2", base64.b64encode(raw).decode("ascii"))
-        elif "AUTH=PLAIN" in caps and "LOGINDISABLED" not in caps:
+        elif "AUTH=PLAIN" in caps:  # LOGINDISABLED disables only the LOGIN command
             raw = f"\0{creds.user}\0{creds.secret}".encode()
             reply = await self._sasl("PLAIN", base64.b64encode(raw).decode("ascii"))
         elif "LOGINDISABLED" in caps:
@@ -1116,6 +1116,12 @@ class ImapSession:
             for line in reply.lines
             if isinstance(line, bytes) and (_EXPUNGE_RE.match(line) or _VANISHED_RE.match(line))
         )
+
+    async def expunge(self) -> None:
+        """Plain EXPUNGE: removes every message flagged \\Deleted in the selected folder.
+        Only for servers without UIDPLUS, after checking no other message is flagged."""
+        reply = await self.command("EXPUNGE", [])
+        self._expect_ok(reply, "EXPUNGE")
 
     async def uid_move(self, uids: str, folder: str) -> Reply:
         """UID MOVE (RFC 6851); NotFound when the destination does not exist."""

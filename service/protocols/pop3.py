@@ -4,13 +4,19 @@ POP3 sessions are not pooled: a session sees the maildrop as it was at login,
 and DELE marks take effect only at QUIT. Keep mode never sends DELE; remove
 mode sends DELE and QUIT only after the response was written. Any failure ends
 the session without QUIT, so the server discards every DELE mark.
+
+A message is read with ``TOP n 999999999`` (RFC 1939: a line count past the end of
+the body gives the whole message) where the server offers TOP, because RETR makes
+servers such as Dovecot set \\Seen; only without TOP is it read with RETR. LIST's
+sizes are the server's estimate (GreenMail counts the content only), so a whole
+message is streamed to the end of the server's reply, not to LIST's size.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator
 from typing import Literal
 
 from service.config import Provider, Settings
@@ -48,7 +54,13 @@ from service.protocols.pop3client import (
 )
 
 _IN_USE_RETRIES = (0.2, 0.5, 1.0)
-_TOP_MAX_BYTES = 256 * 1024
+_TOP_MAX_BYTES = 256 * 1024  # a listing's header section; a longer one is cut
+_TOP_WHOLE = 999_999_999  # TOP's line count to read a whole message
+# IMPLEMENTATION (RFC 2449) of servers whose TOP reply is not dot-stuffed, so that a body
+# line "." would end it early: they are read with RETR. Mailpit's RETR sets no flag.
+_TOP_NOT_STUFFED = ("mailpit",)
+_CURSOR_UIDLS = 10  # the last messages of a page that a cursor names
+_CURSOR_UIDL_CHARS = 1500  # and at most this many characters of them (a URL parameter)
 
 
 def translate(exc: Pop3Error, secrets: tuple[str, ...] = ()) -> MailGatewayError:
@@ -138,8 +150,10 @@ class Pop3Reader:
                 await client.auth_xoauth2(self._creds.user, self._creds.secret)
             else:
                 await client.login(self._creds.user, self._creds.secret)
-        except BaseException:
+        except BaseException as exc:
             await client.aclose_without_quit()
+            if isinstance(exc, ValueError):  # CR, LF or NUL: cannot be sent, so refused
+                raise AuthFailed("The credentials contain characters POP3 cannot carry.") from None
             raise
         return client
 
@@ -156,14 +170,13 @@ class Pop3Reader:
                    query.to, query.subject, query.text)  # fmt: skip
         if any(f is not None for f in filters):
             raise NotSupported("POP3 has no flags and no search: list without filters.")
-        below: int | None = None
         async with _Session(self) as client:
             uidls = await client.uidl()
             sizes = await client.list()
             numbers = sorted(uidls, reverse=True)
             if query.cursor is not None:
-                below = _cursor_position(query.cursor, uidls)
-                numbers = [n for n in numbers if n < below]
+                below, shown = _cursor_position(query.cursor, uidls)
+                numbers = [n for n in numbers if n < below and uidls[n] not in shown]
             page = numbers[: query.limit]
             items = []
             use_top = not client.capabilities or "TOP" in client.capabilities
@@ -171,14 +184,15 @@ class Pop3Reader:
                 head = None
                 if use_top:
                     try:
-                        head = await client.top(n, 0, max_bytes=_TOP_MAX_BYTES)
+                        # A header section over the limit is cut: the fields that fit.
+                        head = await client.top(n, 0, max_bytes=_TOP_MAX_BYTES, truncate=True)
                     except Pop3NoSuchMessage:
                         use_top = False  # TOP is optional (RFC 1939): read the message
                 if head is None:
                     head = await _head_by_retr(client, n)
                 items.append(_summary(uidls[n], sizes.get(n), head))
         more = len(numbers) > len(page)
-        cursor = encode_cursor({"p": 1, "u": uidls[page[-1]], "n": page[-1]}) if more else None
+        cursor = _make_cursor([uidls[n] for n in page], page[-1]) if more else None
         return MessagePage(
             items=items, next_cursor=cursor, total=len(uidls) if query.count else None
         )
@@ -188,13 +202,16 @@ class Pop3Reader:
         client = await self.connect()
         try:
             n = _number_of(uidl, await client.uidl())
-            size = await client.list_one(n)
+            # Not "LIST n": some servers (Mailpit) answer it with the whole listing.
+            size = (await client.list()).get(n)
+            if size is None:
+                raise UpstreamError("The POP3 server's LIST lacks a message that UIDL has.")
         except BaseException as exc:
             await client.aclose_without_quit()
             if isinstance(exc, Pop3Error):
                 raise translate(exc, self.secrets) from None
             raise
-        return Pop3Message(client, ref, n, size)
+        return Pop3Message(client, ref, n, size, by_top=_reads_by_top(client.capabilities))
 
     async def delete(self, refs: list[MessageRef]) -> list[DeleteResult]:
         results: list[DeleteResult] = []
@@ -218,54 +235,79 @@ class Pop3Reader:
 
 
 class Pop3Message:
-    """One message on its own POP3 session, until release()."""
+    """One message on its own POP3 session, until release().
 
-    def __init__(self, client: Pop3Client, ref: MessageRef, number: int, size: int) -> None:
+    Its bytes are those of ``TOP n 999999999`` where the server offers TOP (no \\Seen on
+    Dovecot, unlike RETR), else RETR's: the same bytes on a server that follows RFC 1939.
+    """
+
+    exact_size = False  # LIST's size is the server's estimate, not the bytes it sends
+
+    def __init__(
+        self, client: Pop3Client, ref: MessageRef, number: int, size: int, *, by_top: bool
+    ) -> None:
         self._client = client
         self._number = number
+        self._by_top = by_top
         self._done = False
         self.id = ref.encode()
         self.folder = "INBOX"
         self.size = size
         self.flags: list[str] = []
 
-    async def chunks(self, start: int = 0, end: int | None = None) -> AsyncIterator[bytes]:
-        """RETR as it arrives, cut to ``[start, end)``.
+    async def _body(self) -> AsyncGenerator[bytes, None]:
+        """The whole message as the server sends it; ends once its reply has ended."""
+        if self._by_top:
+            started = False
+            try:
+                top = self._client.top_stream(self._number, _TOP_WHOLE)
+                async with contextlib.aclosing(top) as body:
+                    async for chunk in body:
+                        started = True
+                        yield chunk
+                return
+            except Pop3NoSuchMessage:  # -ERR: TOP is optional (RFC 1939); the session is fine
+                if started:
+                    raise
+                self._by_top = False
+        # Without TOP, RETR: servers like Dovecot and GreenMail then set \Seen.
+        async with contextlib.aclosing(self._client.retr(self._number)) as body:
+            async for chunk in body:
+                yield chunk
 
-        The HTTP answer announced LIST's size (RFC 1939: the exact size): a server
-        that sends more or fewer bytes for the whole message fails the download
-        (the connection is cut) rather than delivering a silently wrong body.
+    async def chunks(self, start: int = 0, end: int | None = None) -> AsyncIterator[bytes]:
+        """The message's bytes ``[start, end)`` as the server sends them, as they arrive.
+
+        ``end`` None: every byte, however many LIST announced; this returns only once
+        the server's reply has ended with its "." line, so a reply cut short raises (the
+        download fails and mode=remove never commits). With ``end`` (an HTTP Range,
+        measured against LIST's size): stop there; a reply shorter than ``end`` raises
+        rather than short-change the range.
         """
-        whole = end is None or end >= self.size
-        end = self.size if end is None else min(end, self.size)
         pos = 0
-        pending = b""  # one piece held back until RETR has ended, so a surplus cuts it
         try:
-            async with contextlib.aclosing(self._client.retr(self._number)) as body:
+            async with contextlib.aclosing(self._body()) as body:
                 async for chunk in body:
-                    lo, hi = max(start - pos, 0), min(end - pos, len(chunk))
+                    lo = max(start - pos, 0)
+                    hi = len(chunk) if end is None else min(end - pos, len(chunk))
                     pos += len(chunk)
-                    if whole and pos > self.size:
-                        raise UpstreamError("The POP3 server sent more bytes than LIST said.")
-                    if pending:
-                        yield pending
-                    pending = chunk[lo:hi] if lo < hi else b""
-                    if pos >= end and not whole:
-                        break
+                    if lo < hi:
+                        yield chunk[lo:hi]
+                    if end is not None and pos >= end:
+                        break  # the reply may go on: leaving it unread drops the session
         except Pop3Error as exc:
             raise translate(exc) from None
-        if pos < end:
-            raise UpstreamError("The POP3 server sent fewer bytes than LIST announced.")
-        if pending:
-            yield pending
+        if end is not None and pos < end:
+            raise UpstreamError("The POP3 server sent fewer bytes than the range needs.")
 
     async def read(self, limit: int) -> bytes:
-        """The whole message as RETR sends it (not cut to LIST's size), at most ``limit``."""
+        """The whole message as the server sends it (not cut to LIST's size), at most
+        ``limit`` bytes."""
         if self.size > limit:
             raise TooLarge(f"The message is over {limit} bytes: fetch /raw instead.")
         out = bytearray()
         try:
-            async with contextlib.aclosing(self._client.retr(self._number)) as body:
+            async with contextlib.aclosing(self._body()) as body:
                 async for chunk in body:
                     out += chunk
                     if len(out) > limit:
@@ -276,6 +318,9 @@ class Pop3Message:
 
     async def open_part(self, section: str) -> tuple[bytes, AsyncIterator[bytes]] | None:
         raise TooLarge("POP3 cannot fetch one part alone: the message is over the size limit.")
+
+    async def prepare_remove(self) -> None:
+        """Nothing to check: DELE + QUIT removes exactly this message."""
 
     async def mark_seen(self) -> None:
         raise NotSupported("POP3 has no flags.")
@@ -302,7 +347,10 @@ class Pop3Message:
 
 
 async def _head_by_retr(client: Pop3Client, n: int) -> bytes:
-    """The header section of message ``n`` for a server without TOP: RETR, keep the head."""
+    """The header section of message ``n`` for a server without TOP: RETR, keep the head.
+
+    RETR is all such a server offers; some (GreenMail) then set \\Seen on the message.
+    """
     head = bytearray()
     done = False
     async with contextlib.aclosing(client.retr(n)) as body:
@@ -314,6 +362,15 @@ async def _head_by_retr(client: Pop3Client, n: int) -> bytes:
                     del head[cut + 4 if cut >= 0 else _TOP_MAX_BYTES :]
                     done = True
     return bytes(head)
+
+
+def _reads_by_top(capabilities: dict[str, list[str]]) -> bool:
+    """Whether to read whole messages with TOP: offered in CAPA, or no CAPA at all (then
+    tried, and RETR after -ERR); never where TOP's reply is known not to be dot-stuffed."""
+    implementation = " ".join(capabilities.get("IMPLEMENTATION", [])).lower()
+    if implementation.startswith(_TOP_NOT_STUFFED):
+        return False
+    return not capabilities or "TOP" in capabilities
 
 
 def _inbox_only(folder: str) -> None:
@@ -334,17 +391,45 @@ def _number_of(uidl: str, uidls: dict[int, str]) -> int:
     raise NotFound("No such message in the maildrop.")
 
 
-def _cursor_position(token: str, uidls: dict[int, str]) -> int:
-    """The message number to continue below: the cursor's message, wherever it is now."""
+def _make_cursor(page_uidls: list[str], last: int) -> str:
+    """A cursor naming the page's last (oldest) messages, oldest last, and the number of
+    the oldest; a few, so that it survives their deletion, and short (a URL parameter)."""
+    recent: list[str] = []
+    chars = 0
+    for uidl in reversed(page_uidls[-_CURSOR_UIDLS:]):
+        chars += len(uidl)
+        if chars > _CURSOR_UIDL_CHARS:
+            break
+        recent.insert(0, uidl)
+    return encode_cursor({"p": 1, "u": recent, "n": last})
+
+
+def _cursor_position(token: str, uidls: dict[int, str]) -> tuple[int, frozenset[str]]:
+    """Where the next page starts: below this message number, skipping these UIDLs.
+
+    Messages keep their arrival order, so the next page continues below the oldest of
+    the cursor's messages still present. When all of them were deleted, older
+    messages can only have moved down: below the cursor's stored number.
+    """
     data = decode_cursor(token)
-    uidl, number = data.get("u"), data.get("n")
-    if data.get("p") != 1 or not isinstance(uidl, str) or not isinstance(number, int):
+    recent, number = data.get("u"), data.get("n")
+    if isinstance(recent, str):  # the form of a cursor from an earlier version
+        recent = [recent]
+    if (
+        data.get("p") != 1
+        or not isinstance(recent, list)
+        or len(recent) > _CURSOR_UIDLS
+        or not all(isinstance(u, str) for u in recent)
+        or type(number) is not int
+        or number < 1
+    ):
         raise BadRequest("The cursor is not a POP3 cursor.")
-    for n, u in uidls.items():
-        if u == uidl:
-            return n
-    # The cursor's message was deleted: older messages can only have moved down.
-    return min(number, len(uidls) + 1)
+    shown = frozenset(recent)
+    numbers = {u: n for n, u in uidls.items()}
+    for uidl in reversed(recent):  # the oldest first
+        if uidl in numbers:
+            return numbers[uidl], shown
+    return min(number, len(uidls) + 1), shown
 
 
 def _summary(uidl: str, size: int | None, head: bytes) -> MessageSummary:

@@ -100,6 +100,11 @@ def _check_msgno(n: int) -> None:
         raise ValueError("message number must be a positive int")
 
 
+def _check_chunk_size(chunk_size: int) -> None:
+    if type(chunk_size) is not int or chunk_size < 1:
+        raise ValueError("chunk_size must be an int >= 1")
+
+
 class Pop3Client:
     """One POP3 session. Create it with :meth:`connect`; commands must not run concurrently.
 
@@ -245,11 +250,14 @@ class Pop3Client:
         return {n: _int(v, "LIST") for n, v in _pairs(lines, "LIST")}
 
     async def list_one(self, n: int) -> int:
+        """The size of message ``n``. A reply that is not one "n size" line (some servers
+        answer with the whole multi-line listing) drops the connection: the rest of such a
+        reply would be read as the next command's answer. :meth:`list` is the safe choice."""
         _check_msgno(n)
         async with self._op():
             await self._send(f"LIST {n}")
             text = await self._ok(Pop3NoSuchMessage, f"LIST {n} failed")
-        return _int(_pair(text, "LIST")[1], "LIST")
+            return int(self._single(text, "LIST", numeric=True))
 
     async def uidl(self) -> dict[int, str]:
         """Return {message number: unique id} for all messages not marked deleted."""
@@ -260,28 +268,41 @@ class Pop3Client:
         return dict(_pairs(lines, "UIDL"))
 
     async def uidl_one(self, n: int) -> str:
+        """The unique id of message ``n``; a malformed reply drops the connection, as for
+        :meth:`list_one`."""
         _check_msgno(n)
         async with self._op():
             await self._send(f"UIDL {n}")
             text = await self._ok(Pop3NoSuchMessage, f"UIDL {n} failed")
-        return _pair(text, "UIDL")[1]
+            return self._single(text, "UIDL")
 
-    async def top(self, n: int, lines: int = 0, *, max_bytes: int) -> bytes:
-        """Return the headers plus ``lines`` body lines; over ``max_bytes`` drops the connection."""
+    async def top(self, n: int, lines: int = 0, *, max_bytes: int, truncate: bool = False) -> bytes:
+        """Return the headers plus ``lines`` body lines, at most ``max_bytes`` of them.
+
+        A longer reply drops the connection (:class:`Pop3ProtocolError`), or with
+        ``truncate`` returns the whole lines that fit in ``max_bytes`` and reads the rest
+        to its terminator, discarding it, so the session stays usable. The timeout
+        applies to each read, not to the whole reply.
+        """
         _check_msgno(n)
         if lines < 0:
             raise ValueError("lines must be >= 0")
         out = bytearray()
-        async with self._op():
-            await self._send(f"TOP {n} {lines}")
-            await self._ok(Pop3NoSuchMessage, f"TOP {n} failed")
-            while (line := await self._body_line(self._max_line)) is not None:
-                out += line + b"\r\n"
+        full = False
+        async with contextlib.aclosing(self._chunked(f"TOP {n} {lines}", _READ_SIZE)) as reply:
+            async for chunk in reply:
+                if full:
+                    continue  # read to the terminator, discarding
+                out += chunk
                 if len(out) > max_bytes:
-                    raise self._fatal(Pop3ProtocolError(f"TOP reply exceeds {max_bytes} bytes"))
+                    if not truncate:
+                        raise self._fatal(Pop3ProtocolError(f"TOP reply exceeds {max_bytes} bytes"))
+                    cut = out.rfind(b"\r\n", 0, max_bytes)
+                    del out[cut + 2 if cut >= 0 else 0 :]
+                    full = True
         return bytes(out)
 
-    async def retr(self, n: int, *, chunk_size: int = 65536) -> AsyncGenerator[bytes, None]:
+    def retr(self, n: int, *, chunk_size: int = 65536) -> AsyncGenerator[bytes, None]:
         """Stream message ``n`` in chunks of at most ``chunk_size`` bytes.
 
         The timeout applies to each read, not to the whole message. The last chunk is only
@@ -290,28 +311,22 @@ class Pop3Client:
         connection (no QUIT); use ``contextlib.aclosing`` so that happens promptly.
         """
         _check_msgno(n)
-        if chunk_size < 1:
-            raise ValueError("chunk_size must be >= 1")
-        self._begin()
-        in_body = False
-        out = bytearray()
-        try:
-            async with self._guard():
-                await self._send(f"RETR {n}")
-                await self._ok(Pop3NoSuchMessage, f"RETR {n} failed")
-            in_body = True
-            while (line := await self._body_line(self._max_line, timed=True)) is not None:
-                out += line + b"\r\n"
-                while len(out) > chunk_size:  # keep >= 1 byte back: see the docstring
-                    yield bytes(out[:chunk_size])
-                    del out[:chunk_size]
-            in_body = False
-        finally:
-            self._busy = False
-            if in_body:
-                self.abort()
-        if out:
-            yield bytes(out)
+        _check_chunk_size(chunk_size)
+        return self._chunked(f"RETR {n}", chunk_size)
+
+    def top_stream(
+        self, n: int, lines: int, *, chunk_size: int = 65536
+    ) -> AsyncGenerator[bytes, None]:
+        """Stream ``TOP n lines`` like :meth:`retr` streams RETR (same chunks, same rules).
+
+        RFC 1939: a line count past the end of the body returns the whole message, and
+        unlike RETR, TOP does not make servers such as Dovecot set \\Seen.
+        """
+        _check_msgno(n)
+        if type(lines) is not int or lines < 0:
+            raise ValueError("lines must be an int >= 0")
+        _check_chunk_size(chunk_size)
+        return self._chunked(f"TOP {n} {lines}", chunk_size)
 
     async def dele(self, n: int) -> None:
         """Mark message ``n`` deleted; it is removed only by a successful :meth:`quit`."""
@@ -396,6 +411,17 @@ class Pop3Client:
             self.abort()
             raise
 
+    def _single(self, text: str, what: str, *, numeric: bool = False) -> str:
+        """The value of a one-line "n value" reply; anything else (such as the first line
+        of a multi-line listing) means the session is out of step: it is dropped."""
+        try:
+            value = _pair(text, what)[1]
+            if numeric:
+                _int(value, what)
+        except Pop3ProtocolError as exc:
+            raise self._fatal(exc) from None
+        return value
+
     def _fatal(self, exc: Pop3Error) -> Pop3Error:
         self.abort()
         return exc
@@ -468,6 +494,30 @@ class Pop3Client:
                 raise self._fatal(Pop3ProtocolError("multi-line reply too large"))
             lines.append(line)
         return lines
+
+    async def _chunked(self, command: str, chunk_size: int) -> AsyncGenerator[bytes, None]:
+        """``command``'s multi-line reply in chunks of at most ``chunk_size`` bytes, each line
+        with CRLF; the last chunk only once the terminator has been read."""
+        out = bytearray()
+        self._begin()
+        in_reply = False
+        try:
+            async with self._guard():
+                await self._send(command)
+                await self._ok(Pop3NoSuchMessage, f"{command} failed")
+            in_reply = True
+            while (line := await self._body_line(self._max_line, timed=True)) is not None:
+                out += line + b"\r\n"
+                while len(out) > chunk_size:  # keep >= 1 byte back until the terminator
+                    yield bytes(out[:chunk_size])
+                    del out[:chunk_size]
+            in_reply = False
+        finally:
+            self._busy = False
+            if in_reply:
+                self.abort()
+        if out:
+            yield bytes(out)
 
     async def _sasl(self, mech: str, payload: str, secrets: tuple[str, ...]) -> None:
         secrets = (*secrets, payload)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import ssl
 
 import aiosmtplib
@@ -31,6 +32,8 @@ from service.errors import (
     scrub,
 )
 from service.protocols.base import Credentials, SendOutcome
+
+log = logging.getLogger("mailgate")
 
 
 class SmtpSender:
@@ -68,20 +71,25 @@ class SmtpSender:
         try:
             async with asyncio.timeout(self._deadline):
                 await client.connect(timeout=self._connect_timeout)
-                try:
-                    if self._creds.kind == "xoauth2":
-                        await client.auth_xoauth2(self._creds.user, self._creds.secret)
-                    else:
-                        await client.login(self._creds.user, self._creds.secret)
-                    errors, _ = await client.sendmail(
-                        mail_from, rcpt_to, message, mail_options=options
-                    )
-                finally:
-                    await _quit_quietly(client)
+                if client.is_ehlo_or_helo_needed:
+                    await client.ehlo()
+                if not client.supports_extension("auth"):
+                    # A relay that offers no AUTH (a test server, a trusted smart
+                    # host): its own policy decides; the credentials are not sent.
+                    log.debug("SMTP server offers no AUTH; sending without it")
+                elif self._creds.kind == "xoauth2":
+                    await client.auth_xoauth2(self._creds.user, self._creds.secret)
+                else:
+                    await client.login(self._creds.user, self._creds.secret)
+                errors, _ = await client.sendmail(mail_from, rcpt_to, message, mail_options=options)
+            await _quit_quietly(client)
         except MailGatewayError:
             raise
         except Exception as exc:
             raise self._translate(exc) from None
+        finally:
+            if client.is_connected:
+                client.close()  # after an error or timeout: no QUIT to a stuck server
         rejected = {addr: scrub(f"{r.code} {r.message}") for addr, r in errors.items()}
         accepted = [a for a in rcpt_to if a not in rejected]
         return SendOutcome(accepted=accepted, rejected=rejected)

@@ -69,8 +69,15 @@ async def test_api_keys_when_configured(make_client: Any, mailbox: Mailbox) -> N
 
 
 async def test_malformed_credentials_are_401(client: Any) -> None:
-    for value in ("Basic !!!", "Basic " + "dXNlcm9ubHk=", "Bearer tok", "Digest x"):
-        r = await client.get("/v1/folders", headers={"Authorization": value})
+    import base64
+
+    crlf = base64.b64encode(b"u@example.test:sec\r\nret").decode()
+    long = base64.b64encode(b"u@example.test:" + b"p" * 5000).decode()
+    for value in ("Basic !!!", "Basic " + "dXNlcm9ubHk=", "Bearer tok", "Digest x",
+                  "Basic " + crlf, "Basic " + long):  # fmt: skip
+        r = await client.get(
+            "/v1/folders", params={"protocol": "pop3"}, headers={"Authorization": value}
+        )
         assert r.status_code == 401, value
         assert r.json()["code"] == "auth-required"
         assert r.headers["www-authenticate"].startswith("Basic")
@@ -88,3 +95,8 @@ async def test_health_and_readiness(client: Any, make_client: Any) -> None:
     assert r.status_code == 503 and r.json()["checks"]["default.smtp"] == "unreachable"
     r = await client.get("/metrics")
     assert r.status_code == 200 and 'route="/healthz"' in r.text
+
+
+async def test_overlong_id_is_invalid_id(client: Any, mailbox: Mailbox) -> None:
+    r = await client.get("/v1/messages/i" + "A" * 5000, headers=mailbox.auth)
+    assert r.status_code == 400 and r.json()["code"] == "invalid-id"

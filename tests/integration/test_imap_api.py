@@ -182,3 +182,40 @@ async def test_attachment_of_a_message_over_the_limit_streams_one_part(
         r = await client.get(f"{url}/2", params={"mode": "remove"}, headers=mailbox.auth)
         assert r.status_code == 200 and r.content == blob
     assert mailbox.messages(stack) == []
+
+
+async def test_inbox_spelling_and_keys_only_when_asked(
+    client: Any, stack: dict[str, str], mailbox: Mailbox
+) -> None:
+    mailbox.append(stack, raw("x"))
+    upper = await client.get("/v1/messages", params={"folder": "INBOX"}, headers=mailbox.auth)
+    lower = await client.get("/v1/messages", params={"folder": "inbox"}, headers=mailbox.auth)
+    assert upper.json()["items"][0]["id"] == lower.json()["items"][0]["id"]
+    assert lower.json()["items"][0]["folder"] == "INBOX"
+    assert "total" not in upper.json() and "uidl" not in upper.json()["items"][0]
+    counted = await client.get("/v1/messages", params={"count": "true"}, headers=mailbox.auth)
+    assert counted.json()["total"] == 1
+    r = await client.get("/v1/folders", headers=mailbox.auth)
+    assert all("messages" not in f and "unseen" not in f for f in r.json()["items"])
+    r = await client.patch(f"/v1/messages/{upper.json()['items'][0]['id']}",
+                           json={"folder": "Archive\r\nx"}, headers=mailbox.auth)  # fmt: skip
+    assert r.status_code == 422
+    assert len(mailbox.messages(stack)) == 1
+
+
+async def test_odd_attachment_type_is_served_and_frees_the_session(
+    client: Any, stack: dict[str, str], mailbox: Mailbox
+) -> None:
+    odd = (
+        b"From: a@example.test\r\nSubject: odd\r\nMIME-Version: 1.0\r\n"
+        b'Content-Type: multipart/mixed; boundary="b"\r\n\r\n--b\r\n'
+        b"Content-Type: text/plain\r\n\r\nhi\r\n--b\r\n"
+        b"Content-Type: application/x-\xe4\xb8\xad\xe6\x96\x87; name=a.bin\r\n"
+        b"Content-Disposition: attachment; filename=a.bin\r\n\r\nDATA\r\n--b--\r\n"
+    )
+    mailbox.append(stack, odd)
+    [item] = await items(client, mailbox)
+    for _ in range(12):  # more than the pool's sessions per user: none may leak
+        r = await client.get(f"/v1/messages/{item['id']}/attachments/2", headers=mailbox.auth)
+        assert r.status_code == 200 and r.content == b"DATA"
+        assert r.headers["content-type"] == "application/octet-stream"

@@ -7,11 +7,17 @@ import asyncio
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from typing import Any
+from typing import Any, Literal
 
 import httpx
 import pytest
 from mailboxes import Mailbox
+
+from service.config import Settings
+from service.errors import AuthFailed
+from service.ids import Pop3Ref
+from service.protocols.base import Credentials, ListQuery
+from service.protocols.pop3 import Pop3Reader
 
 pytestmark = pytest.mark.mailstack
 
@@ -43,11 +49,21 @@ async def test_every_tls_mode_lists_fetches_and_removes(
 
 
 class Recorded(list[str]):
-    """Command verbs in order; ``lines`` keeps whole AUTH lines."""
+    """Command verbs in order; ``lines`` keeps whole AUTH lines, ``commands`` every line."""
 
     def __init__(self) -> None:
         super().__init__()
         self.lines: list[str] = []
+        self.commands: list[str] = []
+
+
+BODY = (
+    b"Subject: x\r\n\r\n"
+    + b"line of body text\r\n" * 1000
+    + b".\r\n..two\r\n" * 2
+    + (b"line of body text\r\n" * 1000)
+)
+CAPA_TOP = b"USER\r\nUIDL\r\nTOP\r\nSASL XOAUTH2\r\n"
 
 
 @asynccontextmanager
@@ -55,21 +71,49 @@ async def fake_pop3(
     retr: str,
     *,
     pass_reply: bytes = b"+OK logged in\r\n",
-    capa: bytes = b"USER\r\nUIDL\r\nTOP\r\nSASL XOAUTH2\r\n",
+    capa: bytes | None = CAPA_TOP,
+    top: bool | None = None,
     list_skew: int = 0,
+    body: bytes = BODY,
+    list_n_multiline: bool = False,
 ) -> AsyncIterator[tuple[int, Recorded]]:
-    """A scripted POP3 server with one message; ``retr`` says how RETR misbehaves."""
+    """A scripted POP3 server with one message (``body``, sent dot-stuffed).
+
+    ``retr`` says how the reading of the whole message (RETR, or TOP with a line count)
+    goes: "ok", "drop" (half of it, then the connection closes) or "hang". ``capa``
+    None: no CAPA command. ``top``: whether TOP works (default: when CAPA lists it).
+    ``list_skew`` is added to LIST's size.
+    ``list_n_multiline``: "LIST n" answered with the whole listing (as Mailpit's once was).
+    """
     received = Recorded()
-    body = b"Subject: x\r\n\r\n" + b"line of body text\r\n" * 2000
+    top_works = (capa is not None and b"TOP" in capa) if top is None else top
+    size = len(body) + list_skew
+    stuffed = b"".join(
+        (b"." + line if line.startswith(b".") else line) for line in body.splitlines(True)
+    )
+    head = body[: body.find(b"\r\n\r\n") + 4]
+
+    async def send_message(writer: asyncio.StreamWriter) -> bool:
+        """The whole message as ``retr`` says; False when the connection is to end."""
+        if retr == "hang":
+            await asyncio.sleep(30)
+        if retr == "ok":
+            writer.write(b"+OK\r\n" + stuffed + b".\r\n")
+            return True
+        writer.write(b"+OK\r\n" + stuffed[: len(stuffed) // 2])
+        await writer.drain()
+        writer.transport.abort()
+        return False
 
     async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         writer.write(b"+OK fake ready\r\n")
         try:
             while line := await reader.readline():
                 cmd = line.decode().strip()
+                received.commands.append(cmd)
                 received.append(cmd.split()[0].upper())
-                verb = received[-1]
-                if verb == "CAPA":
+                verb, args = received[-1], cmd.split()[1:]
+                if verb == "CAPA" and capa is not None:
                     writer.write(b"+OK\r\n" + capa + b".\r\n")
                 elif verb == "AUTH":
                     received.lines.append(cmd)
@@ -80,23 +124,14 @@ async def fake_pop3(
                     writer.write(pass_reply)
                 elif verb == "UIDL":
                     writer.write(b"+OK\r\n1 uid-one\r\n.\r\n")
-                elif verb == "LIST" and cmd.upper() == "LIST":
-                    writer.write(f"+OK\r\n1 {len(body) + list_skew}\r\n.\r\n".encode())
+                elif verb == "LIST" and (not args or list_n_multiline):
+                    writer.write(f"+OK\r\n1 {size}\r\n.\r\n".encode())
                 elif verb == "LIST":
-                    writer.write(f"+OK 1 {len(body) + list_skew}\r\n".encode())
-                elif verb == "TOP" and b"TOP" in capa:
-                    writer.write(b"+OK\r\nSubject: x\r\n\r\n.\r\n")
-                elif verb == "RETR":
-                    if retr == "hang":
-                        await asyncio.sleep(30)
-                    if retr == "ok":
-                        writer.write(b"+OK\r\n" + body + b".\r\n")
-                        await writer.drain()
-                        continue
-                    writer.write(b"+OK\r\n" + body[: len(body) // 2])
-                    await writer.drain()
-                    if retr == "drop":
-                        writer.transport.abort()
+                    writer.write(f"+OK 1 {size}\r\n".encode())
+                elif verb == "TOP" and top_works and args[1:] == ["0"]:
+                    writer.write(b"+OK\r\n" + head + b".\r\n")
+                elif verb == "RETR" or (verb == "TOP" and top_works):
+                    if not await send_message(writer):
                         return
                 elif verb in ("DELE", "NOOP", "RSET"):
                     writer.write(b"+OK\r\n")
@@ -122,8 +157,6 @@ async def fake_pop3(
 
 
 def _id() -> str:
-    from service.ids import Pop3Ref
-
     return Pop3Ref("uid-one").encode()
 
 
@@ -211,19 +244,39 @@ async def test_server_without_top_lists_by_retr(make_client: Any, mailbox: Mailb
     assert "TOP" not in received and "RETR" in received and "DELE" not in received
 
 
-async def test_list_size_that_lies_never_yields_a_wrong_body(
-    make_client: Any, make_live_gateway: Any, mailbox: Mailbox
+@pytest.mark.parametrize("skew", [-10, 0, 25])
+async def test_list_size_is_an_estimate_the_whole_reply_is_sent(
+    skew: int, make_client: Any, make_live_gateway: Any, mailbox: Mailbox
 ) -> None:
-    async with fake_pop3("ok", list_skew=-10) as (port, received):
+    # GreenMail's LIST counts the content only; others round. Neither cuts nor pads.
+    async with fake_pop3("ok", list_skew=skew) as (port, received):
         url = f"pop3+plain://127.0.0.1:{port}"
         async with make_client(pop3_url=url) as client:
             r = await client.get(f"/v1/messages/{_id()}", headers=mailbox.auth)
-            assert r.status_code == 200 and r.json()["subject"] == "x"  # parsed: RETR's bytes
+            assert r.status_code == 200 and r.json()["subject"] == "x"
+            assert r.json()["size"] == len(BODY) + skew  # LIST's size, as announced
         async with make_live_gateway(pop3_url=url) as base, httpx.AsyncClient() as http:
-            with pytest.raises(httpx.HTTPError):  # the download is cut, never short-changed
-                await http.get(f"{base}/v1/messages/{_id()}/raw", params={"mode": "remove"},
+            r = await http.get(f"{base}/v1/messages/{_id()}/raw", params={"mode": "remove"},
                                headers=mailbox.auth)  # fmt: skip
-    assert "DELE" not in received
+            assert r.status_code == 200 and r.content == BODY
+            assert "content-length" not in r.headers  # streamed chunked, to the reply's end
+            assert r.headers["transfer-encoding"] == "chunked"
+    assert received.count("DELE") == 1 and received[-2:] == ["DELE", "QUIT"]
+
+
+async def test_raw_cut_short_by_the_server_fails_and_is_never_removed(
+    make_live_gateway: Any, mailbox: Mailbox
+) -> None:
+    # LIST says half the size: the half that arrives must not pass for the whole message.
+    async with (
+        fake_pop3("drop", list_skew=-len(BODY) // 2) as (port, received),
+        make_live_gateway(pop3_url=f"pop3+plain://127.0.0.1:{port}") as base,
+        httpx.AsyncClient() as http,
+    ):
+        with pytest.raises(httpx.HTTPError):  # no "." line: the chunked body never ends
+            await http.get(f"{base}/v1/messages/{_id()}/raw", params={"mode": "remove"},
+                           headers=mailbox.auth)  # fmt: skip
+    assert "DELE" not in received and "QUIT" not in received
 
 
 async def test_attachment_over_the_limit_is_413_on_pop3(
@@ -236,3 +289,146 @@ async def test_attachment_over_the_limit_is_413_on_pop3(
         r = await client.get(f"/v1/messages/{item['id']}/attachments/1", headers=mailbox.auth)
     assert r.status_code == 413 and r.json()["code"] == "too-large"
     assert len(mailbox.messages(stack)) == 1
+
+
+# -- reading: TOP where it works (no \\Seen), RETR where it does not --------------------------
+
+TOP_WHOLE = "TOP 1 999999999"
+
+
+@pytest.mark.parametrize(
+    ("capa", "top", "reads"),
+    [
+        (CAPA_TOP, None, [TOP_WHOLE]),
+        (None, True, [TOP_WHOLE]),  # no CAPA: TOP is tried
+        (None, False, [TOP_WHOLE, "RETR 1"]),  # ... and RETR follows its -ERR
+        (b"USER\r\nUIDL\r\n", None, ["RETR 1"]),  # CAPA without TOP (GreenMail)
+        (CAPA_TOP + b"IMPLEMENTATION Mailpit v1\r\n", None, ["RETR 1"]),  # TOP not dot-stuffed
+    ],
+    ids=["capa-top", "no-capa-top-works", "no-capa-no-top", "capa-without-top", "mailpit"],
+)
+async def test_message_is_read_with_top_where_the_server_offers_it(
+    capa: bytes | None, top: bool | None, reads: list[str], make_client: Any, mailbox: Mailbox
+) -> None:
+    async with fake_pop3("ok", capa=capa, top=top) as (port, received):
+        async with make_client(pop3_url=f"pop3+plain://127.0.0.1:{port}") as client:
+            r = await client.get(f"/v1/messages/{_id()}/raw", headers=mailbox.auth)
+            assert r.status_code == 200 and r.content == BODY  # dot-unstuffed either way
+    assert [c for c in received.commands if c.startswith(("TOP", "RETR"))] == reads
+    assert "DELE" not in received and received[-1] == "QUIT"
+
+
+async def test_list_n_answered_with_the_whole_listing_is_not_needed(
+    make_client: Any, mailbox: Mailbox
+) -> None:
+    async with fake_pop3("ok", list_n_multiline=True) as (port, received):
+        async with make_client(pop3_url=f"pop3+plain://127.0.0.1:{port}") as client:
+            r = await client.get(f"/v1/messages/{_id()}", headers=mailbox.auth)
+            assert r.status_code == 200, r.text
+            assert r.json()["size"] == len(BODY)
+            r = await client.get(f"/v1/messages/{_id()}/raw", headers=mailbox.auth)
+            assert r.status_code == 200 and r.content == BODY
+    assert not [c for c in received.commands if c.startswith(("LIST ", "UIDL "))]
+
+
+async def test_range_is_measured_against_list_and_cut_from_the_reply(
+    make_client: Any, make_live_gateway: Any, mailbox: Mailbox
+) -> None:
+    url = f"/v1/messages/{_id()}/raw"
+    async with fake_pop3("ok", list_skew=-10) as (port, received):
+        async with make_client(pop3_url=f"pop3+plain://127.0.0.1:{port}") as client:
+            r = await client.get(url, headers={**mailbox.auth, "Range": "bytes=100-199"})
+            assert r.status_code == 206 and r.content == BODY[100:200]
+            assert r.headers["content-range"] == f"bytes 100-199/{len(BODY) - 10}"
+            r = await client.get(url, headers={**mailbox.auth, "Range": "bytes=-50"})
+            assert r.status_code == 206 and r.content == BODY[-60:-10]
+    assert "DELE" not in received
+    async with (
+        fake_pop3("ok", list_skew=25) as (port, received),
+        make_live_gateway(pop3_url=f"pop3+plain://127.0.0.1:{port}") as base,
+        httpx.AsyncClient() as http,
+    ):
+        # The range's end lies past what the server sends: cut, never short-changed.
+        with pytest.raises(httpx.HTTPError):
+            await http.get(base + url, headers={**mailbox.auth, "Range": "bytes=-40"})
+    assert "DELE" not in received
+
+
+# -- listing ------------------------------------------------------------------------------------
+
+
+def _subjects(page: dict[str, Any]) -> list[str]:
+    return [i["subject"] for i in page["items"]]
+
+
+@pytest.mark.parametrize(
+    ("deleted", "page_2"),
+    [(["m4", "m1"], ["m3", "m2"]), (["m5", "m4"], ["m3", "m2"]), (["m4", "m3"], ["m2", "m1"])],
+)
+async def test_cursor_never_repeats_when_messages_are_deleted_between_pages(
+    deleted: list[str], page_2: list[str], client: Any, stack: dict[str, str], mailbox: Mailbox
+) -> None:
+    for i in range(1, 6):
+        mailbox.append(stack, RAW.replace(b"hi", f"m{i}".encode()))
+    r = await client.get("/v1/messages", params={"protocol": "pop3"}, headers=mailbox.auth)
+    uidls = {i["subject"]: i["uidl"] for i in r.json()["items"]}
+    params = {"protocol": "pop3", "limit": 2}
+    r = await client.get("/v1/messages", params=params, headers=mailbox.auth)
+    page = r.json()
+    assert _subjects(page) == ["m5", "m4"] and page["next_cursor"]
+    pop = mailbox.pop3(stack)  # deleted behind the gateway's back
+    try:
+        numbers = {u.split()[1].decode(): int(u.split()[0]) for u in pop.uidl()[1]}
+        for subject in deleted:
+            pop.dele(numbers[uidls[subject]])
+    finally:
+        pop.quit()
+    r = await client.get("/v1/messages", params={**params, "cursor": page["next_cursor"]},
+                         headers=mailbox.auth)  # fmt: skip
+    assert r.status_code == 200, r.text
+    assert _subjects(r.json()) == page_2
+
+
+async def test_cursor_stays_short_with_long_uidls() -> None:
+    from service.protocols import pop3
+
+    cursor = pop3._make_cursor(["u" * 70] * 50, 7)
+    assert len(cursor) < 4096
+    below, shown = pop3._cursor_position(cursor, {7: "u" * 70})
+    assert below == 7 and shown == {"u" * 70}
+
+
+async def test_header_over_the_top_limit_lists_with_the_fields_that_fit(
+    client: Any, stack: dict[str, str], mailbox: Mailbox
+) -> None:
+    mailbox.append(stack, RAW)
+    filler = b"".join(b"X-Filler-%06d: %s\r\n" % (i, b"y" * 100) for i in range(3000))
+    assert len(filler) > 256 * 1024
+    huge = b"From: Big <big@example.test>\r\nSubject: big\r\n" + filler + b"\r\nbody\r\n"
+    mailbox.append(stack, huge)
+    r = await client.get("/v1/messages", params={"protocol": "pop3"}, headers=mailbox.auth)
+    assert r.status_code == 200, r.text
+    big, small = r.json()["items"]
+    assert big["subject"] == "big" and big["from"] == [
+        {"name": "Big", "address": "big@example.test"}
+    ]
+    assert small["subject"] == "hi"  # the next TOP, on the same session, is in step
+    r = await client.get(f"/v1/messages/{big['id']}/raw", headers=mailbox.auth)
+    assert r.status_code == 200 and r.content == huge
+
+
+# -- credentials ---------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("kind", ["basic", "xoauth2"])
+@pytest.mark.parametrize("bad", ["sec\r\nret", "sec\nret", "sec\0ret"])
+async def test_credentials_pop3_cannot_carry_are_auth_failed_not_500(
+    kind: Literal["basic", "xoauth2"], bad: str, settings: Settings, mailbox: Mailbox
+) -> None:
+    creds = Credentials(mailbox.address, bad, kind)
+    reader = Pop3Reader(settings, settings.providers["default"], creds)
+    with pytest.raises(AuthFailed) as info:
+        await reader.list_messages("INBOX", ListQuery())
+    assert "sec" not in str(info.value) and "ret" not in str(info.value)
+    with pytest.raises(AuthFailed):
+        await reader.open(Pop3Ref("uid-one"))

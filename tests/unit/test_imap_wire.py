@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
+import re
 import ssl
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -909,28 +910,124 @@ async def test_reader_replaces_a_pooled_session_that_died_once() -> None:
     assert not errors
 
 
-async def test_remove_without_uidplus_is_refused_before_flagging() -> None:
-    from service.errors import NotSupported
+async def _serve_box(
+    peer: Peer, caps: bytes, box: dict[int, list[Any]], *, size_skew: int = 0
+) -> None:
+    """A stateful one-folder mailbox: {uid: [raw bytes, set of flags]}; RFC822.SIZE
+    is reported off by ``size_skew`` (as GreenMail's and some others' are)."""
+    await peer.hello()
+    tag, _ = await peer.line()
+    await peer.send(tag + b" OK [CAPABILITY " + caps + b"] Logged in\r\n")
+    while True:
+        tag, rest = await peer.line()
+        name, out = _command_name(rest), b""
+        seqs = {uid: n for n, uid in enumerate(sorted(box), 1)}
+        if name == b"SELECT":
+            out = b"* %d EXISTS\r\n* OK [UIDVALIDITY 42] ok\r\n" % len(box)
+        elif name == b"UID SEARCH":
+            if b"DELETED" in rest:
+                found = [u for u, (_, f) in box.items() if "\\Deleted" in f]
+            else:
+                found = [u for u in box if b"UID %d" % u in rest] if b"UID " in rest else list(box)
+            out = b"* SEARCH" + b"".join(b" %d" % u for u in sorted(found)) + b"\r\n"
+        elif name == b"UID STORE":
+            uid = int(rest.split()[2].split(b":")[0])
+            if uid in box:
+                flags = box[uid][1]
+                (flags.add if b"+FLAGS" in rest else flags.discard)("\\Deleted")
+        elif name == b"EXPUNGE":
+            for uid in sorted((u for u, (_, f) in box.items() if "\\Deleted" in f),
+                              reverse=True):  # fmt: skip
+                out += b"* %d EXPUNGE\r\n" % seqs[uid]
+                del box[uid]
+        elif name == b"UID FETCH":
+            uid = int(rest.split()[2])
+            if uid in box:
+                raw, flags = box[uid]
+                size = len(raw) + size_skew
+                head = b"* %d FETCH (UID %d FLAGS (%s) RFC822.SIZE %d" % (
+                    seqs[uid],
+                    uid,
+                    " ".join(sorted(flags)).encode(),
+                    size,
+                )
+                part = re.search(rb"BODY\.PEEK\[\]<(\d+)\.(\d+)>", rest)
+                if part:
+                    start, count = int(part.group(1)), int(part.group(2))
+                    data = raw[start : start + count]
+                    head += b" BODY[]<%d> {%d}\r\n" % (start, len(data)) + data
+                out = head + b")\r\n"
+        elif name == b"LOGOUT":
+            await peer.send(b"* BYE bye\r\n" + tag + b" OK bye\r\n")
+            return
+        await peer.send(out + tag + b" OK done\r\n")
+
+
+def _mailbox() -> dict[int, list[Any]]:
+    return {
+        5: [b"Subject: other\r\n\r\nflagged elsewhere\r\n", {"\\Deleted"}],
+        7: [b"Subject: ours\r\n\r\n" + b"line of the body\r\n" * 400, set()],
+    }
+
+
+async def test_without_uidplus_removal_waits_while_others_are_flagged_deleted() -> None:
+    from service.errors import Conflict
     from service.ids import ImapRef
 
-    received: list[bytes] = []
-
-    async def handler(peer: Peer) -> None:
-        try:
-            await _serve(peer, b"IMAP4rev1 MOVE ESEARCH LITERAL+")
-        finally:
-            received.extend(peer.received)
-
+    box = _mailbox()
     pool = SessionPool[ImapSession](Settings())
-    async with scripted(handler) as (port, errors):
+    async with scripted(lambda p: _serve_box(p, b"IMAP4rev1 LITERAL+", box)) as (port, errors):
         reader = _reader(port, pool)
         msg = await reader.open(ImapRef("INBOX", 42, 7))
-        assert (msg.size, msg.flags) == (30, ["\\Seen"])
-        with pytest.raises(NotSupported):
+        with pytest.raises(Conflict):
+            await msg.prepare_remove()  # refused before the answer would say "removed"
+        with pytest.raises(Conflict):
             await msg.remove()
         await msg.release(healthy=True)
-        with pytest.raises(NotSupported):
-            await reader.delete([ImapRef("INBOX", 42, 7)])
+        [result] = await reader.delete([ImapRef("INBOX", 42, 7)])
+        assert (result.status, result.code) == (409, "conflict")
         await pool.close_all()
     assert not errors
-    assert not [line for line in received if b"STORE" in line or b"EXPUNGE" in line]
+    assert sorted(box) == [5, 7] and box[7][1] == set()  # nothing purged, our flag undone
+
+
+async def test_without_uidplus_removal_expunges_when_only_ours_is_flagged() -> None:
+    from service.ids import ImapRef
+
+    box = _mailbox()
+    box[5][1].clear()
+    pool = SessionPool[ImapSession](Settings())
+    async with scripted(lambda p: _serve_box(p, b"IMAP4rev1 LITERAL+", box)) as (port, errors):
+        reader = _reader(port, pool)
+        msg = await reader.open(ImapRef("INBOX", 42, 7))
+        await msg.prepare_remove()
+        await msg.remove()
+        await msg.release(healthy=True)
+        await pool.close_all()
+    assert not errors
+    assert sorted(box) == [5]
+
+
+@pytest.mark.parametrize("skew", [-10, 0, 10])
+async def test_raw_ignores_an_inexact_rfc822_size(skew: int) -> None:
+    from service.ids import ImapRef
+
+    box = _mailbox()
+    want = box[7][0]
+    settings = Settings(
+        imap_url="imap+plain://127.0.0.1:1", fetch_chunk_bytes=4096, command_timeout=2
+    )
+    pool = SessionPool[ImapSession](settings)
+    handler = lambda p: _serve_box(p, b"IMAP4rev1 UIDPLUS LITERAL+", box, size_skew=skew)  # noqa: E731
+    async with scripted(handler) as (port, errors):
+        from service.protocols.imap import imap_reader
+
+        settings = settings.model_copy(update={"imap_url": f"imap+plain://127.0.0.1:{port}"})
+        reader = imap_reader(settings, settings.providers["default"], CREDS, pool)
+        msg = await reader.open(ImapRef("INBOX", 42, 7))
+        assert msg.exact_size is (skew == 0)
+        got = b"".join([c async for c in msg.chunks()])
+        assert got == want
+        await msg.release(healthy=True)
+        await pool.close_all()
+    assert not errors

@@ -738,3 +738,12 @@ def test_summary_fields_simple_and_garbage() -> None:
     assert alt["has_attachments"] is False
     for junk in (b"", b"\x00\xff\r\n\r\n", b":::\r\n \r\n", b"Subject: =?utf-8?b?!!!?=\r\n"):
         assert set(mime.summary_fields(junk)) >= {"subject", "from", "has_attachments"}
+
+
+def test_one_broken_address_does_not_cost_the_message() -> None:
+    raw = (b'From: a@x.test\r\nTo: "unterminated <b@x.test>\r\nCc: c@x.test\r\n'
+           b"Subject: still here\r\n\r\nthe body\r\n")  # fmt: skip
+    parsed = mime.parse_message(raw, id="x", folder="INBOX", flags=[], size=len(raw))
+    assert parsed.subject == "still here" and parsed.text == "the body\n"
+    assert [a.address for a in parsed.cc] == ["c@x.test"]
+    assert any("InvalidAddress" in d for d in parsed.defects)

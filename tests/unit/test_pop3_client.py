@@ -435,6 +435,106 @@ async def test_top_returns_unstuffed_headers() -> None:
             await client.noop()
 
 
+async def test_top_truncate_keeps_the_lines_that_fit_and_the_session() -> None:
+    head = b"Subject: hi\r\n" + b"".join(b"X-%04d: %s\r\n" % (i, b"v" * 90) for i in range(100))
+    wire = head + b"..dotted: x\r\n\r\n"  # about 10 KB, in several writes
+    parts = tuple(wire[i : i + 3000] for i in range(0, len(wire), 3000))
+    async with serve(
+        hello(),
+        Expect(b"TOP 1 0"),
+        send(b"+OK\r\n", *parts, b".\r\n"),
+        Expect(b"NOOP"),
+        send(b"+OK\r\n"),
+        Expect(b"TOP 2 0"),
+        send(b"+OK\r\nSubject: small\r\n\r\n.\r\n"),
+        QUIT,
+    ) as srv:
+        client = await connect(srv)
+        got = await client.top(1, 0, max_bytes=1000, truncate=True)
+        assert len(got) <= 1000 and got.endswith(b"\r\n")
+        assert got == head[: len(got)] and len(got) > 1000 - 110  # whole lines only
+        await client.noop()  # the rest was read to the terminator: in step
+        assert await client.top(2, 0, max_bytes=1000, truncate=True) == b"Subject: small\r\n\r\n"
+        await client.quit()
+        assert srv.errors == []
+
+
+async def test_top_truncate_reads_under_the_per_read_timeout() -> None:
+    async with serve(
+        hello(), Expect(b"TOP 1 0"), send(b"+OK\r\n" + b"X-Long: " + b"y" * 3000 + b"\r\n"), HANG
+    ) as srv:
+        client = await connect(srv, timeout=0.3)
+        start = time.monotonic()
+        with pytest.raises(Pop3TimeoutError):
+            await client.top(1, 0, max_bytes=100, truncate=True)
+        assert time.monotonic() - start < 2
+        with pytest.raises(Pop3DisconnectedError):
+            await client.noop()
+        assert await srv.finished() == [b"CAPA", b"TOP 1 0"]
+
+
+async def test_top_stream_reads_a_whole_message_like_retr() -> None:
+    wire = b"+OK\r\nSubject: t\r\n\r\n..x\r\n..\r\n" + b"z" * 150 + b"\r\n.\r\n"
+    async with serve(
+        hello(),
+        Expect(b"TOP 3 999999999"),
+        send(wire[:20], wire[20:]),
+        Expect(b"NOOP"),
+        send(b"+OK\r\n"),
+        Expect(b"TOP 4 999999999"),
+        send(b"-ERR no such message\r\n"),
+        QUIT,
+    ) as srv:
+        client = await connect(srv)
+        async with contextlib.aclosing(client.top_stream(3, 999999999, chunk_size=64)) as body:
+            chunks = [chunk async for chunk in body]
+        assert b"".join(chunks) == b"Subject: t\r\n\r\n.x\r\n.\r\n" + b"z" * 150 + b"\r\n"
+        assert max(len(c) for c in chunks) <= 64
+        await client.noop()
+        with pytest.raises(Pop3NoSuchMessage):  # -ERR: the session stays in step
+            async with contextlib.aclosing(client.top_stream(4, 999999999)) as body:
+                await anext(body)
+        await client.quit()
+        assert srv.errors == []
+
+
+async def test_top_stream_closed_early_drops_the_session() -> None:
+    async with serve(
+        hello(), Expect(b"TOP 1 999999999"), send(b"+OK\r\n" + b"line\r\n" * 1000), HANG
+    ) as srv:
+        client = await connect(srv)
+        async with contextlib.aclosing(client.top_stream(1, 999999999, chunk_size=100)) as body:
+            await anext(body)
+        with pytest.raises(Pop3DisconnectedError):
+            await client.noop()
+        assert await srv.finished() == [b"CAPA", b"TOP 1 999999999"]
+
+
+async def test_stream_arguments_are_checked_when_called() -> None:
+    async with serve(hello(), QUIT) as srv:
+        client = await connect(srv)
+        with pytest.raises(ValueError):
+            client.retr(0)
+        with pytest.raises(ValueError):
+            client.retr(1, chunk_size=0)
+        with pytest.raises(ValueError):
+            client.top_stream(1, -1)
+        await client.quit()  # nothing was sent: the session is fine
+
+
+async def test_list_one_answered_with_a_whole_listing_drops_the_session() -> None:
+    # Such a reply's other lines would be read as the next command's answer.
+    async with serve(
+        hello(), Expect(b"LIST 1"), send(b"+OK 2 messages\r\n1 120\r\n2 200\r\n.\r\n"), HANG
+    ) as srv:
+        client = await connect(srv)
+        with pytest.raises(Pop3ProtocolError):
+            await client.list_one(1)
+        with pytest.raises(Pop3DisconnectedError):
+            await client.noop()
+        assert await srv.finished() == [b"CAPA", b"LIST 1"]
+
+
 # -- RETR ---------------------------------------------------------------------------------------
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Annotated
 
 from fastapi import APIRouter, Query, Request
+from starlette.responses import JSONResponse
 
 from service.api.deps import CredentialsDep, ProtocolDep, ProviderDep, SettingsDep
 from service.api.readers import make_reader
@@ -31,6 +32,9 @@ async def list_folders(
     creds: CredentialsDep,
     protocol: ProtocolDep,
     counts: Annotated[bool, Query(description="Add messages and unseen per folder.")] = False,
-) -> FolderList:
+) -> JSONResponse:
     reader = make_reader(request, settings, provider, creds, protocol)
-    return FolderList(items=await reader.folders(counts=counts))
+    folders = FolderList(items=await reader.folders(counts=counts))
+    # messages/unseen appear only with counts=true (unseen stays null on POP3).
+    exclude = None if counts else {"items": {"__all__": {"messages", "unseen"}}}
+    return JSONResponse(folders.model_dump(mode="json", exclude=exclude))

@@ -6,6 +6,7 @@ import asyncio
 import json
 import re
 from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
 from datetime import date
 from typing import Annotated, Any, Literal, TypeVar
 from urllib.parse import quote
@@ -17,7 +18,15 @@ from service import mime
 from service.api.deps import CredentialsDep, ProviderDep, SettingsDep
 from service.api.readers import make_reader
 from service.api.responses import CommitAfterSendResponse, one_chunk, parse_range
-from service.errors import ALL_ERRORS, InvalidId, NotFound, NotSupported, ValidationFailed
+from service.errors import (
+    ALL_ERRORS,
+    InvalidId,
+    MailGatewayError,
+    NotFound,
+    NotSupported,
+    UpstreamFailure,
+    ValidationFailed,
+)
 from service.ids import ImapRef, MessageRef, Pop3Ref, decode_id
 from service.mime_stream import PartDecoder
 from service.models.message import (
@@ -56,12 +65,19 @@ MarkSeenQuery = Annotated[
     bool,
     Query(description="keep mode: set \\Seen once the response was written (IMAP only)."),
 ]
-IdPath = Annotated[str, Path(description="Opaque message id from a listing.", max_length=2100)]
+IdPath = Annotated[str, Path(description="Opaque message id from a listing.")]
 FolderQuery = Annotated[
     str, Query(description="IMAP folder; POP3 has only INBOX.", min_length=1, max_length=1000)
 ]
 
-_ERRS = (400, 401, 403, 404, 410, 422, 502, 503, 504)
+_ERRS = (400, 401, 403, 404, 409, 410, 422, 429, 502, 503, 504)
+_MODE_HEADER = {
+    "X-Mail-Mode": {
+        "description": "keep: the server's copy stays; remove: it is deleted once this "
+        "response has been fully written",
+        "schema": {"type": "string", "enum": ["keep", "remove"]},
+    }
+}
 
 
 _THREAD_ABOVE = 256 * 1024
@@ -102,6 +118,29 @@ async def _open(request: Request, settings: SettingsDep, provider: ProviderDep,
     proto = _protocol_for(ref, protocol)
     reader = _reader_for(request, settings, provider, creds, proto)
     return await reader.open(ref), proto
+
+
+@asynccontextmanager
+async def _answering(msg: OpenedMessage, mode: Mode) -> AsyncIterator[None]:
+    """Until the response object exists, any error releases the message's session
+    (kept when the mail server was not at fault); in remove mode, first make sure the
+    removal can be done, so that ``removed: true`` is never promised in vain."""
+    try:
+        if mode == "remove":
+            await msg.prepare_remove()
+        yield
+    except BaseException as exc:
+        server_fine = isinstance(exc, MailGatewayError) and not isinstance(exc, UpstreamFailure)
+        await msg.release(healthy=server_fine)
+        raise
+
+
+_TOKEN = re.compile(r"^[A-Za-z0-9!#$&^_.+-]{1,64}/[A-Za-z0-9!#$&^_.+-]{1,64}$")
+
+
+def _media_type(content_type: str) -> str:
+    """An attachment's type if it is a plain ASCII type/subtype, else octet-stream."""
+    return content_type if _TOKEN.match(content_type) else "application/octet-stream"
 
 
 def _commit_response(
@@ -175,8 +214,19 @@ async def list_messages(
         before=before, from_=from_, to=to, subject=subject, text=text, count=count,
     )  # fmt: skip
     reader = _reader_for(request, settings, provider, creds, protocol or settings.default_protocol)
-    page = await reader.list_messages(folder, query)
-    return JSONResponse(page.model_dump(mode="json", by_alias=True, exclude_none=False))
+    page = await reader.list_messages(inbox_spelling(folder), query)
+    body = page.model_dump(mode="json", by_alias=True)
+    if not count:
+        body.pop("total", None)
+    other = "uidl" if (protocol or settings.default_protocol) == "imap" else "uid"
+    for item in body["items"]:
+        item.pop(other, None)
+    return JSONResponse(body)
+
+
+def inbox_spelling(folder: str) -> str:
+    """INBOX is case-insensitive (RFC 3501 5.1): one spelling, so ids stay the same."""
+    return "INBOX" if folder.upper() == "INBOX" else folder
 
 
 @router.get(
@@ -189,7 +239,7 @@ async def list_messages(
         "`removed: true` means the message is deleted once this response has been fully "
         "written (mode=remove)."
     ),
-    responses=problem_responses(413, *_ERRS),
+    responses={200: {"headers": _MODE_HEADER}, **problem_responses(413, *_ERRS)},
 )
 async def get_message(
     request: Request,
@@ -203,20 +253,17 @@ async def get_message(
 ) -> Response:
     mode_ = mode or settings.default_mode
     msg, proto = await _open(request, settings, provider, creds, id, protocol)
-    try:
+    async with _answering(msg, mode_):
         raw = await msg.read(settings.max_message_bytes)
         parsed = await _cpu(
             mime.parse_message, raw, id=id, folder=msg.folder, flags=msg.flags, size=msg.size
         )
         parsed.removed = mode_ == "remove"
         body = json.dumps(parsed.model_dump(mode="json", by_alias=True)).encode()
-    except BaseException:
-        await msg.release(healthy=False)
-        raise
-    return _commit_response(
-        msg, one_chunk(body), mode=mode_, mark_seen=mark_seen, protocol=proto,
-        media_type="application/json",
-    )  # fmt: skip
+        return _commit_response(
+            msg, one_chunk(body), mode=mode_, mark_seen=mark_seen, protocol=proto,
+            media_type="application/json",
+        )  # fmt: skip
 
 
 @router.get(
@@ -230,8 +277,19 @@ async def get_message(
     ),
     response_class=Response,
     responses={
-        200: {"content": {"message/rfc822": {}}, "description": "The message"},
-        206: {"content": {"message/rfc822": {}}, "description": "The requested range"},
+        200: {
+            "content": {"message/rfc822": {}},
+            "description": "The message (Content-Length when the size is known exactly; "
+            "otherwise chunked)",
+            "headers": _MODE_HEADER,
+        },
+        206: {
+            "content": {"message/rfc822": {}},
+            "description": "The requested range",
+            "headers": {
+                "Content-Range": {"schema": {"type": "string"}, "description": "bytes a-b/size"}
+            },
+        },
         **problem_responses(416, *_ERRS),
     },
 )
@@ -250,24 +308,26 @@ async def get_raw(
     if mode_ == "remove" and range_ is not None:
         raise ValidationFailed("mode=remove cannot be combined with Range: use keep, then DELETE.")
     msg, proto = await _open(request, settings, provider, creds, id, protocol)
-    try:
+    async with _answering(msg, mode_):
         span = parse_range(range_, msg.size)
-    except BaseException:
-        await msg.release(healthy=True)
-        raise
-    start, end = span or (0, msg.size)
-    headers = {
-        "Content-Length": str(end - start),
-        "Accept-Ranges": "bytes",
-        "Content-Disposition": f'inline; filename="{_safe_ascii(id)[:80]}.eml"',
-    }
-    if span is not None:
-        headers["Content-Range"] = f"bytes {start}-{end - 1}/{msg.size}"
-    return _commit_response(
-        msg, msg.chunks(start, end), mode=mode_, mark_seen=mark_seen, protocol=proto,
-        status_code=206 if span is not None else 200, headers=headers,
-        media_type="message/rfc822",
-    )  # fmt: skip
+        headers = {
+            "Accept-Ranges": "bytes",
+            "Content-Disposition": f'inline; filename="{_safe_ascii(id)[:80]}.eml"',
+        }
+        if span is not None:
+            start, end = span
+            headers["Content-Length"] = str(end - start)
+            headers["Content-Range"] = f"bytes {start}-{end - 1}/{msg.size}"
+            chunks = msg.chunks(start, end)
+        else:
+            if msg.exact_size:
+                headers["Content-Length"] = str(msg.size)
+            chunks = msg.chunks()  # an estimated size: streamed chunked, to the real end
+        return _commit_response(
+            msg, chunks, mode=mode_, mark_seen=mark_seen and span is None, protocol=proto,
+            status_code=206 if span is not None else 200, headers=headers,
+            media_type="message/rfc822",
+        )  # fmt: skip
 
 
 _UNSAFE = re.compile(r"[^A-Za-z0-9._ -]+")
@@ -292,7 +352,11 @@ def content_disposition(filename: str | None, kind: str | None = "attachment") -
     description="`attachment_id` is the MIME part number listed by the parsed fetch.",
     response_class=Response,
     responses={
-        200: {"content": {"application/octet-stream": {}}, "description": "Decoded bytes"},
+        200: {
+            "content": {"application/octet-stream": {}},
+            "description": "Decoded bytes, with the attachment's own content type",
+            "headers": _MODE_HEADER,
+        },
         **problem_responses(413, *_ERRS),
     },
 )
@@ -309,33 +373,30 @@ async def get_attachment(
 ) -> Response:
     mode_ = mode or settings.default_mode
     msg, proto = await _open(request, settings, provider, creds, id, protocol)
-    try:
+    async with _answering(msg, mode_):
         if msg.size > settings.max_message_bytes:
             return await _large_attachment(msg, attachment_id, mode_, mark_seen, proto)
         raw = await msg.read(settings.max_message_bytes)
         found = await _cpu(mime.find_attachment, raw, attachment_id)
         if found is None:
             raise NotFound(f"The message has no attachment {attachment_id!r}.")
-    except BaseException:
-        await msg.release(healthy=True)
-        raise
-    info, data = found
-    del raw
-    chunk = settings.fetch_chunk_bytes
+        info, data = found
+        del raw
+        chunk = settings.fetch_chunk_bytes
 
-    async def pieces() -> AsyncIterator[bytes]:
-        for i in range(0, len(data), chunk):
-            yield data[i : i + chunk]
+        async def pieces() -> AsyncIterator[bytes]:
+            for i in range(0, len(data), chunk):
+                yield data[i : i + chunk]
 
-    return _commit_response(
-        msg, pieces(), mode=mode_, mark_seen=mark_seen, protocol=proto,
-        media_type=info.content_type,
-        headers={
-            "Content-Length": str(len(data)),
-            "Content-Disposition": content_disposition(info.filename, info.disposition),
-            "X-Content-Type-Options": "nosniff",
-        },
-    )  # fmt: skip
+        return _commit_response(
+            msg, pieces(), mode=mode_, mark_seen=mark_seen, protocol=proto,
+            media_type=_media_type(info.content_type),
+            headers={
+                "Content-Length": str(len(data)),
+                "Content-Disposition": content_disposition(info.filename, info.disposition),
+                "X-Content-Type-Options": "nosniff",
+            },
+        )  # fmt: skip
 
 
 async def _large_attachment(
@@ -348,8 +409,13 @@ async def _large_attachment(
         raise NotFound(f"The message has no attachment {section!r}.")
     header, encoded = found
     info = mime.part_info(header)
-    if info is None:
-        raise NotFound(f"Part {section!r} is not an attachment (it is a multipart).")
+    if info is None or (
+        info.content_type in ("text/plain", "text/html")
+        and info.filename is None
+        and info.disposition != "attachment"
+        and section.rsplit(".", 1)[-1] == "1"
+    ):
+        raise NotFound(f"Part {section!r} is not an attachment (a multipart or the body).")
     decoder = PartDecoder(info.encoding)
 
     async def pieces() -> AsyncIterator[bytes]:
@@ -361,7 +427,7 @@ async def _large_attachment(
 
     return _commit_response(
         msg, pieces(), mode=mode, mark_seen=mark_seen, protocol=proto,
-        media_type=info.content_type,
+        media_type=_media_type(info.content_type),
         headers={
             "Content-Disposition": content_disposition(info.filename, info.disposition),
             "X-Content-Type-Options": "nosniff",
@@ -410,7 +476,11 @@ async def delete_message(
     summary="Delete several messages (at most 200)",
     description=(
         "Answers 200 with each id's own status (204 deleted, 400 invalid-id, 404 not-found, "
-        "410 stale-id) and problem code. The protocol is the one the ids were made by."
+        "409 conflict: an IMAP server without UIDPLUS while other messages of the folder are "
+        "flagged \\Deleted by another client; 410 stale-id) and problem code. The protocol "
+        "is the one the ids were made by. Without UIDPLUS, the gateway expunges only when "
+        "no other message of the folder carries \\Deleted, so it never purges another "
+        "client's flagged messages."
     ),
     responses=problem_responses(*_ERRS),
 )
@@ -466,6 +536,8 @@ async def patch_message(
         raise NotSupported("POP3 has no flags or folders.")
     if patch.seen is None and patch.flagged is None and patch.folder is None:
         raise ValidationFailed("Give at least one of seen, flagged, folder.")
+    if patch.folder is not None:
+        patch = patch.model_copy(update={"folder": inbox_spelling(patch.folder)})
     reader = _reader_for(request, settings, provider, creds, proto)
     await reader.patch(ref, patch)
     return Response(status_code=204)

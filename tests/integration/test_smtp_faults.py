@@ -1,0 +1,100 @@
+"""SMTP behaviour a real Postfix will not show, from a scripted server at the socket:
+a relay that offers no AUTH, a server that hangs, a temporary refusal."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+from mailboxes import Mailbox
+
+
+@asynccontextmanager
+async def fake_smtp(
+    *, hang_on: str | None = None, rcpt_reply: bytes = b"250 ok\r\n"
+) -> AsyncIterator[tuple[int, list[str]]]:
+    """An SMTP server without AUTH or STARTTLS; records the commands it gets."""
+    received: list[str] = []
+
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        writer.write(b"220 fake ESMTP\r\n")
+        try:
+            while line := await reader.readline():
+                cmd = line.decode().strip()
+                verb = cmd.split(" ")[0].upper()
+                received.append(cmd)
+                if verb == hang_on:
+                    await asyncio.sleep(30)
+                if verb == "EHLO":
+                    writer.write(b"250-fake\r\n250-SIZE 1000000\r\n250 8BITMIME\r\n")
+                elif verb == "RCPT":
+                    writer.write(rcpt_reply)
+                elif verb == "DATA":
+                    writer.write(b"354 go on\r\n")
+                    await writer.drain()
+                    while (data := await reader.readline()) != b".\r\n":
+                        received.append("> " + data.decode(errors="replace").rstrip("\r\n"))
+                    writer.write(b"250 queued as 1\r\n")
+                elif verb == "QUIT":
+                    writer.write(b"221 bye\r\n")
+                    await writer.drain()
+                    break
+                else:
+                    writer.write(b"250 ok\r\n")
+                await writer.drain()
+        except (ConnectionError, asyncio.CancelledError):
+            pass
+        finally:
+            writer.close()
+
+    server = await asyncio.start_server(handle, "127.0.0.1", 0)
+    try:
+        yield server.sockets[0].getsockname()[1], received
+    finally:
+        server.close()
+        await server.wait_closed()
+
+
+DRAFT = {"to": ["rcpt@elsewhere.test"], "bcc": ["hidden@elsewhere.test"], "subject": "hi",
+         "text": "body"}  # fmt: skip
+
+
+async def test_relay_without_auth_sends_without_credentials(
+    make_client: Any, mailbox: Mailbox
+) -> None:
+    async with fake_smtp() as (port, received):
+        async with make_client(smtp_url=f"smtp+plain://127.0.0.1:{port}") as client:
+            r = await client.post("/v1/send", json=DRAFT, headers=mailbox.auth)
+    assert r.status_code == 200, r.text
+    assert sorted(r.json()["accepted"]) == ["hidden@elsewhere.test", "rcpt@elsewhere.test"]
+    assert not [c for c in received if c.upper().startswith("AUTH")]
+    assert "RCPT TO:<hidden@elsewhere.test>" in received
+    assert "> Subject: hi" in received and not [c for c in received if c.startswith("> Bcc")]
+
+
+async def test_hanging_server_is_504_within_the_deadline(
+    make_client: Any, mailbox: Mailbox
+) -> None:
+    async with fake_smtp(hang_on="DATA") as (port, _):
+        async with make_client(
+            smtp_url=f"smtp+plain://127.0.0.1:{port}", send_timeout=1.0, command_timeout=5.0
+        ) as client:
+            start = time.monotonic()
+            r = await client.post("/v1/send", json=DRAFT, headers=mailbox.auth)
+            elapsed = time.monotonic() - start
+    assert r.status_code == 504 and r.json()["code"] == "upstream-timeout"
+    assert elapsed < 3
+
+
+async def test_every_recipient_refused_is_422_with_reasons(
+    make_client: Any, mailbox: Mailbox
+) -> None:
+    async with fake_smtp(rcpt_reply=b"550 5.1.1 no such user\r\n") as (port, received):
+        async with make_client(smtp_url=f"smtp+plain://127.0.0.1:{port}") as client:
+            r = await client.post("/v1/send", json=DRAFT, headers=mailbox.auth)
+    assert r.status_code == 422 and r.json()["code"] == "recipient-rejected"
+    assert "no such user" in r.json()["rejected"]["rcpt@elsewhere.test"]
+    assert "DATA" not in received
