@@ -1,11 +1,14 @@
-"""Builds the protocol adapter a request needs from settings, provider and credentials."""
+"""One request's mail context: settings, provider and credentials, and the adapters
+built from them (SMTP sender, IMAP or POP3 reader)."""
 
 from __future__ import annotations
 
-from typing import Literal
+from dataclasses import dataclass
+from typing import Annotated, Literal
 
-from fastapi import Request
+from fastapi import Depends, Request
 
+from service.api.deps import CredentialsDep, ProviderDep, SettingsDep
 from service.config import Provider, Settings
 from service.errors import NotSupported
 from service.protocols.base import Credentials, MailboxReader, MessageSender
@@ -14,35 +17,45 @@ from service.protocols.pop3 import Pop3Reader
 from service.protocols.smtp import SmtpSender
 
 
-def make_sender(
-    request: Request, settings: Settings, provider: Provider, creds: Credentials
-) -> MessageSender:
-    server = provider.smtp
-    if server is None:
-        raise NotSupported(f"Provider {provider.name!r} has no SMTP server.")
-    return SmtpSender(
-        server,
-        creds,
-        settings.ssl_context(provider),
-        connect_timeout=settings.connect_timeout,
-        command_timeout=settings.command_timeout,
-        deadline=settings.send_timeout,
-    )
+@dataclass(frozen=True)
+class MailContext:
+    """What every mail route needs; the adapters it makes hold no state of their own."""
 
+    request: Request
+    settings: Settings
+    provider: Provider
+    creds: Credentials
 
-def make_reader(
-    request: Request,
-    settings: Settings,
-    provider: Provider,
-    creds: Credentials,
-    protocol: Literal["imap", "pop3"],
-) -> MailboxReader:
-    if protocol == "imap":
-        if provider.imap is None:
-            raise NotSupported(f"Provider {provider.name!r} has no IMAP server.")
-        return imap_reader(
-            settings, provider, creds, request.app.state.imap_pool, request.app.state.summary_cache
+    def sender(self) -> MessageSender:
+        server = self.provider.smtp
+        if server is None:
+            raise NotSupported(f"Provider {self.provider.name!r} has no SMTP server.")
+        return SmtpSender(
+            server,
+            self.creds,
+            self.settings.ssl_context(self.provider),
+            connect_timeout=self.settings.connect_timeout,
+            command_timeout=self.settings.command_timeout,
+            deadline=self.settings.send_timeout,
         )
-    if provider.pop3 is None:
-        raise NotSupported(f"Provider {provider.name!r} has no POP3 server.")
-    return Pop3Reader(settings, provider, creds)
+
+    def reader(self, protocol: Literal["imap", "pop3"]) -> MailboxReader:
+        if protocol == "imap":
+            if self.provider.imap is None:
+                raise NotSupported(f"Provider {self.provider.name!r} has no IMAP server.")
+            state = self.request.app.state
+            return imap_reader(
+                self.settings, self.provider, self.creds, state.imap_pool, state.summary_cache
+            )
+        if self.provider.pop3 is None:
+            raise NotSupported(f"Provider {self.provider.name!r} has no POP3 server.")
+        return Pop3Reader(self.settings, self.provider, self.creds)
+
+
+def get_context(
+    request: Request, settings: SettingsDep, provider: ProviderDep, creds: CredentialsDep
+) -> MailContext:
+    return MailContext(request, settings, provider, creds)
+
+
+ContextDep = Annotated[MailContext, Depends(get_context)]

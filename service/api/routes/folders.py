@@ -4,11 +4,11 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, Query, Request
+from fastapi import APIRouter, Query
 from starlette.responses import JSONResponse
 
-from service.api.deps import CredentialsDep, ProtocolDep, ProviderDep, SettingsDep
-from service.api.readers import make_reader
+from service.api.deps import ProtocolDep
+from service.api.readers import ContextDep
 from service.models.message import FolderList
 from service.models.problem import problem_responses
 
@@ -26,14 +26,11 @@ router = APIRouter(tags=["folders"])
     responses=problem_responses(401, 403, 422, 502, 503, 504),
 )
 async def list_folders(
-    request: Request,
-    settings: SettingsDep,
-    provider: ProviderDep,
-    creds: CredentialsDep,
+    ctx: ContextDep,
     protocol: ProtocolDep,
     counts: Annotated[bool, Query(description="Add messages and unseen per folder.")] = False,
 ) -> JSONResponse:
-    reader = make_reader(request, settings, provider, creds, protocol)
+    reader = ctx.reader(protocol)
     folders = FolderList(items=await reader.folders(counts=counts))
     # messages/unseen appear only with counts=true (unseen stays null on POP3).
     exclude = None if counts else {"items": {"__all__": {"messages", "unseen"}}}

@@ -11,12 +11,11 @@ from datetime import date
 from typing import Annotated, Any, Literal, TypeVar
 from urllib.parse import quote
 
-from fastapi import APIRouter, Header, Path, Query, Request, Response
+from fastapi import APIRouter, Header, Path, Query, Response
 from starlette.responses import JSONResponse
 
 from service import mime
-from service.api.deps import CredentialsDep, ProviderDep, SettingsDep
-from service.api.readers import make_reader
+from service.api.readers import ContextDep, MailContext
 from service.api.responses import CommitAfterSendResponse, one_chunk, parse_range
 from service.errors import (
     ALL_ERRORS,
@@ -38,7 +37,7 @@ from service.models.message import (
     ParsedMessage,
 )
 from service.models.problem import problem_responses
-from service.protocols.base import ListQuery, MailboxReader, OpenedMessage
+from service.protocols.base import ListQuery, OpenedMessage
 
 router = APIRouter(tags=["messages"])
 T = TypeVar("T")
@@ -97,26 +96,15 @@ def _protocol_for(ref: MessageRef, asked: Protocol | None) -> Protocol:
     return own
 
 
-def _reader_for(
-    request: Request,
-    settings: SettingsDep,
-    provider: ProviderDep,
-    creds: CredentialsDep,
-    protocol: Protocol,
-) -> MailboxReader:
-    return make_reader(request, settings, provider, creds, protocol)
-
-
 def _mode_headers(mode: Mode) -> dict[str, str]:
     return {"X-Mail-Mode": mode, "Cache-Control": "no-store"}
 
 
-async def _open(request: Request, settings: SettingsDep, provider: ProviderDep,
-                creds: CredentialsDep, msg_id: str, protocol: Protocol | None,
+async def _open(ctx: MailContext, msg_id: str, protocol: Protocol | None
                 ) -> tuple[OpenedMessage, Protocol]:  # fmt: skip
     ref = decode_id(msg_id)
     proto = _protocol_for(ref, protocol)
-    reader = _reader_for(request, settings, provider, creds, proto)
+    reader = ctx.reader(proto)
     return await reader.open(ref), proto
 
 
@@ -188,10 +176,7 @@ def _commit_response(
     responses=problem_responses(*_ERRS),
 )
 async def list_messages(
-    request: Request,
-    settings: SettingsDep,
-    provider: ProviderDep,
-    creds: CredentialsDep,
+    ctx: ContextDep,
     protocol: ProtocolQuery = None,
     folder: FolderQuery = "INBOX",
     limit: Annotated[int, Query(ge=1, le=200)] = 50,
@@ -213,12 +198,12 @@ async def list_messages(
         limit=limit, cursor=cursor, unseen=unseen, flagged=flagged, since=since,
         before=before, from_=from_, to=to, subject=subject, text=text, count=count,
     )  # fmt: skip
-    reader = _reader_for(request, settings, provider, creds, protocol or settings.default_protocol)
+    reader = ctx.reader(protocol or ctx.settings.default_protocol)
     page = await reader.list_messages(inbox_spelling(folder), query)
     body = page.model_dump(mode="json", by_alias=True)
     if not count:
         body.pop("total", None)
-    other = "uidl" if (protocol or settings.default_protocol) == "imap" else "uid"
+    other = "uidl" if (protocol or ctx.settings.default_protocol) == "imap" else "uid"
     for item in body["items"]:
         item.pop(other, None)
     return JSONResponse(body)
@@ -242,19 +227,16 @@ def inbox_spelling(folder: str) -> str:
     responses={200: {"headers": _MODE_HEADER}, **problem_responses(413, *_ERRS)},
 )
 async def get_message(
-    request: Request,
-    settings: SettingsDep,
-    provider: ProviderDep,
-    creds: CredentialsDep,
+    ctx: ContextDep,
     id: IdPath,
     protocol: ProtocolQuery = None,
     mode: ModeQuery = None,
     mark_seen: MarkSeenQuery = False,
 ) -> Response:
-    mode_ = mode or settings.default_mode
-    msg, proto = await _open(request, settings, provider, creds, id, protocol)
+    mode_ = mode or ctx.settings.default_mode
+    msg, proto = await _open(ctx, id, protocol)
     async with _answering(msg, mode_):
-        raw = await msg.read(settings.max_message_bytes)
+        raw = await msg.read(ctx.settings.max_message_bytes)
         parsed = await _cpu(
             mime.parse_message, raw, id=id, folder=msg.folder, flags=msg.flags, size=msg.size
         )
@@ -294,20 +276,17 @@ async def get_message(
     },
 )
 async def get_raw(
-    request: Request,
-    settings: SettingsDep,
-    provider: ProviderDep,
-    creds: CredentialsDep,
+    ctx: ContextDep,
     id: IdPath,
     protocol: ProtocolQuery = None,
     mode: ModeQuery = None,
     mark_seen: MarkSeenQuery = False,
     range_: Annotated[str | None, Header(alias="range")] = None,
 ) -> Response:
-    mode_ = mode or settings.default_mode
+    mode_ = mode or ctx.settings.default_mode
     if mode_ == "remove" and range_ is not None:
         raise ValidationFailed("mode=remove cannot be combined with Range: use keep, then DELETE.")
-    msg, proto = await _open(request, settings, provider, creds, id, protocol)
+    msg, proto = await _open(ctx, id, protocol)
     async with _answering(msg, mode_):
         span = parse_range(range_, msg.size)
         headers = {
@@ -361,28 +340,25 @@ def content_disposition(filename: str | None, kind: str | None = "attachment") -
     },
 )
 async def get_attachment(
-    request: Request,
-    settings: SettingsDep,
-    provider: ProviderDep,
-    creds: CredentialsDep,
+    ctx: ContextDep,
     id: IdPath,
     attachment_id: Annotated[str, Path(pattern=r"^[0-9]+(\.[0-9]+)*$", max_length=100)],
     protocol: ProtocolQuery = None,
     mode: ModeQuery = None,
     mark_seen: MarkSeenQuery = False,
 ) -> Response:
-    mode_ = mode or settings.default_mode
-    msg, proto = await _open(request, settings, provider, creds, id, protocol)
+    mode_ = mode or ctx.settings.default_mode
+    msg, proto = await _open(ctx, id, protocol)
     async with _answering(msg, mode_):
-        if msg.size > settings.max_message_bytes:
+        if msg.size > ctx.settings.max_message_bytes:
             return await _large_attachment(msg, attachment_id, mode_, mark_seen, proto)
-        raw = await msg.read(settings.max_message_bytes)
+        raw = await msg.read(ctx.settings.max_message_bytes)
         found = await _cpu(mime.find_attachment, raw, attachment_id)
         if found is None:
             raise NotFound(f"The message has no attachment {attachment_id!r}.")
         info, data = found
         del raw
-        chunk = settings.fetch_chunk_bytes
+        chunk = ctx.settings.fetch_chunk_bytes
 
         async def pieces() -> AsyncIterator[bytes]:
             for i in range(0, len(data), chunk):
@@ -454,16 +430,13 @@ def _raise_for(result: DeleteResult) -> None:
     responses=problem_responses(*_ERRS),
 )
 async def delete_message(
-    request: Request,
-    settings: SettingsDep,
-    provider: ProviderDep,
-    creds: CredentialsDep,
+    ctx: ContextDep,
     id: IdPath,
     protocol: ProtocolQuery = None,
 ) -> Response:
     ref = decode_id(id)
     proto = _protocol_for(ref, protocol)
-    reader = _reader_for(request, settings, provider, creds, proto)
+    reader = ctx.reader(proto)
     [result] = await reader.delete([ref])
     if result.status != 204:
         _raise_for(result)
@@ -485,10 +458,7 @@ async def delete_message(
     responses=problem_responses(*_ERRS),
 )
 async def delete_many(
-    request: Request,
-    settings: SettingsDep,
-    provider: ProviderDep,
-    creds: CredentialsDep,
+    ctx: ContextDep,
     body: DeleteRequest,
     protocol: ProtocolQuery = None,
 ) -> DeleteResults:
@@ -503,7 +473,7 @@ async def delete_many(
     for proto, items in by_proto.items():
         if not items:
             continue
-        reader = _reader_for(request, settings, provider, creds, proto)
+        reader = ctx.reader(proto)
         done = await reader.delete([ref for _, ref in items])
         for (i, _), res in zip(items, done, strict=True):
             results[i] = DeleteResult(id=body.ids[i], status=res.status, code=res.code)
@@ -522,10 +492,7 @@ async def delete_many(
     responses=problem_responses(*_ERRS),
 )
 async def patch_message(
-    request: Request,
-    settings: SettingsDep,
-    provider: ProviderDep,
-    creds: CredentialsDep,
+    ctx: ContextDep,
     id: IdPath,
     patch: MessagePatch,
     protocol: ProtocolQuery = None,
@@ -538,6 +505,6 @@ async def patch_message(
         raise ValidationFailed("Give at least one of seen, flagged, folder.")
     if patch.folder is not None:
         patch = patch.model_copy(update={"folder": inbox_spelling(patch.folder)})
-    reader = _reader_for(request, settings, provider, creds, proto)
+    reader = ctx.reader(proto)
     await reader.patch(ref, patch)
     return Response(status_code=204)

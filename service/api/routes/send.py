@@ -12,8 +12,7 @@ from starlette.datastructures import UploadFile
 from starlette.responses import JSONResponse
 
 from service import mime
-from service.api.deps import CredentialsDep, ProviderDep, SettingsDep
-from service.api.readers import make_reader, make_sender
+from service.api.readers import ContextDep
 from service.errors import (
     BadRequest,
     MailGatewayError,
@@ -145,10 +144,7 @@ async def _multipart(request: Request, limit: int) -> tuple[Draft, list[mime.Out
     responses=problem_responses(400, 401, 403, 409, 413, 415, 422, 502, 503, 504),
 )
 async def send(
-    request: Request,
-    settings: SettingsDep,
-    creds: CredentialsDep,
-    provider: ProviderDep,
+    ctx: ContextDep,
     save_to_sent: Annotated[
         bool, Query(description="Append a copy (with its Bcc header) to the \\Sent folder.")
     ] = False,
@@ -158,6 +154,7 @@ async def send(
     ] = None,
     idempotency_key: Annotated[str | None, Header(max_length=255)] = None,
 ) -> JSONResponse:
+    request, settings, creds = ctx.request, ctx.settings, ctx.creds
     limit = settings.max_message_bytes
     ctype = request.headers.get("content-type", "").split(";")[0].strip().lower()
     if ctype not in ("application/json", "multipart/form-data", "message/rfc822"):
@@ -201,12 +198,12 @@ async def send(
             sent_copy = mime.sent_copy(wire, draft_) if save_to_sent else b""
         if len(wire) > limit:
             raise TooLarge(f"The message is over the limit of {limit} bytes.")
-        sender = make_sender(request, settings, provider, creds)
+        sender = ctx.sender()
         outcome = await sender.send(wire, mail_from=env_from, rcpt_to=rcpts)
         saved_to = None
         if save_to_sent:
             try:
-                reader = make_reader(request, settings, provider, creds, "imap")
+                reader = ctx.reader("imap")
                 saved_to = await reader.append_sent(sent_copy)
             except MailGatewayError as exc:
                 # The message went out; do not turn the send into a failure.
