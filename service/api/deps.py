@@ -15,7 +15,7 @@ from service.errors import AuthRequired, Forbidden, ValidationFailed
 from service.protocols.base import Credentials
 
 
-def get_settings(request: Request) -> Settings:
+async def get_settings(request: Request) -> Settings:
     settings: Settings = request.app.state.settings
     return settings
 
@@ -23,7 +23,7 @@ def get_settings(request: Request) -> Settings:
 SettingsDep = Annotated[Settings, Depends(get_settings)]
 
 
-def check_api_key(
+async def check_api_key(
     settings: SettingsDep,
     x_api_key: Annotated[
         str | None,
@@ -41,7 +41,7 @@ def check_api_key(
         raise Forbidden("A valid X-API-Key header is required.")
 
 
-def get_credentials(request: Request) -> Credentials:
+async def get_credentials(request: Request) -> Credentials:
     """Mailbox credentials of this request; 401 auth-required when absent or unreadable.
 
     Read from the headers directly (documented as OpenAPI security schemes, so that
@@ -85,7 +85,7 @@ def _check_printable(value: str) -> None:
         raise AuthRequired("Credentials must not contain control characters.")
 
 
-def check_login_rate(
+async def check_login_rate(
     request: Request,
     creds: Annotated[Credentials, Depends(get_credentials)],
     provider: Annotated[Provider, Depends(get_provider)],
@@ -98,7 +98,7 @@ def check_login_rate(
     return creds
 
 
-def get_provider(
+async def get_provider(
     settings: SettingsDep,
     x_mail_provider: Annotated[
         str | None, Header(description="A provider named in the providers file.")
@@ -111,7 +111,7 @@ def get_provider(
     return provider
 
 
-def get_protocol(
+async def get_protocol(
     settings: SettingsDep,
     protocol: Annotated[
         Literal["imap", "pop3"] | None,

@@ -52,7 +52,7 @@ class MailContext:
         return Pop3Reader(self.settings, self.provider, self.creds)
 
 
-def get_context(
+async def get_context(
     request: Request, settings: SettingsDep, provider: ProviderDep, creds: CredentialsDep
 ) -> MailContext:
     return MailContext(request, settings, provider, creds)
