@@ -664,7 +664,7 @@ class ImapReader:
 
     async def append_sent(self, message: bytes) -> str:
         """APPEND (``\\Seen``) to the ``\\Sent`` special-use folder, else to a folder named
-        Sent / Sent Items / Sent Messages / Sent Mail; none is created (NotFound)."""
+        Sent / Sent Items / Sent Messages / Sent Mail; when there is none, CREATE "Sent"."""
 
         async def op(session: ImapSession) -> str:
             boxes = [b for b in await session.list_mailboxes() if b.selectable]
@@ -672,10 +672,11 @@ class ImapReader:
             if sent is None:
                 by_name = {b.name.casefold(): b for b in boxes}
                 sent = next((by_name[n] for n in _SENT_NAMES if n in by_name), None)
-            if sent is None:
-                raise NotFound("The mailbox has no Sent folder.")
-            await session.append(sent.name, message, ["\\Seen"])
-            return sent.name
+            name = sent.name if sent is not None else "Sent"
+            if sent is None:  # as mail clients do: make one
+                await session.create(name, "\\Sent")
+            await session.append(name, message, ["\\Seen"])
+            return name
 
         return await self._run(op, retry=False)
 

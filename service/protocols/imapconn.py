@@ -1162,6 +1162,16 @@ class ImapSession:
         found = parse_status(reply.lines)
         return found.get(raw_name) or next(iter(found.values()), {})
 
+    async def create(self, folder: str, special_use: str | None = None) -> None:
+        """CREATE ``folder`` (with USE (special-use) where CREATE-SPECIAL-USE is offered);
+        a folder that already exists is fine."""
+        words: list[Word] = [mailbox_arg(folder)]
+        if special_use and "CREATE-SPECIAL-USE" in self.capabilities:
+            words.append(f"(USE ({special_use}))")
+        reply = await self.command("CREATE", words)
+        if not reply.ok and reply.code != "ALREADYEXISTS":
+            self._expect_ok(reply, "CREATE")
+
     async def append(self, folder: str, message: bytes, flags: Sequence[str]) -> Reply:
         """APPEND to ``folder``; NotFound when it does not exist."""
         words: list[Word] = [mailbox_arg(folder)]

@@ -911,10 +911,18 @@ async def test_reader_replaces_a_pooled_session_that_died_once() -> None:
 
 
 async def _serve_box(
-    peer: Peer, caps: bytes, box: dict[int, list[Any]], *, size_skew: int = 0
+    peer: Peer,
+    caps: bytes,
+    box: dict[int, list[Any]],
+    *,
+    size_skew: int = 0,
+    folders: list[str] | None = None,
+    appended: list[bytes] | None = None,
 ) -> None:
     """A stateful one-folder mailbox: {uid: [raw bytes, set of flags]}; RFC822.SIZE
     is reported off by ``size_skew`` (as GreenMail's and some others' are)."""
+    folders = [] if folders is None else folders
+    appended = [] if appended is None else appended
     await peer.hello()
     tag, _ = await peer.line()
     await peer.send(tag + b" OK [CAPABILITY " + caps + b"] Logged in\r\n")
@@ -957,10 +965,35 @@ async def _serve_box(
                     data = raw[start : start + count]
                     head += b" BODY[]<%d> {%d}\r\n" % (start, len(data)) + data
                 out = head + b")\r\n"
+        elif name == b"LIST":
+            out = b'* LIST (\\HasNoChildren) "/" INBOX\r\n'
+            out += b"".join(b'* LIST () "/" "%s"\r\n' % f.encode() for f in folders)
+        elif name == b"CREATE":
+            folders.append(rest.split(b" ", 1)[1].strip(b'"').decode())
+        elif name == b"APPEND":
+            size = int(re.search(rb"\{(\d+)\+?\}$", rest).group(1))  # type: ignore[union-attr]
+            appended.append(await peer.reader.readexactly(size))
+            await peer.reader.readline()
         elif name == b"LOGOUT":
             await peer.send(b"* BYE bye\r\n" + tag + b" OK bye\r\n")
             return
         await peer.send(out + tag + b" OK done\r\n")
+
+
+async def test_append_sent_creates_a_sent_folder_when_there_is_none() -> None:
+    folders: list[str] = ["Drafts"]
+    appended: list[bytes] = []
+    pool = SessionPool[ImapSession](Settings())
+    serve = lambda p: _serve_box(  # noqa: E731
+        p, b"IMAP4rev1 UIDPLUS LITERAL+", {}, folders=folders, appended=appended
+    )
+    async with scripted(serve) as (port, errors):
+        reader = _reader(port, pool)
+        assert await reader.append_sent(b"Subject: copy\r\n\r\nbody\r\n") == "Sent"
+        await pool.close_all()
+    assert not errors
+    assert folders == ["Drafts", "Sent"]
+    assert appended == [b"Subject: copy\r\n\r\nbody\r\n"]
 
 
 def _mailbox() -> dict[int, list[Any]]:
