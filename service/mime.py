@@ -28,7 +28,7 @@ from typing import Any, Literal
 
 from service.errors import ValidationFailed
 from service.models.common import Address
-from service.models.message import AttachmentInfo, ParsedMessage
+from service.models.message import AddressOut, AttachmentInfo, ParsedMessage
 from service.models.send import Draft
 
 __all__ = [
@@ -824,9 +824,9 @@ def summary_fields(header_bytes: bytes) -> dict[str, object]:
         return {
             "message_id": _message_id(_first(msg, "message-id")),
             "subject": None if subject is None else _decode_header("Subject", subject),
-            "from": _addresses_of(msg, "from"),
-            "to": _addresses_of(msg, "to"),
-            "cc": _addresses_of(msg, "cc"),
+            "from": _plain(_addresses_of(msg, "from")),
+            "to": _plain(_addresses_of(msg, "to")),
+            "cc": _plain(_addresses_of(msg, "cc")),
             "date": _iso_date(_first(msg, "date")),
             "has_attachments": ctype == "multipart/mixed"
             or ctype.split("/")[0] not in ("text", "multipart")
@@ -867,6 +867,10 @@ def _header_map(header_bytes: bytes) -> dict[str, list[str]]:
         name = key
         fields.setdefault(key, []).append(value.strip())
     return fields
+
+
+def _plain(addresses: list[Address]) -> list[AddressOut]:
+    return [{"name": a.name, "address": a.address} for a in addresses]
 
 
 def _fast_words(value: str) -> str:
@@ -926,8 +930,8 @@ def _simple_addresses(value: str) -> list[tuple[str, str]] | None:
     return out
 
 
-def _fast_addresses(values: list[str]) -> list[Address]:
-    out = []
+def _fast_addresses(values: list[str]) -> list[AddressOut]:
+    out: list[AddressOut] = []
     for value in values:
         pairs = _simple_addresses(value)
         if pairs is None:
@@ -935,8 +939,7 @@ def _fast_addresses(values: list[str]) -> list[Address]:
         for name, addr in pairs:
             addr = addr.strip()
             if addr and addr != "<>":
-                out.append(Address.model_construct(name=_fast_words(name).strip() or None,
-                                                   address=addr))  # fmt: skip
+                out.append({"name": _fast_words(name).strip() or None, "address": addr})
     return out
 
 

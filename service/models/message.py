@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
+from typing_extensions import TypedDict
 
 from service.models.common import Address
 
@@ -25,6 +26,13 @@ class FolderList(BaseModel):
     items: list[Folder]
 
 
+class AddressOut(TypedDict):
+    """An address as listings show it (a plain object: listings are the hot path)."""
+
+    name: str | None
+    address: str
+
+
 class MessageSummary(BaseModel):
     """One line of a listing."""
 
@@ -34,9 +42,9 @@ class MessageSummary(BaseModel):
     uidl: str | None = Field(default=None, description="POP3 UIDL (POP3 only).")
     message_id: str | None = None
     subject: str | None = None
-    from_: list[Address] = Field(default_factory=list, alias="from")
-    to: list[Address] = Field(default_factory=list)
-    cc: list[Address] = Field(default_factory=list)
+    from_: list[AddressOut] = Field(default_factory=list, alias="from")
+    to: list[AddressOut] = Field(default_factory=list)
+    cc: list[AddressOut] = Field(default_factory=list)
     date: str | None = Field(default=None, description="ISO 8601 from the Date header.")
     size: int | None = None
     flags: list[str] = Field(default_factory=list)

@@ -407,8 +407,8 @@ async def test_tricky_subjects_come_back_unchanged(
     page = await reader.list_messages("INBOX", ListQuery())
     assert [i.subject for i in page.items] == [s for _, s in reversed(subjects)]
     item = page.items[0]
-    assert [a.address for a in item.from_] == ["alice@example.test"]
-    assert [a.address for a in item.to] == ["bob@example.test"]
+    assert [a["address"] for a in item.from_] == ["alice@example.test"]
+    assert [a["address"] for a in item.to] == ["bob@example.test"]
     assert item.size and item.date and item.seen is False and item.flags == []
     assert item.folder == "INBOX"
     assert decode_id(item.id) == ImapRef("INBOX", uidvalidity(checker, "INBOX"), int(item.uid or 0))

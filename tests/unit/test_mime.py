@@ -725,8 +725,8 @@ def test_summary_fields_from_header_block() -> None:
     assert fields["date"] == "2003-07-01T10:52:37+02:00"
     assert fields["has_attachments"] is True and fields["content_type"] == "multipart/mixed"
     summary = MessageSummary.model_validate({"id": "1", "folder": "INBOX", **fields})
-    assert [a.address for a in summary.from_] == ["j@example.com"]
-    assert [a.address for a in summary.cc] == ["a@example.org", "b@example.org"]
+    assert [a["address"] for a in summary.from_] == ["j@example.com"]
+    assert [a["address"] for a in summary.cc] == ["a@example.org", "b@example.org"]
     assert summary.to == []
 
 
