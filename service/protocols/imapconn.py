@@ -336,10 +336,23 @@ class FetchItem:
 _FETCH_HEAD = re.compile(rb"\d+ FETCH[ (]", re.IGNORECASE)
 
 
+# The commonest reply of all (a page's flags): parsed without the tokenizer.
+_FLAGS_ONLY = re.compile(
+    rb"\d+ FETCH \((?:UID (\d+) FLAGS \(([^()\"{}]*)\)|FLAGS \(([^()\"{}]*)\) UID (\d+))\)",
+    re.IGNORECASE,
+)
+
+
 def parse_fetch(lines: Sequence[Line]) -> dict[int, FetchItem]:
     """FETCH responses by UID (responses without a UID, e.g. unsolicited, are dropped)."""
     out: dict[int, FetchItem] = {}
     for record in split_records(lines):
+        if len(record) == 1 and (simple := _FLAGS_ONLY.fullmatch(record[0])):
+            uid_text = simple.group(1) or simple.group(4)
+            flag_text = simple.group(2) if simple.group(1) else simple.group(3)
+            item = out.setdefault(int(uid_text), FetchItem(int(uid_text)))
+            item.flags = flag_text.decode("utf-8", "replace").split()
+            continue
         if not _FETCH_HEAD.match(record[0]):
             continue
         toks = tokenize(record)

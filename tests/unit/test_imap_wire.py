@@ -1064,3 +1064,19 @@ async def test_raw_ignores_an_inexact_rfc822_size(skew: int) -> None:
         await msg.release(healthy=True)
         await pool.close_all()
     assert not errors
+
+
+def test_flags_only_fetch_lines_parse_like_any_other() -> None:
+    from service.protocols.imapconn import parse_fetch
+
+    lines: list[Any] = [
+        b"1 FETCH (UID 7 FLAGS (\\Seen \\Flagged))",
+        b"2 FETCH (FLAGS () UID 9)",
+        b"3 FETCH (UID 11 FLAGS ($Label1 \\Seen) RFC822.SIZE 5)",  # the general path
+    ]
+    got = {uid: (item.flags, item.size) for uid, item in parse_fetch(lines).items()}
+    assert got == {
+        7: (["\\Seen", "\\Flagged"], None),
+        9: ([], None),
+        11: (["$Label1", "\\Seen"], 5),
+    }
