@@ -16,7 +16,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncGenerator, AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator, Callable
+from datetime import datetime
 from typing import Literal
 
 from service.config import Provider, Settings
@@ -37,8 +38,14 @@ from service.errors import (
 )
 from service.ids import ImapRef, MessageRef, Pop3Ref, decode_cursor, encode_cursor
 from service.mime import summary_fields
-from service.models.common import Address
-from service.models.message import DeleteResult, Folder, MessagePage, MessagePatch, MessageSummary
+from service.models.message import (
+    AddressOut,
+    DeleteResult,
+    Folder,
+    MessagePage,
+    MessagePatch,
+    MessageSummary,
+)
 from service.protocols.base import Credentials, ListQuery
 from service.protocols.pop3client import (
     Pop3AuthError,
@@ -165,37 +172,51 @@ class Pop3Reader:
         return [folder]
 
     async def list_messages(self, folder: str, query: ListQuery) -> MessagePage:
+        """Newest first (highest message number). Filters that the headers answer
+        (from, to, subject, since, before: by the Date header) read the headers of
+        each message until the page is full; unseen, flagged and text answer 422."""
         _inbox_only(folder)
-        filters = (query.unseen, query.flagged, query.since, query.before, query.from_,
-                   query.to, query.subject, query.text)  # fmt: skip
-        if any(f is not None for f in filters):
-            raise NotSupported("POP3 has no flags and no search: list without filters.")
+        if query.unseen is not None or query.flagged is not None or query.text is not None:
+            raise NotSupported(
+                "POP3 has no flags and no body search: unseen, flagged and text need IMAP."
+            )
+        wanted = _header_filter(query)
         async with _Session(self) as client:
             uidls = await client.uidl()
             sizes = await client.list()
             numbers = sorted(uidls, reverse=True)
+            below: list[int] = numbers
             if query.cursor is not None:
-                below, shown = _cursor_position(query.cursor, uidls)
-                numbers = [n for n in numbers if n < below and uidls[n] not in shown]
-            page = numbers[: query.limit]
-            items = []
-            use_top = not client.capabilities or "TOP" in client.capabilities
-            for n in page:
-                head = None
-                if use_top:
-                    try:
-                        # A header section over the limit is cut: the fields that fit.
-                        head = await client.top(n, 0, max_bytes=_TOP_MAX_BYTES, truncate=True)
-                    except Pop3NoSuchMessage:
-                        use_top = False  # TOP is optional (RFC 1939): read the message
-                if head is None:
-                    head = await _head_by_retr(client, n)
-                items.append(_summary(uidls[n], sizes.get(n), head))
-        more = len(numbers) > len(page)
+                start, shown = _cursor_position(query.cursor, uidls)
+                below = [n for n in numbers if n < start and uidls[n] not in shown]
+            heads = _Heads(client)
+            total: int | None = len(uidls) if query.count and wanted is None else None
+            page: list[int] = []
+            items: list[MessageSummary] = []
+            more = False
+            scan = numbers if (query.count and wanted is not None) else below
+            in_page = set(below)
+            matched = 0
+            for n in scan:
+                if wanted is None and len(page) >= query.limit:
+                    more = True
+                    break
+                summary = _summary(uidls[n], sizes.get(n), await heads.get(n))
+                if wanted is not None and not wanted(summary):
+                    continue
+                matched += 1
+                if n in in_page:
+                    if len(page) < query.limit:
+                        page.append(n)
+                        items.append(summary)
+                    else:
+                        more = True
+                        if not query.count:
+                            break
+            if query.count and wanted is not None:
+                total = matched
         cursor = _make_cursor([uidls[n] for n in page], page[-1]) if more else None
-        return MessagePage(
-            items=items, next_cursor=cursor, total=len(uidls) if query.count else None
-        )
+        return MessagePage(items=items, next_cursor=cursor, total=total)
 
     async def open(self, ref: MessageRef) -> Pop3Message:
         uidl = _pop3_ref(ref).uidl
@@ -346,6 +367,55 @@ class Pop3Message:
         await self._client.aclose_without_quit()
 
 
+class _Heads:
+    """Header sections by message number: TOP n 0 (cut at the limit), or RETR where the
+    server has no TOP (such a server may mark the message seen)."""
+
+    def __init__(self, client: Pop3Client) -> None:
+        self._client = client
+        self._use_top = not client.capabilities or "TOP" in client.capabilities
+
+    async def get(self, n: int) -> bytes:
+        if self._use_top:
+            try:
+                return await self._client.top(n, 0, max_bytes=_TOP_MAX_BYTES, truncate=True)
+            except Pop3NoSuchMessage:
+                self._use_top = False  # TOP is optional (RFC 1939): read the message
+        return await _head_by_retr(self._client, n)
+
+
+def _header_filter(query: ListQuery) -> Callable[[MessageSummary], bool] | None:
+    """IMAP SEARCH's header criteria, applied to a summary (substrings match
+    case-insensitively; since/before compare the Date header's own calendar day)."""
+    texts = {"from": query.from_, "to": query.to, "subject": query.subject}
+    if all(v is None for v in texts.values()) and query.since is None and query.before is None:
+        return None
+
+    def addresses(found: list[AddressOut]) -> str:
+        return " ".join(f"{a.get('name') or ''} <{a['address']}>" for a in found)
+
+    def ok(summary: MessageSummary) -> bool:
+        values = {
+            "from": addresses(summary.from_),
+            "to": addresses(summary.to),
+            "subject": summary.subject or "",
+        }
+        for key, needle in texts.items():
+            if needle is not None and needle.casefold() not in values[key].casefold():
+                return False
+        if query.since is not None or query.before is not None:
+            if summary.date is None:
+                return False
+            day = datetime.fromisoformat(summary.date).date()
+            if query.since is not None and day < query.since:
+                return False
+            if query.before is not None and day >= query.before:
+                return False
+        return True
+
+    return ok
+
+
 async def _head_by_retr(client: Pop3Client, n: int) -> bytes:
     """The header section of message ``n`` for a server without TOP: RETR, keep the head.
 
@@ -435,7 +505,7 @@ def _cursor_position(token: str, uidls: dict[int, str]) -> tuple[int, frozenset[
 def _summary(uidl: str, size: int | None, head: bytes) -> MessageSummary:
     fields = summary_fields(head)
 
-    def addrs(key: str) -> list[Address]:
+    def addrs(key: str) -> list[AddressOut]:
         value = fields.get(key)
         return list(value) if isinstance(value, list) else []
 

@@ -238,3 +238,32 @@ async def test_pop3_says_not_supported(
     r = await client.get("/v1/messages", params={"protocol": "pop3", "unseen": "true"},
                          headers=mailbox.auth)  # fmt: skip
     assert r.status_code == 422 and r.json()["code"] == "not-supported"
+
+
+async def test_header_filters_agree_on_both_protocols(
+    client: Any, stack: dict[str, str], mailbox: Mailbox, proto: str
+) -> None:
+    import datetime
+
+    mailbox.append(stack, make_raw("invoice march", sender="Billing <billing@shop.test>"))
+    mailbox.append(stack, make_raw("Price * 2 (unbalanced", sender="friend@example.test"))
+    mailbox.append(stack, make_raw("hello there", sender="Friend <friend@example.test>"))
+
+    async def subjects(**params: Any) -> list[str]:
+        return [i["subject"] for i in (await listing(client, mailbox, proto, **params))["items"]]
+
+    assert await subjects(subject="INVOICE") == ["invoice march"]
+    assert await subjects(**{"from": "friend@example.test"}) == [
+        "hello there", "Price * 2 (unbalanced",
+    ]  # fmt: skip
+    assert await subjects(subject="* 2 (") == ["Price * 2 (unbalanced"]
+    assert await subjects(to="rcpt@example.test", limit=1, count="true") == ["hello there"]
+    page = await listing(client, mailbox, proto, to="rcpt@example.test", limit=2, count="true")
+    assert page["total"] == 3 and page["next_cursor"]
+    rest = await listing(client, mailbox, proto, to="rcpt@example.test", limit=2,
+                         cursor=page["next_cursor"])  # fmt: skip
+    assert [i["subject"] for i in rest["items"]] == ["invoice march"] and not rest["next_cursor"]
+    today = datetime.date.today()
+    assert len(await subjects(since=str(today - datetime.timedelta(days=1)))) == 3
+    assert await subjects(since=str(today + datetime.timedelta(days=2))) == []
+    assert await subjects(before=str(today - datetime.timedelta(days=2))) == []

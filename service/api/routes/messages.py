@@ -170,7 +170,9 @@ def _commit_response(
         "Newest first = arrival order (highest UID / highest POP3 message number). A page "
         "costs one SEARCH and one FETCH of that page (IMAP) or UIDL + LIST + TOP of the "
         "page (POP3). `next_cursor` is opaque; paging stays correct when messages arrive "
-        "or are deleted between pages. On POP3, `unseen`/`flagged` and the search filters "
+        "or are deleted between pages. Filters are IMAP SEARCH (since/before: the internal "
+        "date). On POP3 the header filters (from, to, subject; since/before by the Date "
+        "header) read each message's header until the page is full; unseen, flagged and text "
         "answer 422 not-supported (POP3 has no flags and no search)."
     ),
     responses=problem_responses(*_ERRS),
