@@ -12,6 +12,7 @@ from typing import Any, Literal
 import httpx
 import pytest
 from mailboxes import Mailbox
+from scripted import serving
 
 from service.config import Settings
 from service.errors import AuthFailed
@@ -107,53 +108,43 @@ async def fake_pop3(
 
     async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         writer.write(b"+OK fake ready\r\n")
-        try:
-            while line := await reader.readline():
-                cmd = line.decode().strip()
-                received.commands.append(cmd)
-                received.append(cmd.split()[0].upper())
-                verb, args = received[-1], cmd.split()[1:]
-                if verb == "CAPA" and capa is not None:
-                    writer.write(b"+OK\r\n" + capa + b".\r\n")
-                elif verb == "AUTH":
-                    received.lines.append(cmd)
-                    writer.write(b"+OK authenticated\r\n")
-                elif verb == "USER":
-                    writer.write(b"+OK\r\n")
-                elif verb == "PASS":
-                    writer.write(pass_reply)
-                elif verb == "UIDL":
-                    writer.write(b"+OK\r\n1 uid-one\r\n.\r\n")
-                elif verb == "LIST" and (not args or list_n_multiline):
-                    writer.write(f"+OK\r\n1 {size}\r\n.\r\n".encode())
-                elif verb == "LIST":
-                    writer.write(f"+OK 1 {size}\r\n".encode())
-                elif verb == "TOP" and top_works and args[1:] == ["0"]:
-                    writer.write(b"+OK\r\n" + head + b".\r\n")
-                elif verb == "RETR" or (verb == "TOP" and top_works):
-                    if not await send_message(writer):
-                        return
-                elif verb in ("DELE", "NOOP", "RSET"):
-                    writer.write(b"+OK\r\n")
-                elif verb == "QUIT":
-                    writer.write(b"+OK bye\r\n")
-                    await writer.drain()
-                    break
-                else:
-                    writer.write(b"-ERR unknown\r\n")
+        while line := await reader.readline():
+            cmd = line.decode().strip()
+            received.commands.append(cmd)
+            received.append(cmd.split()[0].upper())
+            verb, args = received[-1], cmd.split()[1:]
+            if verb == "CAPA" and capa is not None:
+                writer.write(b"+OK\r\n" + capa + b".\r\n")
+            elif verb == "AUTH":
+                received.lines.append(cmd)
+                writer.write(b"+OK authenticated\r\n")
+            elif verb == "USER":
+                writer.write(b"+OK\r\n")
+            elif verb == "PASS":
+                writer.write(pass_reply)
+            elif verb == "UIDL":
+                writer.write(b"+OK\r\n1 uid-one\r\n.\r\n")
+            elif verb == "LIST" and (not args or list_n_multiline):
+                writer.write(f"+OK\r\n1 {size}\r\n.\r\n".encode())
+            elif verb == "LIST":
+                writer.write(f"+OK 1 {size}\r\n".encode())
+            elif verb == "TOP" and top_works and args[1:] == ["0"]:
+                writer.write(b"+OK\r\n" + head + b".\r\n")
+            elif verb == "RETR" or (verb == "TOP" and top_works):
+                if not await send_message(writer):
+                    return
+            elif verb in ("DELE", "NOOP", "RSET"):
+                writer.write(b"+OK\r\n")
+            elif verb == "QUIT":
+                writer.write(b"+OK bye\r\n")
                 await writer.drain()
-        except (ConnectionError, asyncio.CancelledError):
-            pass
-        finally:
-            writer.close()
+                break
+            else:
+                writer.write(b"-ERR unknown\r\n")
+            await writer.drain()
 
-    server = await asyncio.start_server(handle, "127.0.0.1", 0)
-    port = server.sockets[0].getsockname()[1]
-    try:
+    async with serving(handle) as port:
         yield port, received
-    finally:
-        server.close()
-        await server.wait_closed()
 
 
 def _id() -> str:

@@ -10,6 +10,7 @@ from contextlib import asynccontextmanager
 from typing import Any
 
 from mailboxes import Mailbox
+from scripted import serving
 
 
 @asynccontextmanager
@@ -21,41 +22,32 @@ async def fake_smtp(
 
     async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         writer.write(b"220 fake ESMTP\r\n")
-        try:
-            while line := await reader.readline():
-                cmd = line.decode().strip()
-                verb = cmd.split(" ")[0].upper()
-                received.append(cmd)
-                if verb == hang_on:
-                    await asyncio.sleep(30)
-                if verb == "EHLO":
-                    writer.write(b"250-fake\r\n250-SIZE 1000000\r\n250 8BITMIME\r\n")
-                elif verb == "RCPT":
-                    writer.write(rcpt_reply)
-                elif verb == "DATA":
-                    writer.write(b"354 go on\r\n")
-                    await writer.drain()
-                    while (data := await reader.readline()) != b".\r\n":
-                        received.append("> " + data.decode(errors="replace").rstrip("\r\n"))
-                    writer.write(b"250 queued as 1\r\n")
-                elif verb == "QUIT":
-                    writer.write(b"221 bye\r\n")
-                    await writer.drain()
-                    break
-                else:
-                    writer.write(b"250 ok\r\n")
+        while line := await reader.readline():
+            cmd = line.decode().strip()
+            verb = cmd.split(" ")[0].upper()
+            received.append(cmd)
+            if verb == hang_on:
+                await asyncio.sleep(30)
+            if verb == "EHLO":
+                writer.write(b"250-fake\r\n250-SIZE 1000000\r\n250 8BITMIME\r\n")
+            elif verb == "RCPT":
+                writer.write(rcpt_reply)
+            elif verb == "DATA":
+                writer.write(b"354 go on\r\n")
                 await writer.drain()
-        except (ConnectionError, asyncio.CancelledError):
-            pass
-        finally:
-            writer.close()
+                while (data := await reader.readline()) != b".\r\n":
+                    received.append("> " + data.decode(errors="replace").rstrip("\r\n"))
+                writer.write(b"250 queued as 1\r\n")
+            elif verb == "QUIT":
+                writer.write(b"221 bye\r\n")
+                await writer.drain()
+                break
+            else:
+                writer.write(b"250 ok\r\n")
+            await writer.drain()
 
-    server = await asyncio.start_server(handle, "127.0.0.1", 0)
-    try:
-        yield server.sockets[0].getsockname()[1], received
-    finally:
-        server.close()
-        await server.wait_closed()
+    async with serving(handle) as port:
+        yield port, received
 
 
 DRAFT = {"to": ["rcpt@elsewhere.test"], "bcc": ["hidden@elsewhere.test"], "subject": "hi",
