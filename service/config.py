@@ -131,6 +131,9 @@ class Settings(BaseSettings):
     connect_timeout: float = Field(default=10.0, gt=0, le=300)
     command_timeout: float = Field(default=30.0, gt=0, le=600)
     send_timeout: float = Field(default=120.0, gt=0, le=3600)
+    stall_timeout: float = Field(
+        default=60.0, gt=0, le=3600, description="a client that reads nothing this long is cut"
+    )
     ready_timeout: float = Field(default=2.0, gt=0, le=60)
     pool_size_per_user: int = Field(default=8, ge=1, le=9)
     pool_idle_seconds: float = Field(default=30.0, ge=0, le=3600)

@@ -21,7 +21,7 @@ class PartDecoder:
 
     def feed(self, data: bytes) -> bytes:
         if self.encoding == "base64":
-            clean = self._rest + bytes(c for c in data if c in _B64_ALPHABET)
+            clean = self._rest + data.translate(None, _NOT_B64)
             usable = len(clean) - len(clean) % 4
             self._rest = clean[usable:]
             return _b64(clean[:usable])
@@ -44,7 +44,8 @@ class PartDecoder:
         return rest
 
 
-_B64_ALPHABET = frozenset(b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/=")
+_B64_ALPHABET = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/="
+_NOT_B64 = bytes(c for c in range(256) if c not in _B64_ALPHABET)
 
 
 def _b64(data: bytes) -> bytes:

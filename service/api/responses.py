@@ -10,7 +10,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from starlette.responses import Response
 from starlette.types import Message, Receive, Scope, Send
 
-from service.errors import BadRequest, RangeNotSatisfiable
+from service.errors import BadRequest, MailGatewayError, RangeNotSatisfiable
 
 log = logging.getLogger("mailgate")
 
@@ -38,6 +38,7 @@ class CommitAfterSendResponse(Response):
         media_type: str | None = None,
         on_complete: Callable[[], Awaitable[None]] | None = None,
         on_finish: Callable[[bool], Awaitable[None]] | None = None,
+        stall_timeout: float = 60.0,
     ) -> None:
         self.chunks = chunks
         self.status_code = status_code
@@ -45,6 +46,7 @@ class CommitAfterSendResponse(Response):
         self.background = None
         self.on_complete = on_complete
         self.on_finish = on_finish
+        self.stall_timeout = stall_timeout
         self.init_headers(headers)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -57,25 +59,38 @@ class CommitAfterSendResponse(Response):
                     gone.set()
                     return
 
+        async def write(message: Message) -> None:
+            # A client that stops reading must not hold a mail session for ever.
+            async with asyncio.timeout(self.stall_timeout):
+                await send(message)
+
         watcher = asyncio.create_task(watch())
         ok = False
         try:
-            await send(
+            await write(
                 {"type": "http.response.start", "status": self.status_code,
                  "headers": self.raw_headers}
             )  # fmt: skip
             async for chunk in self.chunks:
                 if gone.is_set():
                     raise _ClientGone
-                await send({"type": "http.response.body", "body": chunk, "more_body": True})
+                await write({"type": "http.response.body", "body": chunk, "more_body": True})
             await asyncio.sleep(0)  # let the watcher see a disconnect that already happened
             if gone.is_set():
                 raise _ClientGone
             watcher.cancel()
-            await send({"type": "http.response.body", "body": b"", "more_body": False})
+            await write({"type": "http.response.body", "body": b"", "more_body": False})
             ok = True
         except (_ClientGone, OSError):
             log.info("client went away before the end of %s; nothing committed", scope["path"])
+        except TimeoutError:
+            log.info("client stopped reading %s; connection dropped, nothing committed",
+                     scope["path"])  # fmt: skip
+        except MailGatewayError as exc:
+            # The status line is gone already: the connection is cut (uvicorn closes
+            # it when the response is left incomplete), so the client sees a failure.
+            log.warning("mail server failed in the middle of %s: %s %s", scope["path"],
+                        exc.code, exc.detail)  # fmt: skip
         finally:
             watcher.cancel()
             aclose = getattr(self.chunks, "aclose", None)
@@ -103,7 +118,7 @@ async def one_chunk(data: bytes) -> AsyncIterator[bytes]:
     yield data
 
 
-_RANGE = re.compile(r"^bytes=(\d*)-(\d*)$")
+_RANGE = re.compile(r"^bytes=(\d{0,18})-(\d{0,18})$")
 
 
 def parse_range(header: str | None, size: int) -> tuple[int, int] | None:

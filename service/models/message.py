@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 from typing_extensions import TypedDict
@@ -110,7 +110,9 @@ class ParsedMessage(BaseModel):
 
 
 class DeleteRequest(BaseModel):
-    ids: list[str] = Field(min_length=1, max_length=200)
+    ids: list[Annotated[str, Field(max_length=2100, pattern=r"^[\x21-\x7e]+$")]] = Field(
+        min_length=1, max_length=200, description="Message ids (at most 200)."
+    )
 
 
 class DeleteResult(BaseModel):

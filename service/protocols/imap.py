@@ -25,6 +25,7 @@ from service.errors import (
     BadRequest,
     Conflict,
     InvalidId,
+    MailGatewayError,
     NotFound,
     NotSupported,
     RangeNotSatisfiable,
@@ -348,8 +349,10 @@ class ImapOpenedMessage:
             self.flags.append("\\Seen")
 
     async def prepare_remove(self) -> None:
-        """Without UIDPLUS, refuse (409) while other messages here are flagged \\Deleted."""
+        """Refuse before answering when removal cannot follow: a read-only folder (422),
+        or no UIDPLUS while other messages here are flagged \\Deleted (409)."""
         session = self._live()
+        _writable(session)
         if "UIDPLUS" not in session.capabilities:
             await _others_flagged_deleted(session, {self.uid})
 
@@ -363,6 +366,11 @@ class ImapOpenedMessage:
         session, self._session = self._session, None
         if session is not None:
             self._reader.pool.release(session, healthy=healthy and session.usable)
+
+
+def _writable(session: ImapSession) -> None:
+    if session.read_only:
+        raise NotSupported("The folder is read-only on the server: nothing can be removed.")
 
 
 async def _others_flagged_deleted(session: ImapSession, ours: set[int]) -> None:
@@ -386,6 +394,7 @@ async def _expunge_uids(session: ImapSession, wanted: set[int], *, verify: bool 
     the instant between that SEARCH and the EXPUNGE is the one race left.)
     """
     uids = format_uid_set(wanted)
+    _writable(session)
     if "UIDPLUS" not in session.capabilities:
         await _others_flagged_deleted(session, wanted)
         await session.uid_store(uids, "+FLAGS", ["\\Deleted"])
@@ -613,16 +622,18 @@ class ImapReader:
                 wanted = format_uid_set(cast(ImapRef, refs[i]).uid for i in live)
                 found = await session.uid_search(["UID", wanted])
                 existing = {u for lo, hi in found.ranges for u in range(lo, hi + 1)}
-                refused = False
+                refused: MailGatewayError | None = None
                 if existing:
                     try:
                         await _expunge_uids(session, existing)
-                    except Conflict:  # no UIDPLUS and others flagged: nothing was changed
-                        refused = True
+                    except (Conflict, NotSupported) as exc:  # nothing was changed
+                        refused = exc
                 for i in live:
                     ref = cast(ImapRef, refs[i])
-                    if ref.uid in existing and refused:
-                        results[i] = DeleteResult(id=ref.encode(), status=409, code="conflict")
+                    if ref.uid in existing and refused is not None:
+                        results[i] = DeleteResult(
+                            id=ref.encode(), status=refused.status, code=refused.code
+                        )
                     elif ref.uid in existing:
                         results[i] = DeleteResult(id=ref.encode(), status=204)
                     else:
@@ -657,6 +668,9 @@ class ImapReader:
             if "MOVE" in session.capabilities:
                 await session.uid_move(uid, target)
                 return
+            _writable(session)
+            if "UIDPLUS" not in session.capabilities:  # check before the copy exists
+                await _others_flagged_deleted(session, {iref.uid})
             await session.uid_copy(uid, target)
             await _expunge_uids(session, {iref.uid})
 

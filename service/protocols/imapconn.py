@@ -803,6 +803,7 @@ class ImapSession:
         self._broken = False
         self.capabilities: frozenset[str] = frozenset()
         self.selected: str | None = None
+        self.read_only = False  # the selected folder was opened [READ-ONLY]
         self.uidvalidity: int | None = None
         self.created = time.monotonic()
         self.leases = 0  # how often a reader has leased it (0: brand new)
@@ -1081,6 +1082,7 @@ class ImapSession:
         if self.uidvalidity is None:
             self.abort()
             raise UpstreamError("The IMAP server did not report UIDVALIDITY.")
+        self.read_only = "[READ-ONLY]" in reply.raw.upper()
         self.selected = folder
         self._synced_this_lease = True
         return self.uidvalidity

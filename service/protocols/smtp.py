@@ -106,6 +106,9 @@ class SmtpSender:
             return RecipientRejected(
                 "The SMTP server refused every recipient.", extra={"rejected": rejected}
             )
+        if isinstance(exc, SMTPResponseException) and exc.code in (530, 535):
+            # 530: the relay wants AUTH it never offered; 535: credentials refused.
+            return AuthFailed("The SMTP server refused to send without valid credentials.")
         if isinstance(exc, SMTPAuthenticationError):
             if 400 <= exc.code < 500:
                 return UpstreamUnavailable(

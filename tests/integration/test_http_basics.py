@@ -100,3 +100,18 @@ async def test_health_and_readiness(client: Any, make_client: Any) -> None:
 async def test_overlong_id_is_invalid_id(client: Any, mailbox: Mailbox) -> None:
     r = await client.get("/v1/messages/i" + "A" * 5000, headers=mailbox.auth)
     assert r.status_code == 400 and r.json()["code"] == "invalid-id"
+
+
+async def test_odd_inputs_are_problems_not_500s(
+    client: Any, mailbox: Mailbox, stack: dict[str, str]
+) -> None:
+    mailbox.append(stack, b"Subject: x\r\n\r\nbody\r\n")
+    [item] = (await client.get("/v1/messages", headers=mailbox.auth)).json()["items"]
+    r = await client.get(
+        f"/v1/messages/{item['id']}/raw",
+        headers={**mailbox.auth, "Range": "bytes=0-" + "9" * 5000},
+    )
+    assert r.status_code == 400 and r.json()["code"] == "bad-request"
+    r = await client.post("/v1/messages/delete", content='{"ids": ["\\ud800"]}',
+                          headers={**mailbox.auth, "Content-Type": "application/json"})  # fmt: skip
+    assert r.status_code == 422 and r.json()["code"] == "validation-failed"

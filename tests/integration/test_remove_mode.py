@@ -57,3 +57,32 @@ async def test_client_that_hangs_up_leaves_the_message(
                          headers=mailbox.auth)  # fmt: skip
     assert r.status_code == 200 and r.content == raw
     assert mailbox.messages(stack) == []
+
+
+async def test_a_client_that_stops_reading_frees_the_session(
+    make_live_gateway: Any, client: Any, stack: dict[str, str], mailbox: Mailbox
+) -> None:
+    """With one session per mailbox, a stalled download must not lock the mailbox out."""
+    import time
+
+    import httpx
+
+    mailbox.append(stack, big_message(12_000_000))
+    r = await client.get("/v1/messages", headers=mailbox.auth)
+    [item] = r.json()["items"]
+    async with make_live_gateway(pool_size_per_user=1, stall_timeout=1.0) as base:
+        url = urlsplit(base)
+        reader, writer = await asyncio.open_connection(url.hostname, url.port)
+        head = "".join(f"{k}: {v}\r\n" for k, v in mailbox.auth.items())
+        writer.write(f"GET /v1/messages/{item['id']}/raw?mode=remove HTTP/1.1\r\n"
+                     f"Host: x\r\n{head}\r\n".encode())  # fmt: skip
+        await writer.drain()
+        await reader.read(1000)  # the answer has started; now read nothing more
+        start = time.monotonic()
+        async with httpx.AsyncClient(base_url=base, timeout=20) as http:
+            r = await http.get("/v1/messages", headers=mailbox.auth)
+        waited = time.monotonic() - start
+        writer.transport.abort()
+    assert r.status_code == 200 and len(r.json()["items"]) == 1
+    assert waited < 8  # freed by the stall timeout, not by the 10 s pool wait
+    assert len(mailbox.messages(stack)) == 1  # and nothing was removed

@@ -918,6 +918,8 @@ async def _serve_box(
     size_skew: int = 0,
     folders: list[str] | None = None,
     appended: list[bytes] | None = None,
+    read_only: bool = False,
+    copied: list[int] | None = None,
 ) -> None:
     """A stateful one-folder mailbox: {uid: [raw bytes, set of flags]}; RFC822.SIZE
     is reported off by ``size_skew`` (as GreenMail's and some others' are)."""
@@ -932,6 +934,11 @@ async def _serve_box(
         seqs = {uid: n for n, uid in enumerate(sorted(box), 1)}
         if name == b"SELECT":
             out = b"* %d EXISTS\r\n* OK [UIDVALIDITY 42] ok\r\n" % len(box)
+            if read_only:
+                await peer.send(out + tag + b" OK [READ-ONLY] Select done\r\n")
+                continue
+        elif name == b"UID COPY" and copied is not None:
+            copied.append(int(rest.split()[2]))
         elif name == b"UID SEARCH":
             if b"DELETED" in rest:
                 found = [u for u, (_, f) in box.items() if "\\Deleted" in f]
@@ -1080,3 +1087,43 @@ def test_flags_only_fetch_lines_parse_like_any_other() -> None:
         9: ([], None),
         11: (["$Label1", "\\Seen"], 5),
     }
+
+
+async def test_read_only_folder_refuses_removal_before_answering() -> None:
+    from service.errors import NotSupported
+    from service.ids import ImapRef
+
+    box = _mailbox()
+    box[5][1].clear()
+    pool = SessionPool[ImapSession](Settings())
+    serve = lambda p: _serve_box(p, b"IMAP4rev1 UIDPLUS LITERAL+", box, read_only=True)  # noqa: E731
+    async with scripted(serve) as (port, errors):
+        reader = _reader(port, pool)
+        msg = await reader.open(ImapRef("INBOX", 42, 7))
+        with pytest.raises(NotSupported):
+            await msg.prepare_remove()
+        await msg.release(healthy=True)
+        [result] = await reader.delete([ImapRef("INBOX", 42, 7)])
+        assert (result.status, result.code) == (422, "not-supported")
+        await pool.close_all()
+    assert not errors
+    assert sorted(box) == [5, 7] and box[7][1] == set()
+
+
+async def test_move_without_move_or_uidplus_checks_before_copying() -> None:
+    from service.errors import Conflict
+    from service.ids import ImapRef
+    from service.models.message import MessagePatch
+
+    box = _mailbox()  # UID 5 carries \Deleted from another client
+    copied: list[int] = []
+    pool = SessionPool[ImapSession](Settings())
+    serve = lambda p: _serve_box(p, b"IMAP4rev1 LITERAL+", box, copied=copied)  # noqa: E731
+    async with scripted(serve) as (port, errors):
+        reader = _reader(port, pool)
+        with pytest.raises(Conflict):
+            await reader.patch(ImapRef("INBOX", 42, 7), MessagePatch(folder="Archive"))
+        await pool.close_all()
+    assert not errors
+    assert copied == []  # refused before any copy was made
+    assert sorted(box) == [5, 7]

@@ -141,6 +141,7 @@ def _commit_response(
     status_code: int = 200,
     headers: dict[str, str] | None = None,
     media_type: str,
+    stall_timeout: float,
 ) -> CommitAfterSendResponse:
     async def complete() -> None:
         if mode == "remove":
@@ -153,6 +154,7 @@ def _commit_response(
 
     return CommitAfterSendResponse(
         chunks,
+        stall_timeout=stall_timeout,
         status_code=status_code,
         headers={**_mode_headers(mode), **(headers or {})},
         media_type=media_type,
@@ -246,7 +248,7 @@ async def get_message(
         body = json.dumps(parsed.model_dump(mode="json", by_alias=True)).encode()
         return _commit_response(
             msg, one_chunk(body), mode=mode_, mark_seen=mark_seen, protocol=proto,
-            media_type="application/json",
+            stall_timeout=ctx.settings.stall_timeout, media_type="application/json",
         )  # fmt: skip
 
 
@@ -290,6 +292,11 @@ async def get_raw(
         raise ValidationFailed("mode=remove cannot be combined with Range: use keep, then DELETE.")
     msg, proto = await _open(ctx, id, protocol)
     async with _answering(msg, mode_):
+        if range_ is not None and not msg.exact_size:
+            # The server's size is an estimate: measure the message so that ranges
+            # (and the resume-then-DELETE path they serve) are exact.
+            msg.size = sum([len(piece) async for piece in msg.chunks()])
+            msg.exact_size = True
         span = parse_range(range_, msg.size)
         headers = {
             "Accept-Ranges": "bytes",
@@ -307,7 +314,7 @@ async def get_raw(
         return _commit_response(
             msg, chunks, mode=mode_, mark_seen=mark_seen and span is None, protocol=proto,
             status_code=206 if span is not None else 200, headers=headers,
-            media_type="message/rfc822",
+            stall_timeout=ctx.settings.stall_timeout, media_type="message/rfc822",
         )  # fmt: skip
 
 
@@ -353,7 +360,9 @@ async def get_attachment(
     msg, proto = await _open(ctx, id, protocol)
     async with _answering(msg, mode_):
         if msg.size > ctx.settings.max_message_bytes:
-            return await _large_attachment(msg, attachment_id, mode_, mark_seen, proto)
+            return await _large_attachment(
+                msg, attachment_id, mode_, mark_seen, proto, ctx.settings.stall_timeout
+            )
         raw = await msg.read(ctx.settings.max_message_bytes)
         found = await _cpu(mime.find_attachment, raw, attachment_id)
         if found is None:
@@ -368,7 +377,7 @@ async def get_attachment(
 
         return _commit_response(
             msg, pieces(), mode=mode_, mark_seen=mark_seen, protocol=proto,
-            media_type=_media_type(info.content_type),
+            stall_timeout=ctx.settings.stall_timeout, media_type=_media_type(info.content_type),
             headers={
                 "Content-Length": str(len(data)),
                 "Content-Disposition": content_disposition(info.filename, info.disposition),
@@ -378,7 +387,12 @@ async def get_attachment(
 
 
 async def _large_attachment(
-    msg: OpenedMessage, section: str, mode: Mode, mark_seen: bool, proto: Protocol
+    msg: OpenedMessage,
+    section: str,
+    mode: Mode,
+    mark_seen: bool,
+    proto: Protocol,
+    stall_timeout: float,
 ) -> Response:
     """A message too large to parse whole: fetch the one part and decode it as it comes
     (IMAP). The decoded length is not known in advance: the answer is chunked."""
@@ -405,7 +419,7 @@ async def _large_attachment(
 
     return _commit_response(
         msg, pieces(), mode=mode, mark_seen=mark_seen, protocol=proto,
-        media_type=_media_type(info.content_type),
+        stall_timeout=stall_timeout, media_type=_media_type(info.content_type),
         headers={
             "Content-Disposition": content_disposition(info.filename, info.disposition),
             "X-Content-Type-Options": "nosniff",
@@ -413,10 +427,19 @@ async def _large_attachment(
     )  # fmt: skip
 
 
+_DETAILS = {
+    "not-found": "No such message.",
+    "stale-id": "The message id is stale (the folder's UIDVALIDITY changed).",
+    "conflict": "The IMAP server has no UIDPLUS and other messages in this folder are "
+    "flagged \\Deleted by another client; nothing was changed.",
+    "not-supported": "The folder is read-only on the server; nothing was changed.",
+}
+
+
 def _raise_for(result: DeleteResult) -> None:
     for cls in ALL_ERRORS:
         if cls.status == result.status and cls.code == result.code:
-            raise cls()
+            raise cls(_DETAILS.get(result.code or ""))
     raise NotFound()
 
 
