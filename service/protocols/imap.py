@@ -46,9 +46,9 @@ from service.models.message import (
     MessageSummary,
 )
 from service.protocols.base import Credentials, ListQuery
-from service.protocols.imapconn import (
+from service.protocols.imapconn import ImapSession
+from service.protocols.imapwire import (
     FetchItem,
-    ImapSession,
     MailboxInfo,
     SearchResult,
     Word,

@@ -26,8 +26,8 @@ from service.errors import (
 )
 from service.protocols.base import Credentials, ListQuery
 from service.protocols.imap import filters_hash, search_criteria
-from service.protocols.imapconn import (
-    ImapSession,
+from service.protocols.imapconn import ImapSession
+from service.protocols.imapwire import (
     astring,
     format_uid_set,
     parse_fetch,
@@ -1074,7 +1074,7 @@ async def test_raw_ignores_an_inexact_rfc822_size(skew: int) -> None:
 
 
 def test_flags_only_fetch_lines_parse_like_any_other() -> None:
-    from service.protocols.imapconn import parse_fetch
+    from service.protocols.imapwire import parse_fetch
 
     lines: list[Any] = [
         b"1 FETCH (UID 7 FLAGS (\\Seen \\Flagged))",

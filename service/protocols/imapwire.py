@@ -1,0 +1,432 @@
+"""The IMAP wire, pure: quoting, modified UTF-7, sequence sets and response parsing.
+
+No I/O here: :mod:`service.protocols.imapconn` runs the session and feeds these
+functions the lines and literals aioimaplib has framed. Parsing tolerates what
+servers send in practice (quoted parentheses, literals anywhere, NIL) and never
+raises on garbage it can skip.
+"""
+
+from __future__ import annotations
+
+import base64
+import re
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+
+from service.errors import NotFound
+
+# --------------------------------------------------------------------------- wire helpers
+
+Word = str | bytes
+"""One argument of a command: ``str`` goes on the line as is (ASCII, already
+quoted if needed); ``bytes`` is sent as a literal."""
+
+CTL = re.compile(r"[\x00\r\n]")
+
+
+def quote(text: str) -> str:
+    """An IMAP quoted string; ``text`` must be 7-bit without NUL, CR or LF."""
+    return '"' + text.replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
+def astring(text: str) -> Word:
+    """``text`` as a quoted string when it is plain ASCII, else as a UTF-8 literal."""
+    if text.isascii() and not CTL.search(text):
+        return quote(text)
+    return text.encode("utf-8")
+
+
+def utf7_encode(name: str) -> str:
+    """Encode a mailbox name in modified UTF-7 (RFC 3501, 5.1.3)."""
+    out: list[str] = []
+    pending: list[str] = []
+
+    def flush() -> None:
+        if pending:
+            raw = "".join(pending).encode("utf-16-be", "surrogatepass")
+            b64 = base64.b64encode(raw).decode("ascii").rstrip("=").replace("/", ",")
+            out.append("&" + b64 + "-")
+            pending.clear()
+
+    for ch in name:
+        if 0x20 <= ord(ch) <= 0x7E:
+            flush()
+            out.append("&-" if ch == "&" else ch)
+        else:
+            pending.append(ch)
+    flush()
+    return "".join(out)
+
+
+def utf7_decode(name: str) -> str:
+    """Decode a modified UTF-7 mailbox name; ValueError when it is not valid."""
+    out: list[str] = []
+    i = 0
+    while i < len(name):
+        ch = name[i]
+        if ch != "&":
+            if not 0x20 <= ord(ch) <= 0x7E:
+                raise ValueError("not modified UTF-7")
+            out.append(ch)
+            i += 1
+            continue
+        end = name.find("-", i + 1)
+        if end < 0:
+            raise ValueError("unterminated shift in modified UTF-7")
+        if end == i + 1:
+            out.append("&")
+        else:
+            b64 = name[i + 1 : end].replace(",", "/")
+            if "=" in b64 or len(b64) % 4 == 1:
+                raise ValueError("bad base64 in modified UTF-7")
+            try:
+                raw = base64.b64decode(b64 + "=" * (-len(b64) % 4), validate=True)
+                out.append(raw.decode("utf-16-be"))
+            except (ValueError, UnicodeDecodeError) as exc:
+                raise ValueError("bad modified UTF-7") from exc
+        i = end + 1
+    return "".join(out)
+
+
+def mailbox_arg(name: str) -> str:
+    """A folder name (Unicode) as a quoted modified-UTF-7 command argument."""
+    if not name or len(name) > 1000:
+        raise NotFound("No such folder.")
+    return quote(utf7_encode(name))
+
+
+def mailbox_from_wire(raw: str) -> str:
+    """A folder name as the server sent it, decoded for callers (raw if not mUTF-7)."""
+    try:
+        return utf7_decode(raw)
+    except ValueError:
+        return raw
+
+
+def format_uid_set(uids: Iterable[int]) -> str:
+    """``[1, 2, 3, 7]`` → ``"1:3,7"``."""
+    ordered = sorted(set(uids))
+    if not ordered:
+        raise ValueError("empty uid set")
+    parts: list[str] = []
+    start = prev = ordered[0]
+    for uid in ordered[1:]:
+        if uid == prev + 1:
+            prev = uid
+            continue
+        parts.append(str(start) if start == prev else f"{start}:{prev}")
+        start = prev = uid
+    parts.append(str(start) if start == prev else f"{start}:{prev}")
+    return ",".join(parts)
+
+
+def parse_sequence_set(text: str) -> list[tuple[int, int]]:
+    """``"1:3,7"`` → ``[(1, 3), (7, 7)]`` (ranges normalised low-high)."""
+    out: list[tuple[int, int]] = []
+    for part in text.split(","):
+        lo, _, hi = part.partition(":")
+        a, b = int(lo), int(hi or lo)
+        out.append((min(a, b), max(a, b)))
+    return out
+
+
+_CODE_RE = re.compile(r"^\[([^\]]*)\]")
+
+
+def response_code(text: str) -> tuple[str, str]:
+    """``"[TRYCREATE] No such mailbox"`` → ``("TRYCREATE", "")``; first word upper-cased
+    and the rest of the code's text."""
+    m = _CODE_RE.match(text.lstrip())
+    if not m:
+        return "", ""
+    name, _, rest = m.group(1).partition(" ")
+    return name.upper(), rest
+
+
+# --------------------------------------------------------------------------- response parsing
+
+Line = bytes | bytearray
+"""A response element as aioimaplib collects it: ``bytes`` for a line (CRLF and
+the leading ``* `` removed), ``bytearray`` for the data of a literal."""
+
+Token = str | bytes | None | list["Token"]
+"""Parsed value: ``str`` atom or number, ``bytes`` quoted string or literal,
+``None`` for NIL, ``list`` for a parenthesised list."""
+
+_LITERAL_END = re.compile(rb"~?\{(\d+)\+?\}")
+
+
+def split_records(lines: Sequence[Line]) -> list[list[Line]]:
+    """Group response elements into one list per untagged response.
+
+    A literal belongs to the response before it; the rest of that response's
+    line after the literal begins with a space or ``)``, anything else starts
+    a new response. The tagged reply (the last element of a library response)
+    must not be included.
+    """
+    records: list[list[Line]] = []
+    after_literal = False
+    for el in lines:
+        if isinstance(el, bytearray):
+            if records:
+                records[-1].append(el)
+            after_literal = True
+            continue
+        if after_literal and records and el[:1] in (b" ", b")"):
+            records[-1].append(el)
+        else:
+            records.append([el])
+        after_literal = False
+    return records
+
+
+_TOKEN = re.compile(
+    rb'[()]|"(?:[^"\\]|\\.)*"|[^ ()"\[]+(?:\[[^\]]*\]?[^ ()"\[]*)?|\[[^\]]*\]?[^ ()"\[]*'
+)
+_UNESCAPE = re.compile(rb"\\(.)")
+
+
+def tokenize(record: Sequence[Line]) -> list[Token]:
+    """Parse one untagged response into tokens; never raises, tolerates garbage."""
+    root: list[Token] = []
+    stack: list[list[Token]] = [root]
+    top = root
+    idx = 0
+    while idx < len(record):
+        el = record[idx]
+        idx += 1
+        if isinstance(el, bytearray):  # a literal without its announcing line: keep it
+            top.append(bytes(el))
+            continue
+        toks = _TOKEN.findall(el)
+        last = len(toks) - 1
+        for i, tok in enumerate(toks):
+            first = tok[0]
+            if first == 0x28:  # (
+                new: list[Token] = []
+                top.append(new)
+                stack.append(new)
+                top = new
+            elif first == 0x29:  # )
+                if len(stack) > 1:
+                    stack.pop()
+                    top = stack[-1]
+            elif first == 0x22:  # "
+                body = tok[1:-1]
+                top.append(_UNESCAPE.sub(rb"\1", body) if b"\\" in body else body)
+            elif i == last and tok[-1] == 0x7D and _LITERAL_END.fullmatch(tok):  # {n} at the end
+                data = b""
+                if idx < len(record) and isinstance(record[idx], bytearray):
+                    data = bytes(record[idx])
+                    idx += 1
+                top.append(data)
+            else:
+                atom = tok.decode("latin-1")
+                top.append(None if atom.upper() == "NIL" else atom)
+    return root
+
+
+def _text(tok: Token) -> str:
+    if isinstance(tok, bytes):
+        return tok.decode("utf-8", "replace")
+    if isinstance(tok, str):
+        return tok
+    return ""
+
+
+@dataclass
+class FetchItem:
+    """One message's data from FETCH responses, merged by UID."""
+
+    uid: int
+    flags: list[str] | None = None
+    size: int | None = None
+    sections: dict[str, bytes] = field(default_factory=dict)
+
+    def section(self, prefix: str) -> bytes | None:
+        """The first body section whose name (upper case, e.g. ``BODY[]<0>``) starts so."""
+        for key, value in self.sections.items():
+            if key.startswith(prefix):
+                return value
+        return None
+
+
+FETCH_HEAD = re.compile(rb"\d+ FETCH[ (]", re.IGNORECASE)
+
+
+# The commonest reply of all (a page's flags): parsed without the tokenizer.
+_FLAGS_ONLY = re.compile(
+    rb"\d+ FETCH \((?:UID (\d+) FLAGS \(([^()\"{}]*)\)|FLAGS \(([^()\"{}]*)\) UID (\d+))\)",
+    re.IGNORECASE,
+)
+
+
+def parse_fetch(lines: Sequence[Line]) -> dict[int, FetchItem]:
+    """FETCH responses by UID (responses without a UID, e.g. unsolicited, are dropped)."""
+    out: dict[int, FetchItem] = {}
+    for record in split_records(lines):
+        if len(record) == 1 and (simple := _FLAGS_ONLY.fullmatch(record[0])):
+            uid_text = simple.group(1) or simple.group(4)
+            flag_text = simple.group(2) if simple.group(1) else simple.group(3)
+            item = out.setdefault(int(uid_text), FetchItem(int(uid_text)))
+            item.flags = flag_text.decode("utf-8", "replace").split()
+            continue
+        if not FETCH_HEAD.match(record[0]):
+            continue
+        toks = tokenize(record)
+        if len(toks) < 3 or not isinstance(toks[2], list):
+            continue
+        data = toks[2]
+        uid: int | None = None
+        flags: list[str] | None = None
+        size: int | None = None
+        sections: dict[str, bytes] = {}
+        for k in range(0, len(data) - 1, 2):
+            key, val = data[k], data[k + 1]
+            if not isinstance(key, str):
+                continue
+            name = key.upper()
+            if name == "UID" and isinstance(val, str) and val.isdigit():
+                uid = int(val)
+            elif name == "FLAGS" and isinstance(val, list):
+                flags = [t for t in val if isinstance(t, str)]
+            elif name == "RFC822.SIZE" and isinstance(val, str) and val.isdigit():
+                size = int(val)
+            elif name.startswith(("BODY[", "BINARY[", "RFC822")):
+                sections[name] = val if isinstance(val, bytes) else b""
+        if uid is None:
+            continue
+        item = out.setdefault(uid, FetchItem(uid))
+        if flags is not None:
+            item.flags = flags
+        if size is not None:
+            item.size = size
+        item.sections.update(sections)
+    return out
+
+
+@dataclass(frozen=True)
+class MailboxInfo:
+    """One LIST response (name as on the wire, modified UTF-7) plus its STATUS if asked."""
+
+    raw_name: str
+    delimiter: str | None
+    attributes: frozenset[str]  # lower case, with the backslash
+    messages: int | None = None
+    unseen: int | None = None
+
+    @property
+    def name(self) -> str:
+        return mailbox_from_wire(self.raw_name)
+
+    @property
+    def selectable(self) -> bool:
+        return not self.attributes & {"\\noselect", "\\nonexistent"}
+
+
+def parse_status(lines: Sequence[Line]) -> dict[str, dict[str, int]]:
+    """``STATUS name (MESSAGES 3 UNSEEN 1)`` responses: raw name → counters."""
+    out: dict[str, dict[str, int]] = {}
+    for record in split_records(lines):
+        if not record[0][:7].upper().startswith(b"STATUS "):
+            continue
+        toks = tokenize(record)
+        if len(toks) < 3 or not isinstance(toks[2], list):
+            continue
+        items = toks[2]
+        counters: dict[str, int] = {}
+        for k in range(0, len(items) - 1, 2):
+            key, val = items[k], items[k + 1]
+            if isinstance(key, str) and isinstance(val, str) and val.isdigit():
+                counters[key.upper()] = int(val)
+        out[_text(toks[1])] = counters
+    return out
+
+
+def parse_list(lines: Sequence[Line]) -> list[MailboxInfo]:
+    """LIST responses (with STATUS counters merged in when the server sent them)."""
+    status = parse_status(lines)
+    out: list[MailboxInfo] = []
+    for record in split_records(lines):
+        if not record[0][:5].upper().startswith(b"LIST "):
+            continue
+        toks = tokenize(record)
+        if len(toks) < 4 or not isinstance(toks[1], list):
+            continue
+        attrs = frozenset(_text(a).lower() for a in toks[1] if isinstance(a, str))
+        delim = _text(toks[2]) if toks[2] is not None else None
+        raw = _text(toks[3])
+        counters = status.get(raw, {})
+        out.append(
+            MailboxInfo(
+                raw,
+                delim or None,
+                attrs,
+                counters.get("MESSAGES"),
+                counters.get("UNSEEN"),
+            )
+        )
+    return out
+
+
+@dataclass(frozen=True)
+class SearchResult:
+    """UIDs found by UID SEARCH (as ranges, highest last) and the ESEARCH COUNT."""
+
+    ranges: list[tuple[int, int]]
+    count: int
+
+    def highest(self, limit: int) -> list[int]:
+        """Up to ``limit`` UIDs, highest first; cost grows with ``limit`` only."""
+        out: list[int] = []
+        for lo, hi in reversed(self.ranges):
+            uid = hi
+            while uid >= lo and len(out) < limit:
+                out.append(uid)
+                uid -= 1
+            if len(out) >= limit:
+                break
+        return out
+
+
+def parse_search(lines: Sequence[Line]) -> SearchResult:
+    """``SEARCH 1 2 3`` or ``ESEARCH (TAG "x") UID ALL 1:3 COUNT 3`` responses."""
+    uids: list[int] = []
+    ranges: list[tuple[int, int]] = []
+    count: int | None = None
+    for record in split_records(lines):
+        head = bytes(record[0])
+        upper = head[:8].upper()
+        if upper.startswith(b"SEARCH"):
+            for word in head[6:].split():
+                if word.isdigit():
+                    uids.append(int(word))
+        elif upper.startswith(b"ESEARCH"):
+            toks = tokenize(record)
+            k = 1
+            while k < len(toks):
+                tok = toks[k]
+                key = tok.upper() if isinstance(tok, str) else ""
+                val = toks[k + 1] if k + 1 < len(toks) else None
+                if key == "ALL" and isinstance(val, str):
+                    ranges.extend(parse_sequence_set(val))
+                    k += 2
+                elif key == "COUNT" and isinstance(val, str) and val.isdigit():
+                    count = int(val)
+                    k += 2
+                elif key in ("MIN", "MAX", "MODSEQ"):
+                    k += 2
+                else:
+                    k += 1
+    if uids:
+        uids.sort()
+        for uid in uids:
+            if ranges and ranges[-1][1] + 1 == uid:
+                ranges[-1] = (ranges[-1][0], uid)
+            elif not ranges or ranges[-1][1] < uid:
+                ranges.append((uid, uid))
+    else:
+        ranges.sort()
+    if count is None:
+        count = sum(hi - lo + 1 for lo, hi in ranges)
+    return SearchResult(ranges, count)
