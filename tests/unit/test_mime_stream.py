@@ -9,7 +9,7 @@ import random
 
 import pytest
 
-from service.mime_stream import PartDecoder
+from service.mime import PartDecoder
 
 
 def run(encoding: str, encoded: bytes, rng: random.Random) -> bytes:

@@ -27,7 +27,7 @@ from service.errors import (
     ValidationFailed,
 )
 from service.ids import ImapRef, MessageRef, Pop3Ref, decode_id
-from service.mime_stream import PartDecoder
+from service.mime import PartDecoder
 from service.models.message import (
     DeleteRequest,
     DeleteResult,
