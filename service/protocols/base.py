@@ -108,9 +108,9 @@ class OpenedMessage(Protocol):
     async def release(self, *, healthy: bool) -> None:
         """Give the session back (or discard it when not healthy).
 
-        Never deletes anything that :meth:`remove` did not commit: POP3 ends
-        without QUIT unless healthy.
-        """
+        Never deletes anything that :meth:`remove` did not commit: a POP3 session
+        that sent no DELE ends without QUIT (there is nothing to commit, and some
+        servers expunge other clients' \\Deleted messages at QUIT)."""
         ...
 
 

@@ -1,9 +1,21 @@
 """POP3 adapter: the read endpoints over one short POP3 session per request.
 
-POP3 sessions are not pooled: a session sees the maildrop as it was at login,
-and DELE marks take effect only at QUIT. Keep mode never sends DELE; remove
-mode sends DELE and QUIT only after the response was written. Any failure ends
-the session without QUIT, so the server discards every DELE mark.
+POP3 sessions are not pooled. DELE marks take effect only at QUIT, so QUIT is sent
+only to commit a DELE: by ``Pop3Message.remove()`` (mode=remove, once the response was
+written) and by ``delete()``. Every other session (listing, folders, keep-mode reads, a
+message released without removal) ends without QUIT: with nothing to commit, RFC 1939's
+UPDATE state is not needed, and some servers' QUIT does more than commit this session's
+marks (GreenMail's expunges every \\Deleted message of INBOX, also those flagged by an
+IMAP client).
+
+Any failure ends the session without QUIT. An RFC 1939 server then discards the DELE
+marks; for servers that keep them (GreenMail stores them as \\Deleted flags, which a later
+QUIT of any session would expunge), RSET is sent first, best effort, before the
+connection is dropped (``Pop3Client.aclose_without_quit``).
+
+Message numbers are not trusted across time: some servers (GreenMail) do not lock the
+maildrop and number the live list, so another session's QUIT can shift them. A DELE
+uses the number that a UIDL listing of the same session gave right before it.
 
 A message is read with ``TOP n 999999999`` (RFC 1939: a line count past the end of
 the body gives the whole message) where the server offers TOP, because RETR makes
@@ -15,7 +27,10 @@ message is streamed to the end of the server's reply, not to LIST's size.
 from __future__ import annotations
 
 import asyncio
+import base64
+import binascii
 import contextlib
+import hashlib
 from collections.abc import AsyncGenerator, AsyncIterator, Callable
 from datetime import datetime
 from typing import Literal
@@ -36,7 +51,7 @@ from service.errors import (
     UpstreamUnavailable,
     scrub,
 )
-from service.ids import ImapRef, MessageRef, Pop3Ref, decode_cursor, encode_cursor
+from service.ids import MessageRef, Pop3Ref, decode_cursor, encode_cursor
 from service.mime import summary_fields
 from service.models.message import (
     AddressOut,
@@ -66,8 +81,9 @@ _TOP_WHOLE = 999_999_999  # TOP's line count to read a whole message
 # IMPLEMENTATION (RFC 2449) of servers whose TOP reply is not dot-stuffed, so that a body
 # line "." would end it early: they are read with RETR. Mailpit's RETR sets no flag.
 _TOP_NOT_STUFFED = ("mailpit",)
-_CURSOR_UIDLS = 10  # the last messages of a page that a cursor names
-_CURSOR_UIDL_CHARS = 1500  # and at most this many characters of them (a URL parameter)
+_CURSOR_PAGE_MAX = 200  # a cursor names every message of its page, at most this many
+_CURSOR_ANCHORS = 8  # and this many neighbours of the page on either side
+_LEGACY_CURSOR_UIDLS = 10  # the UIDLs a cursor of the earlier form (p=1) carried
 
 
 def translate(exc: Pop3Error, secrets: tuple[str, ...] = ()) -> MailGatewayError:
@@ -93,7 +109,8 @@ def translate(exc: Pop3Error, secrets: tuple[str, ...] = ()) -> MailGatewayError
 
 
 class _Session:
-    """Context manager: a logged-in client; errors translated; never QUIT on failure."""
+    """Context manager: a logged-in client; errors translated. It never sends QUIT: a
+    caller that must commit DELE marks calls ``client.quit()`` itself."""
 
     def __init__(self, reader: Pop3Reader) -> None:
         self._reader = reader
@@ -106,15 +123,9 @@ class _Session:
     async def __aexit__(self, exc_type: object, exc: BaseException | None, tb: object) -> None:
         if self.client is None:
             return
-        if exc is None:
-            try:
-                await self.client.quit()
-            except Pop3Error as err:
-                raise translate(err) from None
-        else:
-            await self.client.aclose_without_quit()
-            if isinstance(exc, Pop3Error):
-                raise translate(exc, self._reader.secrets) from None
+        await self.client.aclose_without_quit()  # after quit(): already closed
+        if isinstance(exc, Pop3Error):
+            raise translate(exc, self._reader.secrets) from None
 
 
 class Pop3Reader:
@@ -187,8 +198,7 @@ class Pop3Reader:
             numbers = sorted(uidls, reverse=True)
             below: list[int] = numbers
             if query.cursor is not None:
-                start, shown = _cursor_position(query.cursor, uidls)
-                below = [n for n in numbers if n < start and uidls[n] not in shown]
+                below = _after_cursor(query.cursor, uidls)
             heads = _Heads(client)
             total: int | None = len(uidls) if query.count and wanted is None else None
             page: list[int] = []
@@ -215,7 +225,7 @@ class Pop3Reader:
                             break
             if query.count and wanted is not None:
                 total = matched
-        cursor = _make_cursor([uidls[n] for n in page], page[-1]) if more else None
+        cursor = _make_cursor(page, uidls) if more else None
         return MessagePage(items=items, next_cursor=cursor, total=total)
 
     async def open(self, ref: MessageRef) -> Pop3Message:
@@ -232,21 +242,41 @@ class Pop3Reader:
             if isinstance(exc, Pop3Error):
                 raise translate(exc, self.secrets) from None
             raise
-        return Pop3Message(client, ref, n, size, by_top=_reads_by_top(client.capabilities))
+        return Pop3Message(client, ref, uidl, n, size, by_top=_reads_by_top(client.capabilities))
 
     async def delete(self, refs: list[MessageRef]) -> list[DeleteResult]:
-        results: list[DeleteResult] = []
+        """One result per ref, in order. Each UIDL is DELE'd once (duplicates share its
+        result), by the number of a UIDL listing taken right before the DELEs; a DELE
+        answered -ERR (already deleted, e.g. Dovecot's "Message is deleted.") is that id's
+        404 and the others go on. QUIT commits the marks only when a DELE succeeded. If
+        the session fails midway, the marks are withdrawn (RSET, best effort) and the
+        error is raised: nothing of the batch was committed."""
+        outcome: dict[str, tuple[int, str | None]] = {}
         async with _Session(self) as client:
-            uidls = {u: n for n, u in (await client.uidl()).items()}
-            for ref in refs:
-                if isinstance(ref, ImapRef):
-                    results.append(DeleteResult(id=ref.encode(), status=400, code="invalid-id"))
-                elif ref.uidl not in uidls:
-                    results.append(DeleteResult(id=ref.encode(), status=404, code="not-found"))
-                else:
-                    await client.dele(uidls[ref.uidl])
-                    results.append(DeleteResult(id=ref.encode(), status=204))
-        return results  # QUIT succeeded: the DELE marks are committed
+            wanted = {ref.uidl for ref in refs if isinstance(ref, Pop3Ref)}
+            numbers = {u: n for n, u in (await client.uidl()).items()} if wanted else {}
+            marked = False
+            for uidl in dict.fromkeys(r.uidl for r in refs if isinstance(r, Pop3Ref)):
+                if uidl not in numbers:
+                    outcome[uidl] = (404, "not-found")
+                    continue
+                try:
+                    await client.dele(numbers[uidl])
+                except Pop3NoSuchMessage:  # -ERR for this message alone: the session goes on
+                    outcome[uidl] = (404, "not-found")
+                    continue
+                outcome[uidl] = (204, None)
+                marked = True
+            if marked:
+                await client.quit()  # the DELE marks are committed when this returns
+        results: list[DeleteResult] = []
+        for ref in refs:
+            if isinstance(ref, Pop3Ref):
+                status, code = outcome[ref.uidl]
+                results.append(DeleteResult(id=ref.encode(), status=status, code=code))
+            else:
+                results.append(DeleteResult(id=ref.encode(), status=400, code="invalid-id"))
+        return results
 
     async def patch(self, ref: MessageRef, patch: MessagePatch) -> None:
         raise NotSupported("POP3 has no flags or folders.")
@@ -265,9 +295,17 @@ class Pop3Message:
     exact_size = False  # LIST's size is the server's estimate, not the bytes it sends
 
     def __init__(
-        self, client: Pop3Client, ref: MessageRef, number: int, size: int, *, by_top: bool
+        self,
+        client: Pop3Client,
+        ref: MessageRef,
+        uidl: str,
+        number: int,
+        size: int,
+        *,
+        by_top: bool,
     ) -> None:
         self._client = client
+        self._uidl = uidl
         self._number = number
         self._by_top = by_top
         self._done = False
@@ -341,29 +379,35 @@ class Pop3Message:
         raise TooLarge("POP3 cannot fetch one part alone: the message is over the size limit.")
 
     async def prepare_remove(self) -> None:
-        """Nothing to check: DELE + QUIT removes exactly this message."""
+        """Nothing to check: remove() finds this message by its UIDL, DELE + QUIT."""
 
     async def mark_seen(self) -> None:
         raise NotSupported("POP3 has no flags.")
 
     async def remove(self) -> None:
-        """DELE then QUIT: the deletion is committed when this returns."""
+        """UIDL, DELE then QUIT: the deletion is committed when this returns.
+
+        The number found at open() may be stale by now: a server that numbers the live
+        list (GreenMail) shifts numbers when another session's QUIT removes messages. So
+        the number is taken from a fresh UIDL listing of this session; a UIDL that is gone
+        raises NotFound without any DELE (the message is gone anyway).
+        """
+        self._done = True
         try:
-            await self._client.dele(self._number)
-            self._done = True
+            number = _number_of(self._uidl, await self._client.uidl())
+            await self._client.dele(number)
             await self._client.quit()
-        except Pop3Error as exc:
-            await self._client.aclose_without_quit()
-            raise translate(exc) from None
+        except BaseException as exc:
+            await self._client.aclose_without_quit()  # RSET first if the DELE may have marked
+            if isinstance(exc, Pop3Error):
+                raise translate(exc) from None
+            raise
 
     async def release(self, *, healthy: bool) -> None:
+        """End the session without QUIT: no DELE was sent, nothing is to be committed."""
         if self._done:
             return
         self._done = True
-        if healthy:
-            with contextlib.suppress(Pop3Error):
-                await self._client.quit()  # keep mode: no DELE was sent
-                return
         await self._client.aclose_without_quit()
 
 
@@ -461,45 +505,96 @@ def _number_of(uidl: str, uidls: dict[int, str]) -> int:
     raise NotFound("No such message in the maildrop.")
 
 
-def _make_cursor(page_uidls: list[str], last: int) -> str:
-    """A cursor naming the page's last (oldest) messages, oldest last, and the number of
-    the oldest; a few, so that it survives their deletion, and short (a URL parameter)."""
-    recent: list[str] = []
-    chars = 0
-    for uidl in reversed(page_uidls[-_CURSOR_UIDLS:]):
-        chars += len(uidl)
-        if chars > _CURSOR_UIDL_CHARS:
-            break
-        recent.insert(0, uidl)
-    return encode_cursor({"p": 1, "u": recent, "n": last})
+def _uidl_hash(uidl: str) -> bytes:
+    """4 bytes that name a UIDL in a cursor: a page of 200 packs into about 1 KB."""
+    return hashlib.sha256(uidl.encode("utf-8", "surrogateescape")).digest()[:4]
 
 
-def _cursor_position(token: str, uidls: dict[int, str]) -> tuple[int, frozenset[str]]:
-    """Where the next page starts: below this message number, skipping these UIDLs.
+def _pack(uidls: list[str]) -> str:
+    return base64.b64encode(b"".join(_uidl_hash(u) for u in uidls)).decode("ascii")
 
-    Messages keep their arrival order, so the next page continues below the oldest of
-    the cursor's messages still present. When all of them were deleted, older
-    messages can only have moved down: below the cursor's stored number.
+
+def _unpack(value: object, most: int) -> frozenset[bytes]:
+    if not isinstance(value, str) or len(value) > (most * 4 + 2) // 3 * 4:
+        raise BadRequest("The cursor is not a POP3 cursor.")
+    try:
+        raw = base64.b64decode(value, validate=True)
+    except (binascii.Error, ValueError):
+        raise BadRequest("The cursor is not a POP3 cursor.") from None
+    if len(raw) % 4 or len(raw) > most * 4:
+        raise BadRequest("The cursor is not a POP3 cursor.")
+    return frozenset(raw[i : i + 4] for i in range(0, len(raw), 4))
+
+
+def _make_cursor(page: list[int], uidls: dict[int, str]) -> str:
+    """A cursor after ``page`` (message numbers, newest first): the number ``n`` of its
+    last (oldest) item, a 4-byte hash of EVERY UIDL on the page, and of the few messages
+    right below it ("o": the next older ones) and right above it ("e": newer ones), as
+    numbered now. About 1.1 KB of hashes for a page of 200 (a URL parameter)."""
+    first, last = page[0], page[-1]
+    older = [uidls[k] for k in range(last - 1, last - 1 - _CURSOR_ANCHORS, -1) if k in uidls]
+    newer = [uidls[k] for k in range(first + 1, first + 1 + _CURSOR_ANCHORS) if k in uidls]
+    return encode_cursor(
+        {
+            "p": 2,
+            "n": last,
+            "h": _pack([uidls[k] for k in page]),
+            "o": _pack(older),
+            "e": _pack(newer),
+        }
+    )
+
+
+def _after_cursor(token: str, uidls: dict[int, str]) -> list[int]:
+    """The message numbers of the pages after the cursor's, newest first.
+
+    Message numbers only shrink (when messages are deleted) and new messages get
+    higher numbers, so every message older than the page's last item still has a number
+    below that item's number ``n`` then, and the mailbox keeps its arrival order. So the
+    next pages are the messages numbered below ``n`` whose UIDL hash is not one of the
+    page's: page items that moved below ``n`` (messages below them were deleted) are
+    left out by hash.
+
+    Deletions can also move messages newer than the page (earlier pages) below ``n``;
+    no hash names them. The neighbours in the cursor bound this: the newest of the next
+    older messages ("o") still present, and everything below it, is older than the page
+    (the older messages above it were deleted); where none is left, everything below
+    the lowest page item or newer neighbour ("e") still present is older than the page.
+    Only when all of them are gone does the bound stay at ``n``. A cursor of the earlier
+    form (``p`` 1: the page's last few UIDLs and ``n``) is read the same way, with
+    those UIDLs as the page and no neighbours.
     """
     data = decode_cursor(token)
-    recent, number = data.get("u"), data.get("n")
-    if isinstance(recent, str):  # the form of a cursor from an earlier version
-        recent = [recent]
-    if (
-        data.get("p") != 1
-        or not isinstance(recent, list)
-        or len(recent) > _CURSOR_UIDLS
-        or not all(isinstance(u, str) for u in recent)
-        or type(number) is not int
-        or number < 1
-    ):
+    number = data.get("n")
+    if type(number) is not int or number < 1:
         raise BadRequest("The cursor is not a POP3 cursor.")
-    shown = frozenset(recent)
-    numbers = {u: n for n, u in uidls.items()}
-    for uidl in reversed(recent):  # the oldest first
-        if uidl in numbers:
-            return numbers[uidl], shown
-    return min(number, len(uidls) + 1), shown
+    if data.get("p") == 2:
+        page = _unpack(data.get("h"), _CURSOR_PAGE_MAX)
+        older = _unpack(data.get("o"), _CURSOR_ANCHORS)
+        newer = _unpack(data.get("e"), _CURSOR_ANCHORS)
+    elif data.get("p") == 1:
+        recent = data.get("u")
+        if isinstance(recent, str):  # the form of a cursor from a still earlier version
+            recent = [recent]
+        if (
+            not isinstance(recent, list)
+            or len(recent) > _LEGACY_CURSOR_UIDLS
+            or not all(isinstance(u, str) for u in recent)
+        ):
+            raise BadRequest("The cursor is not a POP3 cursor.")
+        page, older, newer = frozenset(_uidl_hash(u) for u in recent), frozenset(), frozenset()
+    else:
+        raise BadRequest("The cursor is not a POP3 cursor.")
+    below = [(k, _uidl_hash(uidls[k])) for k in sorted(uidls, reverse=True) if k < number]
+    bound = number
+    anchor = next((k for k, h in below if h in older), None)
+    if anchor is not None:
+        bound = anchor + 1
+    else:
+        ours = [k for k, h in below if h in page or h in newer]
+        if ours:
+            bound = min(ours)
+    return [k for k, h in below if k < bound and h not in page]
 
 
 def _summary(uidl: str, size: int | None, head: bytes) -> MessageSummary:

@@ -30,6 +30,7 @@ _MAX_RESPONSE_LINE = 8192  # status lines and CAPA/LIST/UIDL entries
 _MAX_LISTING_BYTES = 64 * 1024 * 1024  # total size of a CAPA/LIST/UIDL reply
 _MAX_COMMAND_LINE = 255  # RFC 2449 section 4; decides on SASL initial responses
 _READ_SIZE = 64 * 1024
+_RSET_GRACE = 2.0  # seconds for the RSET that withdraws DELE marks before a drop
 _RESP_CODE = re.compile(r"^-ERR\s+\[([A-Za-z0-9/-]+)\]")
 _Lines = list[bytes]  # alias: inside Pop3Client, "list" names the LIST command
 
@@ -127,6 +128,7 @@ class Pop3Client:
         self._buf = bytearray()
         self._busy = False
         self._closed = False
+        self._marked = False  # a DELE may have marked a message since login or RSET
         self.greeting = ""
         self.capabilities: dict[str, list[str]] = {}
 
@@ -329,16 +331,29 @@ class Pop3Client:
         return self._chunked(f"TOP {n} {lines}", chunk_size)
 
     async def dele(self, n: int) -> None:
-        """Mark message ``n`` deleted; it is removed only by a successful :meth:`quit`."""
+        """Mark message ``n`` deleted; it is removed only by a successful :meth:`quit`.
+
+        -ERR (no such message, already deleted) raises :class:`Pop3NoSuchMessage` and
+        leaves the session usable.
+        """
         _check_msgno(n)
-        async with self._op():
-            await self._send(f"DELE {n}")
-            await self._ok(Pop3NoSuchMessage, f"DELE {n} failed")
+        marked = self._marked
+        self._marked = True  # from the moment it is sent, until the reply says otherwise
+        try:
+            async with self._op():
+                await self._send(f"DELE {n}")
+                await self._ok(Pop3NoSuchMessage, f"DELE {n} failed")
+        except Pop3Error:
+            if not self._closed:  # a clean -ERR: this DELE marked nothing
+                self._marked = marked
+            raise
 
     async def rset(self) -> None:
+        """Unmark every message marked by DELE in this session."""
         async with self._op():
             await self._send("RSET")
             await self._ok(Pop3ProtocolError, "RSET failed")
+        self._marked = False
 
     async def noop(self) -> None:
         async with self._op():
@@ -349,6 +364,7 @@ class Pop3Client:
         """Send QUIT (this commits DELE marks) and close; -ERR raises :class:`Pop3Error`."""
         try:
             async with self._op():
+                self._marked = False  # committed or not, nothing can withdraw them after QUIT
                 await self._send("QUIT")
                 await self._ok(Pop3Error, "QUIT failed, deletions may not have been applied")
         finally:
@@ -361,18 +377,54 @@ class Pop3Client:
                 self._writer.transport.abort()
 
     def abort(self) -> None:
-        """Drop the connection without QUIT, so the server discards pending DELE marks."""
+        """Drop the connection now, without QUIT and without RSET: an RFC 1939 server
+        discards pending DELE marks. :meth:`aclose_without_quit` also sends RSET."""
         self._closed = True
         self._writer.transport.abort()
 
     async def aclose_without_quit(self) -> None:
-        """Like :meth:`abort`, and also wait until the transport has been closed."""
+        """End the session without QUIT, so that nothing is committed, and wait until the
+        transport has been closed.
+
+        When a DELE may have marked a message (even one whose reply never came: a timeout),
+        RSET goes first, best effort, within a short grace: RFC 1939 servers discard marks
+        of a session that ends without QUIT anyway, but some (GreenMail) keep them as
+        \\Deleted flags that a later QUIT of any session would expunge. The RSET is
+        followed by a graceful close (FIN, or TLS close_notify), so that the server reads it
+        before the end of the stream, and the replies are read (not left to reset the
+        connection) until the server closes or the grace is over.
+        """
+        transport = self._writer.transport
+        if self._marked and not transport.is_closing():
+            self._marked = False
+            self._closed = True
+            try:
+                with contextlib.suppress(Exception):  # best effort: the drop follows anyway
+                    async with asyncio.timeout(min(self._timeout, _RSET_GRACE)):
+                        self._writer.write(b"RSET\r\n")
+                        if self._writer.can_write_eof():
+                            self._writer.write_eof()
+                            while await self._reader.read(_READ_SIZE):
+                                pass  # the late replies and RSET's, until the server closes
+                        else:  # TLS: close_notify after RSET; wait for the server's close
+                            self._writer.close()
+                            await self._writer.wait_closed()
+            finally:
+                self.abort()
         self.abort()
         with contextlib.suppress(TimeoutError, OSError):
             async with asyncio.timeout(self._timeout):
                 await self._writer.wait_closed()
 
     # -- internals --------------------------------------------------------------------------
+
+    def _break(self) -> None:
+        """The session is out of step or gone: refuse further commands and drop the
+        connection, unless a DELE mark may be pending; then the connection stays for
+        :meth:`aclose_without_quit` to withdraw it with RSET first."""
+        self._closed = True
+        if not self._marked:
+            self._writer.transport.abort()
 
     def _begin(self) -> None:
         if self._closed:
@@ -399,16 +451,16 @@ class Pop3Client:
         except Pop3Error:
             raise
         except TimeoutError as exc:
-            self.abort()
+            self._break()
             raise Pop3TimeoutError(f"no reply within {self._timeout} s") from exc
         except ssl.SSLError as exc:
-            self.abort()
+            self._break()
             raise Pop3TLSError(f"TLS failure: {exc}") from exc
         except OSError as exc:
-            self.abort()
+            self._break()
             raise Pop3DisconnectedError(f"connection lost: {exc}") from exc
         except BaseException:  # cancelled mid-command: the session state is unknown
-            self.abort()
+            self._break()
             raise
 
     def _single(self, text: str, what: str, *, numeric: bool = False) -> str:
@@ -423,7 +475,7 @@ class Pop3Client:
         return value
 
     def _fatal(self, exc: Pop3Error) -> Pop3Error:
-        self.abort()
+        self._break()
         return exc
 
     async def _send(self, line: str) -> None:
@@ -515,7 +567,7 @@ class Pop3Client:
         finally:
             self._busy = False
             if in_reply:
-                self.abort()
+                self._break()
         if out:
             yield bytes(out)
 

@@ -77,6 +77,8 @@ async def fake_pop3(
     list_skew: int = 0,
     body: bytes = BODY,
     list_n_multiline: bool = False,
+    listings: list[dict[int, str]] | None = None,
+    dele: dict[int, bytes | float] | None = None,
 ) -> AsyncIterator[tuple[int, Recorded]]:
     """A scripted POP3 server with one message (``body``, sent dot-stuffed).
 
@@ -85,8 +87,15 @@ async def fake_pop3(
     None: no CAPA command. ``top``: whether TOP works (default: when CAPA lists it).
     ``list_skew`` is added to LIST's size.
     ``list_n_multiline``: "LIST n" answered with the whole listing (as Mailpit's once was).
+    ``listings``: the maildrop as successive UIDL commands see it, {number: uidl}, the
+    last one repeated (default: message 1 "uid-one"); LIST lists the numbers the last
+    UIDL gave, and every number reads as ``body``. That is how a server that numbers
+    the live list (GreenMail) answers when another session's QUIT removes messages.
+    ``dele``: DELE n's reply (bytes), or seconds to wait before its "+OK" (float).
     """
     received = Recorded()
+    views = listings or [{1: "uid-one"}]
+    seen = 0  # UIDL commands answered
     top_works = (capa is not None and b"TOP" in capa) if top is None else top
     size = len(body) + list_skew
     stuffed = b"".join(
@@ -107,6 +116,7 @@ async def fake_pop3(
         return False
 
     async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        nonlocal seen
         writer.write(b"+OK fake ready\r\n")
         while line := await reader.readline():
             cmd = line.decode().strip()
@@ -123,16 +133,30 @@ async def fake_pop3(
             elif verb == "PASS":
                 writer.write(pass_reply)
             elif verb == "UIDL":
-                writer.write(b"+OK\r\n1 uid-one\r\n.\r\n")
+                view = views[min(seen, len(views) - 1)]
+                seen += 1
+                lines = "".join(f"{n} {u}\r\n" for n, u in view.items())
+                writer.write(f"+OK\r\n{lines}.\r\n".encode())
+            elif verb == "STAT":
+                view = views[min(max(seen - 1, 0), len(views) - 1)]
+                writer.write(f"+OK {len(view)} {len(view) * size}\r\n".encode())
             elif verb == "LIST" and (not args or list_n_multiline):
-                writer.write(f"+OK\r\n1 {size}\r\n.\r\n".encode())
+                view = views[min(max(seen - 1, 0), len(views) - 1)]
+                lines = "".join(f"{n} {size}\r\n" for n in view)
+                writer.write(f"+OK\r\n{lines}.\r\n".encode())
             elif verb == "LIST":
-                writer.write(f"+OK 1 {size}\r\n".encode())
+                writer.write(f"+OK {args[0]} {size}\r\n".encode())
             elif verb == "TOP" and top_works and args[1:] == ["0"]:
                 writer.write(b"+OK\r\n" + head + b".\r\n")
             elif verb == "RETR" or (verb == "TOP" and top_works):
                 if not await send_message(writer):
                     return
+            elif verb == "DELE" and dele and int(args[0]) in dele:
+                reply = dele[int(args[0])]
+                if isinstance(reply, float):
+                    await asyncio.sleep(reply)
+                    reply = b"+OK\r\n"
+                writer.write(reply)
             elif verb in ("DELE", "NOOP", "RSET"):
                 writer.write(b"+OK\r\n")
             elif verb == "QUIT":
@@ -306,7 +330,7 @@ async def test_message_is_read_with_top_where_the_server_offers_it(
             r = await client.get(f"/v1/messages/{_id()}/raw", headers=mailbox.auth)
             assert r.status_code == 200 and r.content == BODY  # dot-unstuffed either way
     assert [c for c in received.commands if c.startswith(("TOP", "RETR"))] == reads
-    assert "DELE" not in received and received[-1] == "QUIT"
+    assert "DELE" not in received and "QUIT" not in received  # keep: nothing to commit
 
 
 async def test_list_n_answered_with_the_whole_listing_is_not_needed(
@@ -322,27 +346,24 @@ async def test_list_n_answered_with_the_whole_listing_is_not_needed(
     assert not [c for c in received.commands if c.startswith(("LIST ", "UIDL "))]
 
 
-async def test_range_is_measured_against_list_and_cut_from_the_reply(
-    make_client: Any, make_live_gateway: Any, mailbox: Mailbox
+@pytest.mark.parametrize("skew", [-10, 25])
+async def test_range_on_an_estimated_size_is_measured_against_the_reply(
+    skew: int, make_client: Any, mailbox: Mailbox
 ) -> None:
+    # LIST's size is an estimate: the message is measured first, so that a range (and a
+    # resumed download) is exact, never shifted nor cut short.
     url = f"/v1/messages/{_id()}/raw"
-    async with fake_pop3("ok", list_skew=-10) as (port, received):
+    async with fake_pop3("ok", list_skew=skew) as (port, received):
         async with make_client(pop3_url=f"pop3+plain://127.0.0.1:{port}") as client:
             r = await client.get(url, headers={**mailbox.auth, "Range": "bytes=100-199"})
             assert r.status_code == 206 and r.content == BODY[100:200]
-            assert r.headers["content-range"] == f"bytes 100-199/{len(BODY) - 10}"
+            assert r.headers["content-range"] == f"bytes 100-199/{len(BODY)}"
             r = await client.get(url, headers={**mailbox.auth, "Range": "bytes=-50"})
-            assert r.status_code == 206 and r.content == BODY[-60:-10]
-    assert "DELE" not in received
-    async with (
-        fake_pop3("ok", list_skew=25) as (port, received),
-        make_live_gateway(pop3_url=f"pop3+plain://127.0.0.1:{port}") as base,
-        httpx.AsyncClient() as http,
-    ):
-        # The range's end lies past what the server sends: cut, never short-changed.
-        with pytest.raises(httpx.HTTPError):
-            await http.get(base + url, headers={**mailbox.auth, "Range": "bytes=-40"})
-    assert "DELE" not in received
+            assert r.status_code == 206 and r.content == BODY[-50:]
+            assert (
+                r.headers["content-range"] == f"bytes {len(BODY) - 50}-{len(BODY) - 1}/{len(BODY)}"
+            )
+    assert "DELE" not in received and "QUIT" not in received
 
 
 # -- listing ------------------------------------------------------------------------------------
@@ -383,10 +404,36 @@ async def test_cursor_never_repeats_when_messages_are_deleted_between_pages(
 async def test_cursor_stays_short_with_long_uidls() -> None:
     from service.protocols import pop3
 
-    cursor = pop3._make_cursor(["u" * 70] * 50, 7)
-    assert len(cursor) < 4096
-    below, shown = pop3._cursor_position(cursor, {7: "u" * 70})
-    assert below == 7 and shown == {"u" * 70}
+    uidls = {n: f"{n:04d}" + "u" * 66 for n in range(1, 451)}  # 70 characters each
+    page = list(range(400, 200, -1))  # a page of 200, the largest limit
+    cursor = pop3._make_cursor(page, uidls)
+    assert len(cursor) < 2048  # well under the 4096 of the query parameter
+    assert pop3._after_cursor(cursor, uidls) == list(range(200, 0, -1))
+
+
+async def test_cursor_of_the_earlier_form_is_still_read() -> None:
+    from service.ids import encode_cursor
+    from service.protocols import pop3
+
+    uidls = {n: f"u{n}" for n in range(1, 8)}
+    old = encode_cursor({"p": 1, "u": ["u5", "u4"], "n": 4})  # page 7..4, u4 at 4
+    assert pop3._after_cursor(old, uidls) == [3, 2, 1]
+    shifted = {1: "u1", 2: "u3", 3: "u4", 4: "u5", 5: "u6", 6: "u7"}  # u2 deleted
+    assert pop3._after_cursor(old, shifted) == [2, 1]
+
+
+@pytest.mark.parametrize(
+    "cursor",
+    [{"p": 2, "n": 3, "h": "!!", "o": "", "e": ""}, {"p": 2, "n": 3, "h": "AAA=", "o": "",
+     "e": ""}, {"p": 2, "n": 0, "h": "", "o": "", "e": ""}, {"p": 3, "n": 3}],
+)  # fmt: skip
+async def test_a_cursor_that_is_not_ours_is_400(cursor: dict[str, Any]) -> None:
+    from service.errors import BadRequest
+    from service.ids import encode_cursor
+    from service.protocols import pop3
+
+    with pytest.raises(BadRequest):
+        pop3._after_cursor(encode_cursor(cursor), {1: "a", 2: "b"})
 
 
 async def test_header_over_the_top_limit_lists_with_the_fields_that_fit(
@@ -423,3 +470,246 @@ async def test_credentials_pop3_cannot_carry_are_auth_failed_not_500(
     assert "sec" not in str(info.value) and "ret" not in str(info.value)
     with pytest.raises(AuthFailed):
         await reader.open(Pop3Ref("uid-one"))
+
+
+# -- DELE: by the number of now, once per message, QUIT only to commit ---------------------------
+
+
+async def test_remove_deletes_the_number_the_uidl_has_now(
+    make_client: Any, mailbox: Mailbox
+) -> None:
+    # GreenMail numbers the live list: another session's QUIT removed message 1 while
+    # this one streamed message 2, so "uid-one" is number 1 by the time of the DELE.
+    views = [{1: "uid-zero", 2: "uid-one"}, {1: "uid-one"}]
+    async with fake_pop3("ok", listings=views) as (port, received):
+        async with make_client(pop3_url=f"pop3+plain://127.0.0.1:{port}") as client:
+            r = await client.get(f"/v1/messages/{_id()}/raw", params={"mode": "remove"},
+                                 headers=mailbox.auth)  # fmt: skip
+            assert r.status_code == 200 and r.content == BODY
+    assert [c for c in received.commands if c.startswith(("TOP", "DELE"))] == [
+        "TOP 2 999999999",
+        "DELE 1",
+    ]
+    assert received[-3:] == ["UIDL", "DELE", "QUIT"]
+
+
+async def test_remove_of_a_message_gone_meanwhile_sends_no_dele(
+    make_client: Any, mailbox: Mailbox
+) -> None:
+    views = [{1: "uid-one", 2: "uid-two"}, {1: "uid-two"}]  # uid-one went while streaming
+    async with fake_pop3("ok", listings=views) as (port, received):
+        async with make_client(pop3_url=f"pop3+plain://127.0.0.1:{port}") as client:
+            r = await client.get(f"/v1/messages/{_id()}/raw", params={"mode": "remove"},
+                                 headers=mailbox.auth)  # fmt: skip
+            assert r.status_code == 200 and r.content == BODY
+    assert received.count("UIDL") == 2
+    assert "DELE" not in received and "QUIT" not in received and "RSET" not in received
+
+
+async def test_only_a_session_that_deletes_sends_quit(make_client: Any, mailbox: Mailbox) -> None:
+    # GreenMail's QUIT expunges every \Deleted message of INBOX, also an IMAP client's.
+    async with fake_pop3("ok") as (port, received):
+        async with make_client(pop3_url=f"pop3+plain://127.0.0.1:{port}") as client:
+            auth = mailbox.auth
+            r = await client.get("/v1/messages", params={"protocol": "pop3"}, headers=auth)
+            assert r.status_code == 200 and len(r.json()["items"]) == 1
+            r = await client.get("/v1/folders", params={"protocol": "pop3", "counts": "true"},
+                                 headers=auth)  # fmt: skip
+            assert r.status_code == 200 and r.json()["items"][0]["messages"] == 1
+            r = await client.get(f"/v1/messages/{_id()}", headers=auth)  # keep mode
+            assert r.status_code == 200 and r.json()["removed"] is False
+            r = await client.get(f"/v1/messages/{_id()}/raw", headers=auth)
+            assert r.status_code == 200
+            assert received.count("PASS") == 4 and "QUIT" not in received
+            assert "DELE" not in received and "RSET" not in received
+            r = await client.delete(f"/v1/messages/{_id()}", headers=auth)
+            assert r.status_code == 204
+    assert received[-3:] == ["UIDL", "DELE", "QUIT"]
+
+
+async def test_batch_delete_answers_per_id_and_deletes_each_message_once(
+    make_client: Any, mailbox: Mailbox
+) -> None:
+    views = [{1: "uid-a", 2: "uid-b", 3: "uid-c"}]
+    gone = {2: b"-ERR Message is deleted.\r\n"}  # e.g. deleted by another session meanwhile
+    ids = [Pop3Ref(u).encode() for u in ("uid-a", "uid-b", "uid-c", "uid-a", "uid-x")]
+    async with fake_pop3("ok", listings=views, dele=gone) as (port, received):
+        async with make_client(pop3_url=f"pop3+plain://127.0.0.1:{port}") as client:
+            r = await client.post("/v1/messages/delete", params={"protocol": "pop3"},
+                                  json={"ids": ids}, headers=mailbox.auth)  # fmt: skip
+    assert r.status_code == 200, r.text
+    assert [(x["id"], x["status"], x["code"]) for x in r.json()["results"]] == [
+        (ids[0], 204, None),
+        (ids[1], 404, "not-found"),
+        (ids[2], 204, None),
+        (ids[3], 204, None),
+        (ids[4], 404, "not-found"),
+    ]
+    assert [c for c in received.commands if c.startswith("DELE")] == ["DELE 1", "DELE 2", "DELE 3"]
+    assert received[-1] == "QUIT"
+
+
+async def test_batch_delete_whose_deles_all_fail_sends_no_quit(
+    make_client: Any, mailbox: Mailbox
+) -> None:
+    gone = {1: b"-ERR Message is deleted.\r\n"}
+    async with fake_pop3("ok", dele=gone) as (port, received):
+        async with make_client(pop3_url=f"pop3+plain://127.0.0.1:{port}") as client:
+            r = await client.post("/v1/messages/delete", params={"protocol": "pop3"},
+                                  json={"ids": [_id()]}, headers=mailbox.auth)  # fmt: skip
+    assert r.status_code == 200 and r.json()["results"][0]["status"] == 404
+    assert "DELE" in received and "QUIT" not in received and "RSET" not in received
+
+
+async def test_batch_delete_that_fails_midway_withdraws_its_marks(
+    make_client: Any, mailbox: Mailbox
+) -> None:
+    # GreenMail keeps DELE marks as \Deleted flags that a later QUIT would expunge: after
+    # a failure, RSET goes before the connection is dropped, and never QUIT.
+    views = [{1: "uid-a", 2: "uid-b", 3: "uid-c"}]
+    slow = {2: 1.0}  # DELE 2 answers after the command timeout
+    ids = [Pop3Ref(u).encode() for u in ("uid-a", "uid-b", "uid-c")]
+    async with fake_pop3("ok", listings=views, dele=slow) as (port, received):
+        url = f"pop3+plain://127.0.0.1:{port}"
+        async with make_client(pop3_url=url, command_timeout=0.5) as client:
+            r = await client.post("/v1/messages/delete", params={"protocol": "pop3"},
+                                  json={"ids": ids}, headers=mailbox.auth)  # fmt: skip
+    assert r.status_code == 504 and r.json()["code"] == "upstream-timeout"
+    assert received.commands[-3:] == ["DELE 1", "DELE 2", "RSET"]
+    assert "QUIT" not in received
+
+
+async def test_remove_that_fails_after_its_dele_withdraws_the_mark(
+    make_client: Any, mailbox: Mailbox
+) -> None:
+    async with fake_pop3("ok", dele={1: 1.0}) as (port, received):
+        url = f"pop3+plain://127.0.0.1:{port}"
+        async with make_client(pop3_url=url, command_timeout=0.5) as client:
+            r = await client.delete(f"/v1/messages/{_id()}", headers=mailbox.auth)
+    assert r.status_code == 504
+    assert received.commands[-2:] == ["DELE 1", "RSET"] and "QUIT" not in received
+
+
+def _pop3_delete(mailbox: Mailbox, stack: dict[str, str], uidls: list[str]) -> None:
+    """Delete these messages behind the gateway's back (stdlib poplib)."""
+    pop = mailbox.pop3(stack)
+    try:
+        numbers = {u.split()[1].decode(): int(u.split()[0]) for u in pop.uidl()[1]}
+        for uidl in uidls:
+            pop.dele(numbers[uidl])
+    finally:
+        pop.quit()
+
+
+def _stored_subjects(mailbox: Mailbox, stack: dict[str, str]) -> list[str]:
+    pop = mailbox.pop3(stack)
+    try:
+        count = len(pop.list()[1])
+        heads = [b"\n".join(pop.top(n, 0)[1]) for n in range(1, count + 1)]
+    finally:
+        pop.quit()
+    return [h.split(b"Subject: ")[1].split(b"\n")[0].decode() for h in heads]
+
+
+async def test_batch_delete_with_a_duplicate_id_on_dovecot(
+    client: Any, stack: dict[str, str], mailbox: Mailbox
+) -> None:
+    for i in range(1, 5):
+        mailbox.append(stack, RAW.replace(b"hi", f"m{i}".encode()))
+    r = await client.get("/v1/messages", params={"protocol": "pop3"}, headers=mailbox.auth)
+    ids = {i["subject"]: i["id"] for i in r.json()["items"]}
+    a, b = ids["m2"], ids["m4"]
+    r = await client.post("/v1/messages/delete", params={"protocol": "pop3"},
+                          json={"ids": [a, a, b]}, headers=mailbox.auth)  # fmt: skip
+    assert r.status_code == 200, r.text
+    assert [(x["id"], x["status"]) for x in r.json()["results"]] == [(a, 204), (a, 204), (b, 204)]
+    assert _stored_subjects(mailbox, stack) == ["m1", "m3"]
+    assert [raw for _, raw, _ in mailbox.messages(stack)] == [
+        RAW.replace(b"hi", b"m1"),
+        RAW.replace(b"hi", b"m3"),
+    ]
+
+
+# -- the cursor never repeats or skips -----------------------------------------------------------
+
+
+async def _all_pages(
+    client: Any, mailbox: Mailbox, limit: int, cursor: str | None = None
+) -> list[list[str]]:
+    pages = []
+    while True:
+        params: dict[str, Any] = {"protocol": "pop3", "limit": limit}
+        if cursor:
+            params["cursor"] = cursor
+        r = await client.get("/v1/messages", params=params, headers=mailbox.auth)
+        assert r.status_code == 200, r.text
+        pages.append(_subjects(r.json()))
+        cursor = r.json()["next_cursor"]
+        if not cursor:
+            return pages
+
+
+def _fill(mailbox: Mailbox, stack: dict[str, str], count: int) -> dict[str, str]:
+    """Messages m01 (oldest) .. m{count}; their UIDLs by subject."""
+    for i in range(1, count + 1):
+        mailbox.append(stack, RAW.replace(b"hi", f"m{i:02d}".encode()))
+    pop = mailbox.pop3(stack)
+    try:
+        uidls = [u.split()[1].decode() for u in pop.uidl()[1]]
+    finally:
+        pop.quit()
+    return {f"m{i:02d}": u for i, u in enumerate(uidls, 1)}
+
+
+def _m(*numbers: int) -> list[str]:
+    return [f"m{i:02d}" for i in numbers]
+
+
+async def test_cursor_after_deleting_the_oldest_of_the_page_and_an_older_one(
+    client: Any, stack: dict[str, str], mailbox: Mailbox
+) -> None:
+    uidls = _fill(mailbox, stack, 30)
+    params = {"protocol": "pop3", "limit": 15}
+    r = await client.get("/v1/messages", params=params, headers=mailbox.auth)
+    page_1 = r.json()
+    assert _subjects(page_1) == _m(*range(30, 15, -1)) and page_1["next_cursor"]
+    # the 10 oldest of page 1, and one older message
+    _pop3_delete(mailbox, stack, [uidls[s] for s in (*_m(*range(16, 26)), "m05")])
+    rest = await _all_pages(client, mailbox, 15, page_1["next_cursor"])
+    assert rest == [_m(*range(15, 5, -1), 4, 3, 2, 1)]
+    # and from the start: what is left, once each
+    assert await _all_pages(client, mailbox, 4) == [
+        _m(30, 29, 28, 27), _m(26, 15, 14, 13), _m(12, 11, 10, 9), _m(8, 7, 6, 4), _m(3, 2, 1)
+    ]  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("deleted", "page_3"),
+    [
+        # page 2 and the two next older messages: page 1's messages move below page 2's
+        # last number, and the newest older message still present bounds the next page
+        ([*range(11, 21), 10, 9], _m(*range(8, 0, -1))),
+        # page 2 and every next older message the cursor names: the oldest message of
+        # page 1 still present bounds it
+        ([*range(3, 21)], _m(2, 1)),
+        # page 2 alone: nothing moves below page 2's last number
+        ([*range(11, 21)], _m(*range(10, 0, -1))),
+    ],
+    ids=["older-neighbour-left", "newer-neighbour-left", "page-deleted"],
+)
+async def test_cursor_never_repeats_an_earlier_page(
+    deleted: list[int],
+    page_3: list[str],
+    client: Any,
+    stack: dict[str, str],
+    mailbox: Mailbox,
+) -> None:
+    uidls = _fill(mailbox, stack, 30)
+    params = {"protocol": "pop3", "limit": 10}
+    r = await client.get("/v1/messages", params=params, headers=mailbox.auth)
+    assert _subjects(r.json()) == _m(*range(30, 20, -1))
+    r = await client.get("/v1/messages", params={**params, "cursor": r.json()["next_cursor"]},
+                         headers=mailbox.auth)  # fmt: skip
+    assert _subjects(r.json()) == _m(*range(20, 10, -1))
+    _pop3_delete(mailbox, stack, [uidls[s] for s in _m(*deleted)])
+    assert await _all_pages(client, mailbox, 10, r.json()["next_cursor"]) == [page_3]

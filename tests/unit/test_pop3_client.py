@@ -738,15 +738,81 @@ async def test_connection_refused_raises_connect_error() -> None:
 # -- DELE / QUIT / abort --------------------------------------------------------------------------
 
 
-async def test_dele_then_abort_never_sends_quit() -> None:
+async def test_dele_then_close_without_quit_withdraws_the_mark() -> None:
+    # GreenMail keeps DELE marks as \Deleted flags that a later QUIT would expunge.
     async with serve(hello(), Expect(b"DELE 1"), send(b"+OK marked\r\n")) as srv:
         client = await connect(srv)
         await client.dele(1)
         await client.aclose_without_quit()
-        assert await srv.finished() == [b"CAPA", b"DELE 1"]
+        assert await srv.finished() == [b"CAPA", b"DELE 1", b"RSET"]  # and never QUIT
         assert srv.errors == []
         with pytest.raises(Pop3DisconnectedError):
             await client.noop()
+
+
+async def test_dele_timeout_then_close_sends_rset_after_the_late_reply() -> None:
+    late = send(b"", b"+OK marked\r\n", pause=0.7)  # after the 0.5 s deadline
+    async with serve(hello(), Expect(b"DELE 1"), late, Expect(b"RSET"), send(b"+OK\r\n")) as srv:
+        client = await connect(srv, timeout=0.5)
+        with pytest.raises(Pop3TimeoutError):
+            await client.dele(1)
+        with pytest.raises(Pop3DisconnectedError):
+            await client.noop()  # unusable, but the connection waits for the RSET
+        start = time.monotonic()
+        await client.aclose_without_quit()
+        assert time.monotonic() - start < 1  # the server closed after RSET: no full grace
+        assert await srv.finished() == [b"CAPA", b"DELE 1", b"RSET"]
+        assert srv.errors == []
+
+
+async def test_protocol_error_after_dele_withdraws_the_mark() -> None:
+    async with serve(
+        hello(), Expect(b"DELE 1"), send(b"+OK\r\n"), Expect(b"NOOP"), send(b"garbage\r\n")
+    ) as srv:
+        client = await connect(srv)
+        await client.dele(1)
+        with pytest.raises(Pop3ProtocolError):
+            await client.noop()
+        await client.aclose_without_quit()
+        assert await srv.finished() == [b"CAPA", b"DELE 1", b"NOOP", b"RSET"]
+
+
+async def test_no_rset_where_nothing_is_marked() -> None:
+    async with serve(
+        hello(),
+        Expect(b"DELE 1"),
+        send(b"-ERR Message is deleted.\r\n"),
+        Expect(b"DELE 2"),
+        send(b"+OK\r\n"),
+        Expect(b"RSET"),
+        send(b"+OK\r\n"),
+        Expect(b"DELE 3"),
+        send(b"-ERR no such message\r\n"),
+    ) as srv:
+        client = await connect(srv)
+        with pytest.raises(Pop3NoSuchMessage):
+            await client.dele(1)  # -ERR: marked nothing, the session goes on
+        await client.dele(2)
+        await client.rset()
+        with pytest.raises(Pop3NoSuchMessage):
+            await client.dele(3)
+        await client.aclose_without_quit()
+        assert await srv.finished() == [b"CAPA", b"DELE 1", b"DELE 2", b"RSET", b"DELE 3"]
+        assert srv.errors == []
+
+
+async def test_dele_then_close_over_tls_withdraws_the_mark(
+    server_ctx: ssl.SSLContext, client_ctx: ssl.SSLContext
+) -> None:
+    async with serve(hello(), Expect(b"DELE 1"), send(b"+OK\r\n"), ssl_ctx=server_ctx) as srv:
+        client = await connect(srv, tls="implicit", ssl_context=client_ctx,
+                               server_hostname="localhost")  # fmt: skip
+        await client.dele(1)
+        start = time.monotonic()
+        await client.aclose_without_quit()
+        assert time.monotonic() - start < 1
+        assert await srv.finished() == [b"CAPA", b"DELE 1", b"RSET"]
+        assert all(srv.over_tls)
 
 
 async def test_dele_then_quit_commits() -> None:
@@ -779,7 +845,7 @@ async def test_context_manager_aborts_on_exception() -> None:
             async with await connect(srv) as client:
                 await client.dele(2)
                 raise KeyError("boom")
-        assert await srv.finished() == [b"CAPA", b"DELE 2"]
+        assert await srv.finished() == [b"CAPA", b"DELE 2", b"RSET"]
 
 
 # -- TLS ------------------------------------------------------------------------------------------
