@@ -261,10 +261,34 @@ _FLAGS_ONLY = re.compile(
 )
 
 
+# A listing's summary reply as Dovecot and most servers order it: parsed by one match.
+_SUMMARY_HEAD = re.compile(
+    rb"\d+ FETCH \(UID (\d+) FLAGS \(([^()\"{}]*)\) RFC822\.SIZE (\d+) "
+    rb"(BODY\[HEADER\.FIELDS \([^()\"{}\[\]]*\)\]) \{(\d+)\}",
+    re.IGNORECASE,
+)
+
+
+def _fast_summary(record: list[Line]) -> FetchItem | None:
+    if len(record) != 3 or record[2] != b")" or not isinstance(record[1], bytearray):
+        return None
+    m = _SUMMARY_HEAD.fullmatch(record[0])
+    if m is None or int(m.group(5)) != len(record[1]):
+        return None
+    item = FetchItem(int(m.group(1)))
+    item.flags = m.group(2).decode("utf-8", "replace").split()
+    item.size = int(m.group(3))
+    item.sections[m.group(4).decode("ascii").upper()] = bytes(record[1])
+    return item
+
+
 def parse_fetch(lines: Sequence[Line]) -> dict[int, FetchItem]:
     """FETCH responses by UID (responses without a UID, e.g. unsolicited, are dropped)."""
     out: dict[int, FetchItem] = {}
     for record in split_records(lines):
+        if (fast := _fast_summary(record)) is not None and fast.uid not in out:
+            out[fast.uid] = fast
+            continue
         if len(record) == 1 and (simple := _FLAGS_ONLY.fullmatch(record[0])):
             uid_text = simple.group(1) or simple.group(4)
             flag_text = simple.group(2) if simple.group(1) else simple.group(3)

@@ -1127,3 +1127,28 @@ async def test_move_without_move_or_uidplus_checks_before_copying() -> None:
     assert not errors
     assert copied == []  # refused before any copy was made
     assert sorted(box) == [5, 7]
+
+
+def test_summary_fetch_fast_path_matches_the_general_parser(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import service.protocols.imapwire as wire
+
+    head = b'Subject: Price * 2 (unbalanced\r\nFrom: "Q (x)" <q@x.test>\r\n\r\n'
+    lines: list[Any] = [
+        b"1 FETCH (UID 7 FLAGS (\\Seen $Junk) RFC822.SIZE 300 "
+        b"BODY[HEADER.FIELDS (SUBJECT FROM)] {%d}" % len(head),
+        bytearray(head),
+        b")",
+        b"2 FETCH (FLAGS () UID 9 RFC822.SIZE 5 BODY[HEADER.FIELDS (SUBJECT)] {3}",  # other order
+        bytearray(b"x\r\n"),
+        b")",
+    ]
+
+    def shape(found: dict[int, Any]) -> dict[int, Any]:
+        return {u: (i.flags, i.size, i.sections) for u, i in found.items()}
+
+    fast = shape(wire.parse_fetch(lines))
+    monkeypatch.setattr(wire, "_fast_summary", lambda record: None)
+    assert fast == shape(wire.parse_fetch(lines))
+    assert fast[7] == (["\\Seen", "$Junk"], 300, {"BODY[HEADER.FIELDS (SUBJECT FROM)]": head})
