@@ -15,7 +15,10 @@ from scripted import serving
 
 @asynccontextmanager
 async def fake_smtp(
-    *, hang_on: str | None = None, rcpt_reply: bytes = b"250 ok\r\n"
+    *,
+    hang_on: str | None = None,
+    rcpt_reply: bytes = b"250 ok\r\n",
+    data_reply: bytes = b"250 queued as 1\r\n",
 ) -> AsyncIterator[tuple[int, list[str]]]:
     """An SMTP server without AUTH or STARTTLS; records the commands it gets."""
     received: list[str] = []
@@ -37,7 +40,7 @@ async def fake_smtp(
                 await writer.drain()
                 while (data := await reader.readline()) != b".\r\n":
                     received.append("> " + data.decode(errors="replace").rstrip("\r\n"))
-                writer.write(b"250 queued as 1\r\n")
+                writer.write(data_reply)
             elif verb == "QUIT":
                 writer.write(b"221 bye\r\n")
                 await writer.drain()
@@ -90,3 +93,16 @@ async def test_every_recipient_refused_is_422_with_reasons(
     assert r.status_code == 422 and r.json()["code"] == "recipient-rejected"
     assert "no such user" in r.json()["rejected"]["rcpt@elsewhere.test"]
     assert "DATA" not in received
+
+
+async def test_refusal_of_the_message_is_502_with_the_servers_words(
+    make_client: Any, mailbox: Mailbox
+) -> None:
+    refusal = b"554 5.7.1 Message rejected: looks like spam\r\n"
+    async with fake_smtp(data_reply=refusal) as (port, _):
+        async with make_client(smtp_url=f"smtp+plain://127.0.0.1:{port}") as client:
+            r = await client.post("/v1/send", json=DRAFT, headers=mailbox.auth)
+    assert r.status_code == 502 and r.json()["code"] == "upstream-error"
+    assert r.json()["upstream"] == {
+        "protocol": "smtp", "reply": "554 5.7.1 Message rejected: looks like spam",
+    }  # fmt: skip

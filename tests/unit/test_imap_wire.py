@@ -943,7 +943,12 @@ async def _serve_box(
             if b"DELETED" in rest:
                 found = [u for u, (_, f) in box.items() if "\\Deleted" in f]
             else:
-                found = [u for u in box if b"UID %d" % u in rest] if b"UID " in rest else list(box)
+                crit = rest.split(b" ", 2)[2].split()
+                if crit[:1] == [b"UID"]:
+                    span = parse_sequence_set(crit[1].decode())
+                    found = [u for u in box if any(lo <= u <= hi for lo, hi in span)]
+                else:
+                    found = list(box)
             out = b"* SEARCH" + b"".join(b" %d" % u for u in sorted(found)) + b"\r\n"
         elif name == b"UID STORE":
             uid = int(rest.split()[2].split(b":")[0])
@@ -956,8 +961,12 @@ async def _serve_box(
                 out += b"* %d EXPUNGE\r\n" % seqs[uid]
                 del box[uid]
         elif name == b"UID FETCH":
-            uid = int(rest.split()[2])
-            if uid in box:
+            wanted = {
+                u
+                for lo, hi in parse_sequence_set(rest.split()[2].decode())
+                for u in range(lo, hi + 1)
+            }
+            for uid in sorted(wanted & set(box)):
                 raw, flags = box[uid]
                 size = len(raw) + size_skew
                 head = b"* %d FETCH (UID %d FLAGS (%s) RFC822.SIZE %d" % (
@@ -971,7 +980,10 @@ async def _serve_box(
                     start, count = int(part.group(1)), int(part.group(2))
                     data = raw[start : start + count]
                     head += b" BODY[]<%d> {%d}\r\n" % (start, len(data)) + data
-                out = head + b")\r\n"
+                if b"HEADER.FIELDS" in rest:
+                    fields = raw.split(b"\r\n\r\n")[0] + b"\r\n\r\n"
+                    head += b" BODY[HEADER.FIELDS (SUBJECT)] {%d}\r\n" % len(fields) + fields
+                out += head + b")\r\n"
         elif name == b"LIST":
             out = b'* LIST (\\HasNoChildren) "/" INBOX\r\n'
             out += b"".join(b'* LIST () "/" "%s"\r\n' % f.encode() for f in folders)
@@ -1152,3 +1164,30 @@ def test_summary_fetch_fast_path_matches_the_general_parser(
     monkeypatch.setattr(wire, "_fast_summary", lambda record: None)
     assert fast == shape(wire.parse_fetch(lines))
     assert fast[7] == (["\\Seen", "$Junk"], 300, {"BODY[HEADER.FIELDS (SUBJECT FROM)]": head})
+
+
+async def test_a_page_costs_one_search_and_one_fetch_of_that_page() -> None:
+    box: dict[int, list[Any]] = {
+        uid: [b"Subject: m%d\r\n\r\nbody\r\n" % uid, set()] for uid in range(1, 301)
+    }
+    received: list[bytes] = []
+
+    async def serve(peer: Peer) -> None:
+        try:
+            await _serve_box(peer, b"IMAP4rev1 UIDPLUS LITERAL+", box)
+        finally:
+            received.extend(peer.received)
+
+    pool = SessionPool[ImapSession](Settings())
+    async with scripted(serve) as (port, errors):
+        reader = _reader(port, pool)
+        page = await reader.list_messages("INBOX", ListQuery(limit=3))
+        assert [i.subject for i in page.items] == ["m300", "m299", "m298"]
+        await reader.list_messages("INBOX", ListQuery(limit=3, cursor=page.next_cursor))
+        await pool.close_all()
+    assert not errors
+    commands = [line.split(b" ", 1)[1] for line in received if b" UID " in line]
+    searches = [c for c in commands if c.startswith(b"UID SEARCH")]
+    fetches = [c.split()[2] for c in commands if c.startswith(b"UID FETCH")]
+    assert len(searches) == 2 and searches[1].split()[2:4] == [b"UID", b"1:297"]
+    assert fetches == [b"298:300", b"295:297"]  # the page's UIDs only, never 1:*
