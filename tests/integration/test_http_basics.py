@@ -115,3 +115,40 @@ async def test_odd_inputs_are_problems_not_500s(
     r = await client.post("/v1/messages/delete", content='{"ids": ["\\ud800"]}',
                           headers={**mailbox.auth, "Content-Type": "application/json"})  # fmt: skip
     assert r.status_code == 422 and r.json()["code"] == "validation-failed"
+
+
+async def test_named_provider_from_the_providers_file(
+    make_client: Any, stack: dict[str, str], mailbox: Mailbox, tmp_path: Path
+) -> None:
+    providers = tmp_path / "providers.json"
+    providers.write_text(json.dumps({"plain-local": {
+        "imap": f"imap+plain://127.0.0.1:{stack['MAILSTACK_IMAP_PORT']}",
+        "pop3": f"pop3+plain://127.0.0.1:{stack['MAILSTACK_POP3_PORT']}",
+    }}))  # fmt: skip
+    mailbox.append(stack, b"Subject: via plain-local\r\n\r\nbody\r\n")
+    named = {**mailbox.auth, "X-Mail-Provider": "plain-local"}
+    async with make_client(providers_file=str(providers)) as client:
+        for proto in ("imap", "pop3"):
+            r = await client.get("/v1/messages", params={"protocol": proto}, headers=named)
+            assert r.status_code == 200, r.text
+            assert [i["subject"] for i in r.json()["items"]] == ["via plain-local"]
+        r = await client.get("/v1/messages", headers={**mailbox.auth, "X-Mail-Provider": "nope"})
+        assert r.status_code == 422 and r.json()["code"] == "validation-failed"
+        r = await client.post(
+            "/v1/send", json={"to": ["x@example.test"], "text": "x"}, headers=named
+        )
+        assert r.status_code == 422 and r.json()["code"] == "not-supported"  # it has no SMTP
+
+
+async def test_cors_when_origins_are_configured(make_client: Any) -> None:
+    async with make_client(cors_origins=["https://app.example"]) as client:
+        r = await client.options("/v1/messages", headers={
+            "Origin": "https://app.example", "Access-Control-Request-Method": "GET",
+            "Access-Control-Request-Headers": "authorization,x-mail-provider",
+        })  # fmt: skip
+        assert r.status_code == 200
+        assert r.headers["access-control-allow-origin"] == "https://app.example"
+        r = await client.options("/v1/messages", headers={
+            "Origin": "https://evil.example", "Access-Control-Request-Method": "GET",
+        })  # fmt: skip
+        assert "access-control-allow-origin" not in r.headers
