@@ -22,6 +22,7 @@ from service.config import Settings, load_settings
 from service.idempotency import IdempotencyStore
 from service.metrics import Metrics, MetricsMiddleware
 from service.models.problem import Problem
+from service.models.send import Draft
 from service.protocols.imap import new_imap_pool
 from service.protocols.summary_cache import SummaryCache
 from service.ratelimit import FailedLoginLimiter
@@ -142,9 +143,14 @@ def _document_security(app: FastAPI) -> None:
             schema = FastAPI.openapi(app)
             components = schema.setdefault("components", {})
             components["securitySchemes"] = SECURITY_SCHEMES
-            problem = Problem.model_json_schema(ref_template="#/components/schemas/{model}")
-            components.setdefault("schemas", {}).update(problem.pop("$defs", {}))
-            components["schemas"]["Problem"] = problem
+            schemas = components.setdefault("schemas", {})
+            for model in (Problem, Draft):  # referenced by hand (problem+json, send's body)
+                found = model.model_json_schema(
+                    ref_template="#/components/schemas/{model}", mode="validation"
+                )
+                for name, sub in found.pop("$defs", {}).items():
+                    schemas.setdefault(name, sub)
+                schemas[model.__name__] = found
             for path, ops in schema["paths"].items():
                 if path.startswith("/v1/"):
                     for op in ops.values():

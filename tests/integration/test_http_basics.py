@@ -29,8 +29,15 @@ async def test_docs_work_without_internet(client: Any) -> None:
 
 
 async def test_committed_openapi_matches_the_app(settings: Any) -> None:
+    import re
+
+    from openapi_spec_validator import validate
+
     committed = json.loads((ROOT / "openapi" / "openapi.json").read_text())
     assert committed == json.loads(json.dumps(create_app(settings).openapi()))
+    validate(committed)  # a valid OpenAPI 3.1 document ...
+    refs = set(re.findall(r"#/components/schemas/([\w.-]+)", json.dumps(committed)))
+    assert refs <= set(committed["components"]["schemas"])  # ... whose references resolve
     paths = committed["paths"]
     for path in ("/v1/send", "/v1/folders", "/v1/messages", "/v1/messages/{id}",
                  "/v1/messages/{id}/raw", "/v1/messages/{id}/attachments/{attachment_id}",

@@ -49,9 +49,12 @@ _REQUEST_BODY: dict[str, Any] = {
             }
         },
         "message/rfc822": {
-            "schema": {"type": "string", "format": "binary"},
-            "description": "Sent unchanged except that Bcc/Resent-Bcc are removed and "
-            "added to the envelope; bare LF line endings become CRLF.",
+            "schema": {
+                "type": "string",
+                "format": "binary",
+                "description": "Sent unchanged except that Bcc/Resent-Bcc are removed and "
+                "added to the envelope; bare LF line endings become CRLF.",
+            },
         },
     },
 }
