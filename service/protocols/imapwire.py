@@ -313,7 +313,12 @@ def parse_fetch(lines: Sequence[Line]) -> dict[int, FetchItem]:
             if name == "UID" and isinstance(val, str) and val.isdigit():
                 uid = int(val)
             elif name == "FLAGS" and isinstance(val, list):
-                flags = [t for t in val if isinstance(t, str)]
+                # NIL is a keyword like any other here, not "nothing" (as the fast paths read it)
+                flags = [
+                    t if isinstance(t, str) else "NIL"
+                    for t in val
+                    if t is None or isinstance(t, str)
+                ]
             elif name == "RFC822.SIZE" and isinstance(val, str) and val.isdigit():
                 size = int(val)
             elif name.startswith(("BODY[", "BINARY[", "RFC822")):

@@ -44,6 +44,7 @@ from service.errors import (
     MailGatewayError,
     NotFound,
     NotSupported,
+    StaleId,
     TooLarge,
     Upstream,
     UpstreamError,
@@ -560,7 +561,8 @@ def _after_cursor(token: str, uidls: dict[int, str]) -> list[int]:
     older messages ("o") still present, and everything below it, is older than the page
     (the older messages above it were deleted); where none is left, everything below
     the lowest page item or newer neighbour ("e") still present is older than the page.
-    Only when all of them are gone does the bound stay at ``n``. A cursor of the earlier
+    When all of them are gone, nothing separates earlier pages from older messages:
+    410 stale-id (list again), never a repeat. A cursor of the earlier
     form (``p`` 1: the page's last few UIDLs and ``n``) is read the same way, with
     those UIDLs as the page and no neighbours.
     """
@@ -594,6 +596,14 @@ def _after_cursor(token: str, uidls: dict[int, str]) -> list[int]:
         ours = [k for k, h in below if h in page or h in newer]
         if ours:
             bound = min(ours)
+        elif not any(_uidl_hash(u) in page or _uidl_hash(u) in newer for u in uidls.values()):
+            # The page, its older and its newer neighbours are all gone: nothing tells
+            # earlier pages (or new mail) from older messages any more. Say so rather
+            # than risk showing a message twice.
+            raise StaleId(
+                "The maildrop changed too much since this cursor (every message around "
+                "it was deleted); list again from the start."
+            )
     return [k for k, h in below if k < bound and h not in page]
 
 

@@ -101,6 +101,8 @@ async def test_search_filters(client: Any, stack: dict[str, str], mailbox: Mailb
     assert await items(client, mailbox, since="2999-01-01") == []
     r = await client.get("/v1/messages", params={"subject": "a\r\nb"}, headers=mailbox.auth)
     assert r.status_code == 422
+    r = await client.get("/v1/messages", params={"before": "0105-02-27"}, headers=mailbox.auth)
+    assert r.status_code == 422 and r.json()["code"] == "validation-failed"  # not a 502
 
 
 async def test_remove_spares_messages_flagged_deleted_elsewhere(

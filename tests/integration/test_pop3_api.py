@@ -713,3 +713,28 @@ async def test_cursor_never_repeats_an_earlier_page(
     assert _subjects(r.json()) == _m(*range(20, 10, -1))
     _pop3_delete(mailbox, stack, [uidls[s] for s in _m(*deleted)])
     assert await _all_pages(client, mailbox, 10, r.json()["next_cursor"]) == [page_3]
+
+
+async def test_cursor_whose_surroundings_are_all_gone_is_410_not_a_repeat(
+    client: Any, stack: dict[str, str], mailbox: Mailbox
+) -> None:
+    for i in range(1, 41):
+        mailbox.append(stack, RAW.replace(b"hi", b"m%03d" % i))
+    params: dict[str, Any] = {"protocol": "pop3", "limit": 5}
+    cursor = None
+    for _ in range(3):  # pages m040..m026
+        r = await client.get("/v1/messages", params={**params, **({"cursor": cursor} if cursor
+                             else {})}, headers=mailbox.auth)  # fmt: skip
+        cursor = r.json()["next_cursor"]
+    conn = mailbox.imap(stack)  # the page and every neighbour the cursor knows: m018..m038
+    try:
+        conn.select("INBOX")
+        typ, data = conn.uid("SEARCH", None, "ALL")
+        uids = data[0].split()
+        conn.uid("STORE", b"%s:%s" % (uids[17], uids[37]), "+FLAGS", "(\\Deleted)")
+        conn.expunge()
+    finally:
+        conn.logout()
+    r = await client.get("/v1/messages", params={**params, "cursor": cursor},
+                         headers=mailbox.auth)  # fmt: skip
+    assert r.status_code == 410 and r.json()["code"] == "stale-id", r.text

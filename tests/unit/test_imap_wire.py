@@ -1092,12 +1092,16 @@ def test_flags_only_fetch_lines_parse_like_any_other() -> None:
         b"1 FETCH (UID 7 FLAGS (\\Seen \\Flagged))",
         b"2 FETCH (FLAGS () UID 9)",
         b"3 FETCH (UID 11 FLAGS ($Label1 \\Seen) RFC822.SIZE 5)",  # the general path
+        b"4 FETCH (UID 12 FLAGS (NIL \\Flagged) RFC822.SIZE 6)",  # NIL: a keyword here
+        b"5 FETCH (UID 13 FLAGS (NIL))",  # the fast path reads it the same way
     ]
     got = {uid: (item.flags, item.size) for uid, item in parse_fetch(lines).items()}
     assert got == {
         7: (["\\Seen", "\\Flagged"], None),
         9: ([], None),
         11: (["$Label1", "\\Seen"], 5),
+        12: (["NIL", "\\Flagged"], 6),
+        13: (["NIL"], None),
     }
 
 

@@ -198,6 +198,9 @@ async def list_messages(
     for value in (from_, to, subject, text):
         if value is not None and any(ord(c) < 32 for c in value):
             raise ValidationFailed("Search strings must not contain control characters.")
+    for day in (since, before):
+        if day is not None and not 1970 <= day.year <= 9999:
+            raise ValidationFailed("since and before must lie between 1970 and 9999.")
     query = ListQuery(
         limit=limit, cursor=cursor, unseen=unseen, flagged=flagged, since=since,
         before=before, from_=from_, to=to, subject=subject, text=text, count=count,
