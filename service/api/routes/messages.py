@@ -175,7 +175,9 @@ def _commit_response(
         "or are deleted between pages. Filters are IMAP SEARCH (since/before: the internal "
         "date). On POP3 the header filters (from, to, subject; since/before by the Date "
         "header) read each message's header until the page is full; unseen, flagged and text "
-        "answer 422 not-supported (POP3 has no flags and no search)."
+        "answer 422 not-supported (POP3 has no flags and no search). A cursor that can no "
+        "longer be placed answers 410 stale-id (list again): IMAP when the folder's "
+        "UIDVALIDITY changed, POP3 when the page and every message around it were deleted."
     ),
     responses=problem_responses(*_ERRS),
 )
