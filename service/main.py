@@ -24,6 +24,8 @@ from service.metrics import Metrics, MetricsMiddleware
 from service.models.problem import Problem
 from service.models.send import Draft
 from service.protocols.imap import new_imap_pool
+from service.protocols.pool import SessionPool
+from service.protocols.smtp import SmtpSession
 from service.protocols.summary_cache import SummaryCache
 from service.ratelimit import FailedLoginLimiter
 
@@ -50,10 +52,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         app.state.imap_pool = new_imap_pool(settings)
+        app.state.smtp_pool = SessionPool[SmtpSession](settings)
         try:
             yield
         finally:
             await app.state.imap_pool.close_all()
+            await app.state.smtp_pool.close_all()
 
     app = FastAPI(
         title="mailgate",

@@ -37,6 +37,8 @@ class MailContext:
             connect_timeout=self.settings.connect_timeout,
             command_timeout=self.settings.command_timeout,
             deadline=self.settings.send_timeout,
+            pool=self.request.app.state.smtp_pool,
+            pool_key=self.creds.pool_key(self.provider.name, "smtp"),
         )
 
     def reader(self, protocol: Literal["imap", "pop3"]) -> MailboxReader:

@@ -32,12 +32,47 @@ from service.errors import (
     scrub,
 )
 from service.protocols.base import Credentials, SendOutcome
+from service.protocols.pool import SessionPool
 
 log = logging.getLogger("mailgate")
 
 
+class SmtpSession:
+    """One connected, authenticated SMTP connection, reusable for the same credentials."""
+
+    def __init__(self, client: aiosmtplib.SMTP) -> None:
+        self.client = client
+        self.sent = 0  # messages sent on this connection
+        self.broken = False
+
+    @property
+    def usable(self) -> bool:
+        return self.client.is_connected and not self.broken
+
+    async def ping(self) -> bool:
+        try:
+            async with asyncio.timeout(5):
+                return (await self.client.noop()).code == 250
+        except (SMTPException, OSError, TimeoutError):
+            return False
+
+    async def close(self) -> None:
+        await _quit_quietly(self.client)
+
+    def abort(self) -> None:
+        self.broken = True
+        if self.client.is_connected:
+            self.client.close()
+
+
 class SmtpSender:
-    """One send = one SMTP session: connect, TLS, AUTH, MAIL/RCPT/DATA, QUIT."""
+    """Sends over a pooled, authenticated SMTP connection (MAIL/RCPT/DATA per message).
+
+    Connections are reused for the same provider, user and secret (TLS and AUTH cost
+    most of a send). A reused connection is checked with NOOP first, before any
+    byte of the message goes out, so a connection the server closed meanwhile is
+    replaced without any risk of sending twice. Any error discards the connection.
+    """
 
     def __init__(
         self,
@@ -48,6 +83,8 @@ class SmtpSender:
         connect_timeout: float,
         command_timeout: float,
         deadline: float,
+        pool: SessionPool[SmtpSession] | None = None,
+        pool_key: str = "",
     ) -> None:
         self._server = server
         self._creds = creds
@@ -55,8 +92,10 @@ class SmtpSender:
         self._connect_timeout = connect_timeout
         self._command_timeout = command_timeout
         self._deadline = deadline
+        self._pool = pool
+        self._key = pool_key
 
-    async def send(self, message: bytes, *, mail_from: str, rcpt_to: list[str]) -> SendOutcome:
+    async def _connect(self) -> SmtpSession:
         client = aiosmtplib.SMTP(
             hostname=self._server.host,
             port=self._server.port,
@@ -67,29 +106,58 @@ class SmtpSender:
             tls_context=self._ssl,
             timeout=self._command_timeout,
         )
+        try:
+            await client.connect(timeout=self._connect_timeout)
+            if client.is_ehlo_or_helo_needed:
+                await client.ehlo()
+            if not client.supports_extension("auth"):
+                # A relay that offers no AUTH (a test server, a trusted smart
+                # host): its own policy decides; the credentials are not sent.
+                log.debug("SMTP server offers no AUTH; sending without it")
+            elif self._creds.kind == "xoauth2":
+                await client.auth_xoauth2(self._creds.user, self._creds.secret)
+            else:
+                await client.login(self._creds.user, self._creds.secret)
+        except BaseException:
+            if client.is_connected:
+                client.close()
+            raise
+        return SmtpSession(client)
+
+    async def _session(self) -> SmtpSession:
+        """A live session: a reused one that answers NOOP, else a new one."""
+        if self._pool is None:
+            return await self._connect()
+        while True:  # each dead one is discarded: at most the pool's sessions for this key
+            session = await self._pool.acquire(self._key, self._connect)
+            if not session.sent or await session.ping():
+                return session
+            self._pool.release(session, healthy=False)
+
+    async def send(self, message: bytes, *, mail_from: str, rcpt_to: list[str]) -> SendOutcome:
         options = ["SMTPUTF8"] if not (mail_from + "".join(rcpt_to)).isascii() else []
+        session: SmtpSession | None = None
+        ok = False
         try:
             async with asyncio.timeout(self._deadline):
-                await client.connect(timeout=self._connect_timeout)
-                if client.is_ehlo_or_helo_needed:
-                    await client.ehlo()
-                if not client.supports_extension("auth"):
-                    # A relay that offers no AUTH (a test server, a trusted smart
-                    # host): its own policy decides; the credentials are not sent.
-                    log.debug("SMTP server offers no AUTH; sending without it")
-                elif self._creds.kind == "xoauth2":
-                    await client.auth_xoauth2(self._creds.user, self._creds.secret)
-                else:
-                    await client.login(self._creds.user, self._creds.secret)
-                errors, _ = await client.sendmail(mail_from, rcpt_to, message, mail_options=options)
-            await _quit_quietly(client)
+                session = await self._session()
+                errors, _ = await session.client.sendmail(
+                    mail_from, rcpt_to, message, mail_options=options
+                )
+            session.sent += 1
+            ok = True
         except MailGatewayError:
             raise
         except Exception as exc:
             raise self._translate(exc) from None
         finally:
-            if client.is_connected:
-                client.close()  # after an error or timeout: no QUIT to a stuck server
+            if session is not None:
+                if self._pool is not None:
+                    self._pool.release(session, healthy=ok)
+                elif ok:
+                    await session.close()
+                else:
+                    session.abort()  # after an error or timeout: no QUIT to a stuck server
         rejected = {addr: scrub(f"{r.code} {r.message}") for addr, r in errors.items()}
         accepted = [a for a in rcpt_to if a not in rejected]
         return SendOutcome(accepted=accepted, rejected=rejected)

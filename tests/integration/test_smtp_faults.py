@@ -19,6 +19,7 @@ async def fake_smtp(
     hang_on: str | None = None,
     rcpt_reply: bytes = b"250 ok\r\n",
     data_reply: bytes = b"250 queued as 1\r\n",
+    hang_up_after_data: bool = False,
 ) -> AsyncIterator[tuple[int, list[str]]]:
     """An SMTP server without AUTH or STARTTLS; records the commands it gets."""
     received: list[str] = []
@@ -41,6 +42,10 @@ async def fake_smtp(
                 while (data := await reader.readline()) != b".\r\n":
                     received.append("> " + data.decode(errors="replace").rstrip("\r\n"))
                 writer.write(data_reply)
+                if hang_up_after_data:  # as a server that times idle clients out would
+                    await writer.drain()
+                    writer.transport.abort()
+                    return
             elif verb == "QUIT":
                 writer.write(b"221 bye\r\n")
                 await writer.drain()
@@ -106,3 +111,23 @@ async def test_refusal_of_the_message_is_502_with_the_servers_words(
     assert r.json()["upstream"] == {
         "protocol": "smtp", "reply": "554 5.7.1 Message rejected: looks like spam",
     }  # fmt: skip
+
+
+async def test_connections_are_reused_and_a_dead_one_is_replaced_without_resending(
+    make_client: Any, mailbox: Mailbox
+) -> None:
+    async with fake_smtp() as (port, received):
+        async with make_client(smtp_url=f"smtp+plain://127.0.0.1:{port}") as client:
+            for _ in range(3):
+                r = await client.post("/v1/send", json=DRAFT, headers=mailbox.auth)
+                assert r.status_code == 200, r.text
+    verbs = [c.split(" ")[0].upper() for c in received if not c.startswith(">")]
+    assert verbs.count("EHLO") == 1 and verbs.count("MAIL") == 3  # one connection, 3 sends
+
+    async with fake_smtp(hang_up_after_data=True) as (port, received):
+        async with make_client(smtp_url=f"smtp+plain://127.0.0.1:{port}") as client:
+            for _ in range(2):
+                r = await client.post("/v1/send", json=DRAFT, headers=mailbox.auth)
+                assert r.status_code == 200, r.text
+    verbs = [c.split(" ")[0].upper() for c in received if not c.startswith(">")]
+    assert verbs.count("DATA") == 2 and verbs.count("EHLO") == 2  # each message sent once
