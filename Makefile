@@ -46,3 +46,5 @@ run: venv mailstack
 
 bench: venv mailstack
 	$(BIN)/python bench/list_throughput.py
+	$(BIN)/python bench/send_throughput.py
+	$(BIN)/python bench/raw_memory.py
