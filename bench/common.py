@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import imaplib
 import os
 import socket
@@ -9,7 +10,7 @@ import ssl
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from contextlib import contextmanager
 from email.message import EmailMessage
 from pathlib import Path
@@ -84,4 +85,20 @@ def gateway(env: dict[str, str], workers: int = 1, **settings: str) -> Iterator[
         proc.wait(10)
 
 
-__all__ = ["fresh_address", "gateway", "seed", "stack"]
+async def rate(clients: int, seconds: float, once: Callable[[], Awaitable[None]]) -> float:
+    """Run ``once`` in a loop from ``clients`` concurrent tasks for ``seconds``; per second."""
+    done = 0
+    end = time.monotonic() + seconds
+
+    async def client() -> None:
+        nonlocal done
+        while time.monotonic() < end:
+            await once()
+            done += 1
+
+    start = time.monotonic()
+    await asyncio.gather(*(client() for _ in range(clients)))
+    return done / (time.monotonic() - start)
+
+
+__all__ = ["fresh_address", "gateway", "rate", "seed", "stack"]

@@ -13,11 +13,10 @@ import asyncio
 import base64
 import ssl
 import sys
-import time
 
 import aioimaplib
 import httpx
-from common import fresh_address, gateway, seed, stack
+from common import fresh_address, gateway, rate, seed, stack
 
 CLIENTS = 16
 SECONDS = float(sys.argv[1]) if len(sys.argv) > 1 else 8.0
@@ -36,50 +35,36 @@ async def bare(env: dict[str, str], user: str, sessions: int) -> float:
     pool: asyncio.Queue[aioimaplib.IMAP4_SSL] = asyncio.Queue()
     for c in conns:
         pool.put_nowait(c)
-    done = 0
-    end = time.monotonic() + SECONDS
 
-    async def client() -> None:
-        nonlocal done
-        while time.monotonic() < end:
-            c = await pool.get()
-            try:
-                r = await c.uid_search("ALL")
-                uids = r.lines[0].decode().split()[-50:]
-                r = await c.uid("fetch", ",".join(uids), f"(UID FLAGS RFC822.SIZE {FIELDS})")
-                assert r.result == "OK"
-            finally:
-                pool.put_nowait(c)
-            done += 1
+    async def once() -> None:
+        c = await pool.get()
+        try:
+            r = await c.uid_search("ALL")
+            uids = r.lines[0].decode().split()[-50:]
+            r = await c.uid("fetch", ",".join(uids), f"(UID FLAGS RFC822.SIZE {FIELDS})")
+            assert r.result == "OK"
+        finally:
+            pool.put_nowait(c)
 
-    start = time.monotonic()
-    await asyncio.gather(*(client() for _ in range(CLIENTS)))
-    elapsed = time.monotonic() - start
+    per_second = await rate(CLIENTS, SECONDS, once)
     for c in conns:
         await c.logout()
-    return done / elapsed
+    return per_second
 
 
 async def through_gateway(base: str, user: str, password: str) -> float:
     token = base64.b64encode(f"{user}:{password}".encode()).decode()
     headers = {"Authorization": f"Basic {token}"}
-    done = 0
     limits = httpx.Limits(max_connections=CLIENTS, max_keepalive_connections=CLIENTS)
     async with httpx.AsyncClient(base_url=base, headers=headers, limits=limits) as http:
         r = await http.get("/v1/messages", params={"limit": 50})  # warm the pool
         assert r.status_code == 200 and len(r.json()["items"]) == 50, r.text
-        end = time.monotonic() + SECONDS
 
-        async def client() -> None:
-            nonlocal done
-            while time.monotonic() < end:
-                r = await http.get("/v1/messages", params={"limit": 50})
-                assert r.status_code == 200, r.text
-                done += 1
+        async def once() -> None:
+            r = await http.get("/v1/messages", params={"limit": 50})
+            assert r.status_code == 200, r.text
 
-        start = time.monotonic()
-        await asyncio.gather(*(client() for _ in range(CLIENTS)))
-        return done / (time.monotonic() - start)
+        return await rate(CLIENTS, SECONDS, once)
 
 
 def main() -> None:

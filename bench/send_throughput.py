@@ -11,11 +11,10 @@ import asyncio
 import base64
 import ssl
 import sys
-import time
 
 import aiosmtplib
 import httpx
-from common import fresh_address, gateway, stack
+from common import fresh_address, gateway, rate, stack
 
 CLIENTS = 8
 SECONDS = float(sys.argv[1]) if len(sys.argv) > 1 else 5.0
@@ -25,42 +24,28 @@ MESSAGE = b"From: {f}\r\nTo: {t}\r\nSubject: bench\r\n\r\nhello\r\n"
 async def direct(env: dict[str, str], user: str, rcpt: str) -> float:
     ctx = ssl.create_default_context(cafile=env["MAILSTACK_CA_FILE"])
     body = MESSAGE.replace(b"{f}", user.encode()).replace(b"{t}", rcpt.encode())
-    done = 0
-    end = time.monotonic() + SECONDS
 
-    async def client() -> None:
-        nonlocal done
-        while time.monotonic() < end:
-            await aiosmtplib.send(
-                body, sender=user, recipients=[rcpt], hostname="localhost",
-                port=int(env["MAILSTACK_SUBMISSION_PORT"]), start_tls=True, tls_context=ctx,
-                username=user, password=env["MAILSTACK_PASSWORD"],
-            )  # fmt: skip
-            done += 1
+    async def once() -> None:
+        await aiosmtplib.send(
+            body, sender=user, recipients=[rcpt], hostname="localhost",
+            port=int(env["MAILSTACK_SUBMISSION_PORT"]), start_tls=True, tls_context=ctx,
+            username=user, password=env["MAILSTACK_PASSWORD"],
+        )  # fmt: skip
 
-    start = time.monotonic()
-    await asyncio.gather(*(client() for _ in range(CLIENTS)))
-    return done / (time.monotonic() - start)
+    return await rate(CLIENTS, SECONDS, once)
 
 
 async def through(base: str, user: str, password: str, rcpt: str) -> float:
     token = base64.b64encode(f"{user}:{password}".encode()).decode()
-    done = 0
     async with httpx.AsyncClient(base_url=base, timeout=30,
                                  headers={"Authorization": f"Basic {token}"}) as http:  # fmt: skip
-        end = time.monotonic() + SECONDS
 
-        async def client() -> None:
-            nonlocal done
-            while time.monotonic() < end:
-                r = await http.post("/v1/send", json={"to": [rcpt], "subject": "bench",
-                                                      "text": "hello"})  # fmt: skip
-                assert r.status_code == 200, r.text
-                done += 1
+        async def once() -> None:
+            r = await http.post("/v1/send", json={"to": [rcpt], "subject": "bench",
+                                                  "text": "hello"})  # fmt: skip
+            assert r.status_code == 200, r.text
 
-        start = time.monotonic()
-        await asyncio.gather(*(client() for _ in range(CLIENTS)))
-        return done / (time.monotonic() - start)
+        return await rate(CLIENTS, SECONDS, once)
 
 
 def main() -> None:
