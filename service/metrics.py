@@ -7,6 +7,8 @@ from collections import defaultdict
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from service.protocols.pool import PoolStats
+
 
 class Metrics:
     """Counters kept per process; rendered in the Prometheus text format."""
@@ -16,7 +18,7 @@ class Metrics:
         self.seconds: dict[tuple[str, str], float] = defaultdict(float)
         self.upstream_sessions: dict[str, int] = defaultdict(int)
 
-    def render(self) -> str:
+    def render(self, pools: dict[str, PoolStats] | None = None) -> str:
         lines = [
             "# HELP mailgate_requests_total HTTP requests by route and status.",
             "# TYPE mailgate_requests_total counter",
@@ -34,6 +36,21 @@ class Metrics:
             lines.append(
                 f'mailgate_request_seconds_total{{method="{method}",route="{route}"}} {s:.6f}'
             )
+        if pools:
+            lines += [
+                "# HELP mailgate_pool_sessions Mail server sessions held by this process.",
+                "# TYPE mailgate_pool_sessions gauge",
+            ]
+            for name, stats in sorted(pools.items()):
+                for state in ("open", "idle", "leased"):
+                    value = getattr(stats, state)
+                    lines.append(f'mailgate_pool_sessions{{pool="{name}",state="{state}"}} {value}')
+            lines += [
+                "# HELP mailgate_pool_waiting Requests waiting for a session of their mailbox.",
+                "# TYPE mailgate_pool_waiting gauge",
+            ]
+            for name, stats in sorted(pools.items()):
+                lines.append(f'mailgate_pool_waiting{{pool="{name}"}} {stats.waiting}')
         return "\n".join(lines) + "\n"
 
 
@@ -60,8 +77,19 @@ class MetricsMiddleware:
         try:
             await self.app(scope, receive, wrapped)
         finally:
-            route = scope.get("route")
-            name = getattr(route, "path", "unmatched")
+            name = _route_label(scope)
             method = scope.get("method", "")
             self.metrics.requests[(method, name, status)] += 1
             self.metrics.seconds[(method, name)] += time.perf_counter() - start
+
+
+def _route_label(scope: Scope) -> str:
+    """The route's template with the prefix it was included under (``/v1/messages/{id}``):
+    the scope names the router's own route, so the prefix is read off the real path."""
+    template = getattr(scope.get("route"), "path", None)
+    if not isinstance(template, str):
+        return "unmatched"
+    path = str(scope.get("path", ""))
+    extra = path.count("/") - template.count("/")
+    prefix = "/".join(path.split("/")[: extra + 1]) if extra > 0 else ""
+    return prefix + template

@@ -102,6 +102,16 @@ async def test_health_and_readiness(client: Any, make_client: Any) -> None:
     assert r.status_code == 503 and r.json()["checks"]["default.smtp"] == "unreachable"
     r = await client.get("/metrics")
     assert r.status_code == 200 and 'route="/healthz"' in r.text
+    assert 'mailgate_pool_sessions{pool="imap",state="open"} 0' in r.text
+
+
+async def test_metrics_show_the_pooled_sessions(client: Any, mailbox: Mailbox) -> None:
+    r = await client.get("/v1/folders", headers=mailbox.auth)
+    assert r.status_code == 200
+    r = await client.get("/metrics")
+    assert 'mailgate_pool_sessions{pool="imap",state="idle"} 1' in r.text
+    assert 'mailgate_pool_sessions{pool="imap",state="leased"} 0' in r.text
+    assert 'mailgate_requests_total{method="GET",route="/v1/folders",status="200"} 1' in r.text
 
 
 async def test_overlong_id_is_invalid_id(client: Any, mailbox: Mailbox) -> None:

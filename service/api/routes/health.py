@@ -60,6 +60,6 @@ async def readyz(settings: SettingsDep) -> JSONResponse:
 
 @router.get("/metrics", summary="Prometheus metrics", response_class=PlainTextResponse)
 async def metrics(request: Request) -> PlainTextResponse:
-    return PlainTextResponse(
-        request.app.state.metrics.render(), media_type="text/plain; version=0.0.4"
-    )
+    state = request.app.state
+    pools = {name: getattr(state, f"{name}_pool").stats() for name in ("imap", "smtp")}
+    return PlainTextResponse(state.metrics.render(pools), media_type="text/plain; version=0.0.4")
