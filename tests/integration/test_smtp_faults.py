@@ -20,6 +20,7 @@ async def fake_smtp(
     rcpt_reply: bytes = b"250 ok\r\n",
     data_reply: bytes = b"250 queued as 1\r\n",
     hang_up_after_data: bool = False,
+    auth: bool = False,
 ) -> AsyncIterator[tuple[int, list[str]]]:
     """An SMTP server without AUTH or STARTTLS; records the commands it gets."""
     received: list[str] = []
@@ -33,7 +34,10 @@ async def fake_smtp(
             if verb == hang_on:
                 await asyncio.sleep(30)
             if verb == "EHLO":
-                writer.write(b"250-fake\r\n250-SIZE 1000000\r\n250 8BITMIME\r\n")
+                offer = b"250-AUTH XOAUTH2 PLAIN\r\n" if auth else b""
+                writer.write(b"250-fake\r\n" + offer + b"250-SIZE 1000000\r\n250 8BITMIME\r\n")
+            elif verb == "AUTH":
+                writer.write(b"235 2.7.0 Authentication successful\r\n")
             elif verb == "RCPT":
                 writer.write(rcpt_reply)
             elif verb == "DATA":
@@ -131,3 +135,17 @@ async def test_connections_are_reused_and_a_dead_one_is_replaced_without_resendi
                 assert r.status_code == 200, r.text
     verbs = [c.split(" ")[0].upper() for c in received if not c.startswith(">")]
     assert verbs.count("DATA") == 2 and verbs.count("EHLO") == 2  # each message sent once
+
+
+async def test_bearer_token_authenticates_with_xoauth2(make_client: Any) -> None:
+    import base64
+
+    async with fake_smtp(auth=True) as (port, received):
+        async with make_client(smtp_url=f"smtp+plain://127.0.0.1:{port}") as client:
+            r = await client.post("/v1/send", json={**DRAFT, "from": "u@example.test"}, headers={
+                "Authorization": "Bearer ya29.tok", "X-Mail-User": "u@example.test"})  # fmt: skip
+    assert r.status_code == 200, r.text
+    [auth] = [c for c in received if c.upper().startswith("AUTH")]
+    verb, mech, payload = auth.split(" ")
+    assert mech == "XOAUTH2"
+    assert base64.b64decode(payload) == b"user=u@example.test\x01auth=Bearer ya29.tok\x01\x01"
