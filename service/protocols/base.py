@@ -91,6 +91,11 @@ class OpenedMessage(Protocol):
         protocol cannot fetch a part alone (POP3)."""
         ...
 
+    async def check_size(self) -> None:
+        """Set :attr:`exact_size` where one cheap round trip can tell (IMAP); only the
+        raw download needs it, so only it asks."""
+        ...
+
     async def prepare_remove(self) -> None:
         """Before a mode=remove answer starts: raise (NotSupported, Conflict) if the
         message could not be removed afterwards, so that ``removed: true`` is never

@@ -250,12 +250,11 @@ class ImapOpenedMessage:
         self.flags = flags
         self.exact_size = False
 
-    async def probe_size(self) -> bool:
+    async def check_size(self) -> None:
         """Is RFC822.SIZE the exact length? (GreenMail counts the body only, others round.)
         One partial fetch across the announced end: exactly one byte comes back iff so."""
-        if self.size <= 0:
-            return False
-        return len(await self._fetch_body(f"<{self.size - 1}.2>")) == 1
+        if self.size > 0:
+            self.exact_size = len(await self._fetch_body(f"<{self.size - 1}.2>")) == 1
 
     def _live(self) -> ImapSession:
         if self._session is None:
@@ -582,9 +581,7 @@ class ImapReader:
             item = items.get(iref.uid)
             if item is None or item.size is None:
                 raise NotFound("No such message.")
-            msg = ImapOpenedMessage(self, session, iref, item.size, _visible_flags(item.flags))
-            msg.exact_size = await msg.probe_size()
-            return msg
+            return ImapOpenedMessage(self, session, iref, item.size, _visible_flags(item.flags))
 
         return await self._run(op, keep=True)
 

@@ -379,6 +379,9 @@ class Pop3Message:
     async def open_part(self, section: str) -> tuple[bytes, AsyncIterator[bytes]] | None:
         raise TooLarge("POP3 cannot fetch one part alone: the message is over the size limit.")
 
+    async def check_size(self) -> None:
+        """LIST's size cannot be checked without reading the message: it stays an estimate."""
+
     async def prepare_remove(self) -> None:
         """Nothing to check: remove() finds this message by its UIDL, DELE + QUIT."""
 

@@ -1077,6 +1077,8 @@ async def test_raw_ignores_an_inexact_rfc822_size(skew: int) -> None:
         settings = settings.model_copy(update={"imap_url": f"imap+plain://127.0.0.1:{port}"})
         reader = imap_reader(settings, settings.providers["default"], CREDS, pool)
         msg = await reader.open(ImapRef("INBOX", 42, 7))
+        assert msg.exact_size is False  # not asked yet: only /raw asks
+        await msg.check_size()
         assert msg.exact_size is (skew == 0)
         got = b"".join([c async for c in msg.chunks()])
         assert got == want

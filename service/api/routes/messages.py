@@ -297,6 +297,7 @@ async def get_raw(
         raise ValidationFailed("mode=remove cannot be combined with Range: use keep, then DELETE.")
     msg, proto = await _open(ctx, id, protocol)
     async with _answering(msg, mode_):
+        await msg.check_size()
         if range_ is not None and not msg.exact_size:
             # The server's size is an estimate: measure the message so that ranges
             # (and the resume-then-DELETE path they serve) are exact.
