@@ -16,7 +16,6 @@ class Metrics:
     def __init__(self) -> None:
         self.requests: dict[tuple[str, str, int], int] = defaultdict(int)
         self.seconds: dict[tuple[str, str], float] = defaultdict(float)
-        self.upstream_sessions: dict[str, int] = defaultdict(int)
 
     def render(self, pools: dict[str, PoolStats] | None = None) -> str:
         lines = [

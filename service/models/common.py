@@ -2,8 +2,7 @@
 
 from __future__ import annotations
 
-from email.headerregistry import Address as _StdAddress
-from email.utils import getaddresses, parseaddr
+from email.utils import parseaddr
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
@@ -42,19 +41,3 @@ class Address(BaseModel):
         if not sep or not local or not domain or any(c in self.address for c in ' <>,;"\\'):
             raise ValueError("not an email address")
         return self
-
-    def to_header(self) -> _StdAddress:
-        """This address as the standard library's header object (handles encoding)."""
-        local, _, domain = self.address.rpartition("@")
-        return _StdAddress(display_name=self.name or "", username=local, domain=domain)
-
-
-def addresses_from_header(value: str | None) -> list[Address]:
-    """Parse a decoded address header value into addresses, skipping empty groups."""
-    if not value:
-        return []
-    out: list[Address] = []
-    for name, addr in getaddresses([value]):
-        if addr:
-            out.append(Address.model_construct(name=name or None, address=addr))
-    return out

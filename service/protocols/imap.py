@@ -220,6 +220,11 @@ def _summary(folder: str, uidvalidity: int, item: FetchItem) -> MessageSummary:
     )
 
 
+def inbox_spelling(folder: str) -> str:
+    """INBOX is case-insensitive (RFC 3501 5.1): one spelling, so ids stay the same."""
+    return "INBOX" if folder.upper() == "INBOX" else folder
+
+
 def _imap_ref(ref: MessageRef) -> ImapRef:
     if not isinstance(ref, ImapRef):
         raise InvalidId("This id belongs to another protocol (POP3), not IMAP.")
@@ -242,7 +247,6 @@ class ImapOpenedMessage:
     ) -> None:
         self._reader = reader
         self._session: ImapSession | None = session
-        self._ref = ref
         self.id = ref.encode()
         self.folder = ref.folder
         self.uid = ref.uid
@@ -509,6 +513,7 @@ class ImapReader:
     # -- listing ----------------------------------------------------------------------------
     async def list_messages(self, folder: str, query: ListQuery) -> MessagePage:
         """Newest first (highest UID first); one UID SEARCH + one UID FETCH per page."""
+        folder = inbox_spelling(folder)
         qhash = filters_hash(query)
         position = _cursor_position(query.cursor, folder, qhash) if query.cursor else None
         criteria = search_criteria(query)
@@ -648,7 +653,7 @@ class ImapReader:
         remove = [
             f for f, v in (("\\Seen", patch.seen), ("\\Flagged", patch.flagged)) if v is False
         ]
-        target = patch.folder
+        target = inbox_spelling(patch.folder) if patch.folder is not None else None
 
         async def op(session: ImapSession) -> None:
             if await session.select(iref.folder) != iref.uidvalidity:

@@ -41,7 +41,6 @@ import asyncio
 import base64
 import re
 import ssl
-import time
 from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -384,7 +383,6 @@ class ImapSession:
         self.selected: str | None = None
         self.read_only = False  # the selected folder was opened [READ-ONLY]
         self.uidvalidity: int | None = None
-        self.created = time.monotonic()
         self.leases = 0  # how often a reader has leased it (0: brand new)
         self.commands_in_lease = 0
         self._synced_this_lease = False

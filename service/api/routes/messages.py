@@ -207,20 +207,16 @@ async def list_messages(
         limit=limit, cursor=cursor, unseen=unseen, flagged=flagged, since=since,
         before=before, from_=from_, to=to, subject=subject, text=text, count=count,
     )  # fmt: skip
-    reader = ctx.reader(protocol or ctx.settings.default_protocol)
-    page = await reader.list_messages(inbox_spelling(folder), query)
+    proto = protocol or ctx.settings.default_protocol
+    reader = ctx.reader(proto)
+    page = await reader.list_messages(folder, query)
     body = page.model_dump(mode="json", by_alias=True)
     if not count:
         body.pop("total", None)
-    other = "uidl" if (protocol or ctx.settings.default_protocol) == "imap" else "uid"
+    other = "uidl" if proto == "imap" else "uid"
     for item in body["items"]:
         item.pop(other, None)
     return JSONResponse(body)
-
-
-def inbox_spelling(folder: str) -> str:
-    """INBOX is case-insensitive (RFC 3501 5.1): one spelling, so ids stay the same."""
-    return "INBOX" if folder.upper() == "INBOX" else folder
 
 
 @router.get(
@@ -534,8 +530,6 @@ async def patch_message(
         raise NotSupported("POP3 has no flags or folders.")
     if patch.seen is None and patch.flagged is None and patch.folder is None:
         raise ValidationFailed("Give at least one of seen, flagged, folder.")
-    if patch.folder is not None:
-        patch = patch.model_copy(update={"folder": inbox_spelling(patch.folder)})
     reader = ctx.reader(proto)
     await reader.patch(ref, patch)
     return Response(status_code=204)
