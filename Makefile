@@ -1,7 +1,7 @@
 # mailgate: `make run` serves the gateway on the local test mail stack; `make test` runs
 # every test against real Dovecot + Postfix; `make check` is what CI runs.
 VENV ?= .venv
-PYTHON ?= python3
+PYTHON ?= /usr/bin/python3
 BIN := $(VENV)/bin
 STACK_ENV ?= $${MAILSTACK_DIR:-/tmp/mailgate-stack}/env
 

@@ -89,6 +89,7 @@ from service.protocols.imapwire import (
     quote,
     response_code,
 )
+from service.protocols.transport import abort_transport
 
 __all__ = ["ImapSession", "Reply"]
 
@@ -175,8 +176,7 @@ class _Protocol(IMAP4ClientProtocol):  # type: ignore[misc]
             self.incomplete_line = incomplete.data
         except Exception as exc:  # garbled framing: fail the command, drop the link
             self._fail_pending(_ConnectionLost(f"protocol error: {type(exc).__name__}"))
-            if self.transport is not None:
-                self.transport.abort()
+            abort_transport(self.transport)
 
     def _guard_starttls(self, d: bytes) -> bytes:
         """Keep bytes up to the tagged STARTTLS reply; anything after it is injected."""
@@ -267,7 +267,7 @@ class _Protocol(IMAP4ClientProtocol):  # type: ignore[misc]
             self.transport.write(CRLF)
         elif cmd is not None:
             self._fail_pending(_ConnectionLost("unexpected continuation request"))
-            self.transport.abort()
+            abort_transport(self.transport)
 
     # -- connection state
     def connection_lost(self, exc: Exception | None) -> None:
@@ -517,9 +517,7 @@ class ImapSession:
     def abort(self) -> None:
         """Drop the connection now."""
         self._broken = True
-        t = self._proto.transport
-        if t is not None:
-            t.abort()
+        abort_transport(self._proto.transport)
 
     async def ping(self) -> bool:
         """A cheap liveness check (NOOP); it also refreshes the view for the next lease."""

@@ -12,6 +12,8 @@ from collections.abc import AsyncGenerator, AsyncIterator
 from types import TracebackType
 from typing import Literal
 
+from service.protocols.transport import abort_transport
+
 __all__ = [
     "Pop3AuthError",
     "Pop3Client",
@@ -374,13 +376,13 @@ class Pop3Client:
                 async with asyncio.timeout(self._timeout):
                     await self._writer.wait_closed()
             except (TimeoutError, OSError):
-                self._writer.transport.abort()
+                abort_transport(self._writer.transport)
 
     def abort(self) -> None:
         """Drop the connection now, without QUIT and without RSET: an RFC 1939 server
         discards pending DELE marks. :meth:`aclose_without_quit` also sends RSET."""
         self._closed = True
-        self._writer.transport.abort()
+        abort_transport(self._writer.transport)
 
     async def aclose_without_quit(self) -> None:
         """End the session without QUIT, so that nothing is committed, and wait until the
@@ -424,7 +426,7 @@ class Pop3Client:
         :meth:`aclose_without_quit` to withdraw it with RSET first."""
         self._closed = True
         if not self._marked:
-            self._writer.transport.abort()
+            abort_transport(self._writer.transport)
 
     def _begin(self) -> None:
         if self._closed:
