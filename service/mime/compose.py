@@ -23,6 +23,8 @@ from email.policy import EmailPolicy
 from email.utils import format_datetime, make_msgid
 from typing import Any
 
+import idna
+
 from service.errors import ValidationFailed
 from service.mime._shared import _message_id, _parse_addresses
 from service.models.common import Address
@@ -220,9 +222,17 @@ def _bracketed(value: str, what: str) -> str:
 
 
 def _smtp_domain(domain: str, what: str) -> str:
+    """The ASCII form of a domain for SMTP and headers. A non-ASCII domain is converted
+    with IDNA 2008 and the UTS #46 mapping, non-transitional (RFC 5891, UTS #46 section 4),
+    so ``ß`` and final ``ς`` stay themselves (``straße.test`` → ``xn--strae-oqa.test``,
+    never IDNA 2003's ``strasse.test``, another domain); what IDNA 2008 does not allow
+    raises ValidationFailed (422) rather than going to a different domain."""
     try:
-        ascii_domain = domain if domain.isascii() else domain.encode("idna").decode("ascii")
-    except UnicodeError as exc:
+        ascii_domain = (
+            domain if domain.isascii()
+            else idna.encode(domain, uts46=True, transitional=False).decode("ascii")
+        )  # fmt: skip
+    except (idna.IDNAError, UnicodeError) as exc:
         raise ValidationFailed(f"{what}: invalid domain {domain[:100]!r}") from exc
     if not (_DOMAIN.fullmatch(ascii_domain) or re.fullmatch(r"\[[!-Z^-~]+\]", ascii_domain)):
         raise ValidationFailed(f"{what}: invalid domain {domain[:100]!r}")

@@ -227,6 +227,36 @@ def test_idn_domain_is_sent_as_idna() -> None:
     assert mime.envelope(d, msg)[1] == ["user@xn--bcher-kva.example"]
 
 
+@pytest.mark.parametrize(
+    ("domain", "ascii_form"),
+    [
+        ("straße.test", "xn--strae-oqa.test"),  # IDNA 2003 would send to strasse.test
+        ("ςοφία.test", "xn--kxae4blv.test"),  # final sigma stays (IDNA 2003: xn--kxae4bpq)
+        ("Faß.Example", "xn--fa-hia.example"),  # UTS #46 maps case, keeps ß
+        ("ｅｘａｍｐｌｅ.test", "example.test"),  # full-width letters map to ASCII
+        ("日本.test", "xn--wgv71a.test"),
+    ],
+)
+def test_idn_domains_use_idna2008_nontransitional(domain: str, ascii_form: str) -> None:
+    d = draft(to=[f"Info <info@{domain}>"], cc=[f"c@{domain}"], text="x")
+    msg = mime.build_message(d, [], default_from="user")
+    assert mime.envelope(d, msg)[1] == [f"info@{ascii_form}", f"c@{ascii_form}"]
+    head = head_of(mime.serialize(msg))
+    assert f"<info@{ascii_form}>".encode() in head and f"c@{ascii_form}".encode() in head
+
+
+@pytest.mark.parametrize(
+    "domain", ["☃.test", "a\u200db.test", "-bad.test", "xn--a.ü.test", "a..ü.test"]
+)
+def test_domains_idna2008_refuses_are_422_never_another_domain(domain: str) -> None:
+    d = draft(to=[f"info@{domain}"], text="x")
+    with pytest.raises(ValidationFailed, match="domain"):
+        mime.build_message(d, [], default_from="user")
+    with pytest.raises(ValidationFailed):  # the domain, or no usable recipient left
+        mime.prepare_raw(f"From: a@example.com\r\nTo: info@{domain}\r\n\r\nx".encode(),
+                         mail_from=None, rcpt_to=[])  # fmt: skip
+
+
 def test_bcc_is_in_envelope_not_in_headers() -> None:
     d = draft(cc=["carol@example.org"], bcc=["secret@hidden.example", "Other <o@hidden.example>"])
     msg = mime.build_message(d, [], default_from="user")
