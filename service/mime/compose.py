@@ -26,7 +26,7 @@ from typing import Any
 import idna
 
 from service.errors import ValidationFailed
-from service.mime._shared import _message_id, _parse_addresses
+from service.mime import headers
 from service.models.common import Address
 from service.models.send import Draft
 
@@ -405,7 +405,8 @@ def prepare_raw(
     if not rcpts:
         raise ValidationFailed("no recipients: give rcpt_to or To, Cc or Bcc headers")
     ids = [v for n, v in values if n == "message-id"]
-    return kept + data[end + 2 :], sender, rcpts, _message_id(ids[0]) if ids else None
+    message_id = headers.message_id(ids[0].encode("ascii", "surrogateescape")) if ids else None
+    return kept + data[end + 2 :], sender, rcpts, message_id
 
 
 def _crlf(data: bytes) -> bytes:
@@ -430,7 +431,8 @@ def _header_fields(head: bytes) -> list[tuple[str, bytes]]:
 
 
 def _field_addresses(values: list[tuple[str, str]], *names: str) -> list[str]:
-    return [a.address for n, v in values if n in names for a in _parse_addresses(n, v)]
+    raw = [v.encode("ascii", "surrogateescape") for n, v in values if n in names]
+    return [a.address for a in headers.addresses(raw)]
 
 
 def _resent_block(values: list[tuple[str, str]]) -> list[tuple[str, str]]:

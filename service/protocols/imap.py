@@ -20,6 +20,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from datetime import date
 from typing import Literal, TypeVar, cast
 
+from service import mime
 from service.config import Provider, Settings
 from service.errors import (
     BadRequest,
@@ -36,7 +37,7 @@ from service.errors import (
     ValidationFailed,
 )
 from service.ids import ImapRef, MessageRef, decode_cursor, encode_cursor
-from service.mime import summary_fields
+from service.mime import PartCutter, PartDecoder, PartInfo, is_leaf, part_info, summary_fields
 from service.models.message import (
     DeleteResult,
     Folder,
@@ -47,6 +48,7 @@ from service.models.message import (
 )
 from service.protocols.base import Credentials, ListQuery
 from service.protocols.imapconn import ImapSession
+from service.protocols.imapstructure import locate
 from service.protocols.imapwire import (
     FetchItem,
     MailboxInfo,
@@ -55,6 +57,8 @@ from service.protocols.imapwire import (
     astring,
     format_uid_set,
 )
+from service.protocols.parts import cut_from
+from service.protocols.parts import decoded as _decoded
 from service.protocols.pool import SessionPool
 from service.protocols.summary_cache import SummaryCache
 
@@ -306,25 +310,44 @@ class ImapOpenedMessage:
             raise TooLarge(f"The message is over the limit of {limit} bytes.")
         return data
 
-    async def open_part(self, section: str) -> tuple[bytes, AsyncIterator[bytes]] | None:
-        """The MIME header of part ``section`` and its encoded bytes as partial fetches;
-        None when the message has no such part."""
-        session = self._live()
-        items = await session.uid_fetch(
-            str(self.uid),
-            f"(UID BODY.PEEK[HEADER.FIELDS (CONTENT-TYPE)] BODY.PEEK[{section}.MIME])",
-        )
-        item = items.get(self.uid)
+    async def open_part(self, section: str) -> tuple[PartInfo, AsyncIterator[bytes]] | None:
+        """One leaf part by its section (a parsed fetch's attachment or body id): what its
+        MIME header says, and its bytes decoded by its Content-Transfer-Encoding as they
+        come; None when the message has no such leaf.
+
+        The part is found in the server's BODYSTRUCTURE and fetched alone, as
+        ``BODY.PEEK[section]`` partial fetches: the server's bytes of that part, the
+        message is not parsed. Where the server's structure cannot answer for the
+        gateway's parser (a part at or past the part budget, a structure the server
+        reads otherwise), the message streams past :class:`~service.mime.PartCutter`
+        instead, which stops reading after the part.
+        """
+        limits = self._reader.settings.mime_limits
+        item = (await self._live().uid_fetch(str(self.uid), "(UID BODYSTRUCTURE)")).get(self.uid)
         if item is None:
             raise NotFound("The message is gone.")
-        top = (item.section("BODY[HEADER.FIELDS") or b"").lower()
-        if b"multipart/" in top:
-            header = item.section(f"BODY[{section}.MIME]")
-        elif section == "1":  # a single-part message: its header describes part 1
+        found = locate(item.structure, section)
+        if found is None:
+            return None if item.structure is not None else await self._cut_part(section)
+        if found.number >= limits.max_parts:
+            return await self._cut_part(section)
+        if found.whole_body:
             header = await self._fetch_section("BODY.PEEK[HEADER]", "BODY[HEADER]")
         else:
-            header = None
-        return (header, self._part_chunks(section)) if header else None
+            header = await self._fetch_section(
+                f"BODY.PEEK[{section}.MIME]", f"BODY[{section}.MIME]"
+            )
+        part = mime.describe(header or b"", "" if found.whole_body else section, limits)
+        if found.multipart != (part.boundary is not None):
+            return await self._cut_part(section)  # the server reads this header otherwise
+        if not is_leaf(part):
+            return None
+        info = part_info(part, assumed=found.assumed)
+        return info, _decoded(PartDecoder(part.encoding), self._part_chunks(section))
+
+    async def _cut_part(self, section: str) -> tuple[PartInfo, AsyncIterator[bytes]] | None:
+        cutter = PartCutter(section, self._reader.settings.mime_limits)
+        return await cut_from(cutter, self.chunks())
 
     async def _fetch_section(self, item: str, key: str) -> bytes | None:
         items = await self._live().uid_fetch(str(self.uid), f"(UID {item})")

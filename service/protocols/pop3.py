@@ -53,7 +53,7 @@ from service.errors import (
     scrub,
 )
 from service.ids import MessageRef, Pop3Ref, decode_cursor, encode_cursor
-from service.mime import summary_fields
+from service.mime import Limits, PartCutter, PartInfo, summary_fields
 from service.models.message import (
     AddressOut,
     DeleteResult,
@@ -63,6 +63,7 @@ from service.models.message import (
     MessageSummary,
 )
 from service.protocols.base import Credentials, ListQuery
+from service.protocols.parts import cut_from
 from service.protocols.pop3client import (
     Pop3AuthError,
     Pop3Client,
@@ -243,7 +244,8 @@ class Pop3Reader:
             if isinstance(exc, Pop3Error):
                 raise translate(exc, self.secrets) from None
             raise
-        return Pop3Message(client, ref, uidl, n, size, by_top=_reads_by_top(client.capabilities))
+        return Pop3Message(client, ref, uidl, n, size, by_top=_reads_by_top(client.capabilities),
+                           limits=self._settings.mime_limits)  # fmt: skip
 
     async def delete(self, refs: list[MessageRef]) -> list[DeleteResult]:
         """One result per ref, in order. Each UIDL is DELE'd once (duplicates share its
@@ -304,11 +306,14 @@ class Pop3Message:
         size: int,
         *,
         by_top: bool,
+        limits: Limits,
     ) -> None:
         self._client = client
         self._uidl = uidl
         self._number = number
         self._by_top = by_top
+        self._limits = limits
+        self._unread: AsyncGenerator[bytes, None] | None = None
         self._done = False
         self.id = ref.encode()
         self.folder = "INBOX"
@@ -376,8 +381,16 @@ class Pop3Message:
             raise translate(exc) from None
         return bytes(out)
 
-    async def open_part(self, section: str) -> tuple[bytes, AsyncIterator[bytes]] | None:
-        raise TooLarge("POP3 cannot fetch one part alone: the message is over the size limit.")
+    async def open_part(self, section: str) -> tuple[PartInfo, AsyncIterator[bytes]] | None:
+        """One leaf part by its section (a parsed fetch's attachment or body id), whatever
+        the message's size: the message streams once past
+        :class:`~service.mime.PartCutter`, and reading stops after the part. None when
+        the message has no such leaf. The rest of the reply is read only by
+        :meth:`remove` (the session must be in step for DELE); otherwise the session
+        is dropped at :meth:`release`."""
+        cutter = PartCutter(section, self._limits)
+        self._unread = body = _translated(self._body())
+        return await cut_from(cutter, body, close=False)
 
     async def check_size(self) -> None:
         """LIST's size cannot be checked without reading the message: it stays an estimate."""
@@ -398,6 +411,10 @@ class Pop3Message:
         """
         self._done = True
         try:
+            if self._unread is not None:  # the rest of a reply a part download left unread
+                async for _ in self._unread:
+                    pass
+                self._unread = None
             number = _number_of(self._uidl, await self._client.uidl())
             await self._client.dele(number)
             await self._client.quit()
@@ -412,6 +429,10 @@ class Pop3Message:
         if self._done:
             return
         self._done = True
+        unread, self._unread = self._unread, None
+        if unread is not None:
+            with contextlib.suppress(Exception):
+                await unread.aclose()  # mid-reply: the session is dropped, which is all we want
         await self._client.aclose_without_quit()
 
 
@@ -489,6 +510,18 @@ def _reads_by_top(capabilities: dict[str, list[str]]) -> bool:
     if implementation.startswith(_TOP_NOT_STUFFED):
         return False
     return not capabilities or "TOP" in capabilities
+
+
+async def _translated(body: AsyncGenerator[bytes, None]) -> AsyncGenerator[bytes, None]:
+    """``body`` with the POP3 client's errors translated to the gateway's; closing this
+    closes ``body`` (mid-reply, that drops the session)."""
+    try:
+        async for chunk in body:
+            yield chunk
+    except Pop3Error as exc:
+        raise translate(exc) from None
+    finally:
+        await body.aclose()
 
 
 def _inbox_only(folder: str) -> None:
