@@ -31,12 +31,18 @@ class PartCutter:
 
     def __init__(self, section: str, limits: Limits) -> None:
         self.section = section
-        self.scanner = MimeScanner(limits, keep=False)
+        self.scanner = MimeScanner(limits, keep=False, on_header=self._header)
         self.part: Part | None = None
         self.missing = False
         self._candidate: Part | None = None  # a multipart that may turn out a leaf
         self._seen = 0
         self._sent = 0
+
+    def _header(self, part: Part) -> None:
+        """As soon as a header ends (before the scanner drops what it has read):
+        keep the bytes of a part that may be the one wanted."""
+        if self.part is None and leaf_section(part) == self.section and not part.in_message:
+            self.scanner.hold(part.body_start)
 
     @property
     def finished(self) -> bool:

@@ -16,6 +16,7 @@ divided: its body (the rest of its subtree) is one leaf. Either adds a defect.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from service.mime.headers import HeaderBlock, charset_codec, header_block
@@ -78,8 +79,15 @@ class MimeScanner:
     :attr:`root` as their headers end. ``keep`` False drops what is no longer needed,
     for streaming; then :meth:`bytes_between` serves only what is still buffered."""
 
-    def __init__(self, limits: Limits, *, keep: bool = True) -> None:
+    def __init__(
+        self,
+        limits: Limits,
+        *,
+        keep: bool = True,
+        on_header: Callable[[Part], None] | None = None,
+    ) -> None:
         self.limits = limits
+        self._on_header = on_header
         self.root = Part(section="", depth=0, header_start=0)
         self.parts = 1
         self.done = False
@@ -129,7 +137,7 @@ class MimeScanner:
     _held: int | None = None
 
     def _trim(self) -> None:
-        keep_from = self._pos - 2
+        keep_from = self._pos - 2 - 256  # and the line before (a close delimiter, see _end)
         if self._state == _HEADER:
             keep_from = min(keep_from, self._stack[-1].header_start)
         if self._held is not None:
@@ -169,6 +177,8 @@ class MimeScanner:
         part.header = header_block(self.bytes_between(part.header_start, header_end))
         self._describe(part)
         self.headers_done.append(part)
+        if self._on_header is not None:
+            self._on_header(part)
         self._state = _BODY
         self._pos = self._region = body_start
         if part.boundary is not None and part.cut is None:
@@ -257,7 +267,8 @@ class MimeScanner:
             return
         stop = max(base + line - (2 if line >= 2 and buf[line - 2] == 13 else 1), self._region)
         while self._stack[-1] is not owner:
-            self._close(self._stack.pop(), stop)
+            inner = self._stack.pop()
+            self._close(inner, self._end(inner, stop, base + line))
         after = base + line_end
         if closing:
             owner.closed = True
@@ -275,6 +286,19 @@ class MimeScanner:
         self.parts += 1
         self._stack.append(child)
         self._state, self._pos = _HEADER, after
+
+    def _end(self, part: Part, stop: int, line: int) -> int:
+        """Where a part closed by an enclosing boundary at ``stop`` ends. A multipart
+        shown as one leaf whose own close delimiter is the line before keeps that line's
+        break, as servers (reading its parts) count it."""
+        if part.cut != "depth" or part.boundary is None:
+            return stop
+        buf, base = self._buf, self._base
+        start = max(buf.rfind(b"\n", 0, stop - base) + 1, 0)
+        if start < part.body_start - base:
+            return stop
+        closing = b"--" + part.boundary + b"--"
+        return line if buf[start : stop - base].startswith(closing) else stop
 
     def _exhaust(self) -> None:
         part = self._stack[-1]

@@ -37,7 +37,15 @@ from service.errors import (
     ValidationFailed,
 )
 from service.ids import ImapRef, MessageRef, decode_cursor, encode_cursor
-from service.mime import PartCutter, PartDecoder, PartInfo, is_leaf, part_info, summary_fields
+from service.mime import (
+    PartCutter,
+    PartDecoder,
+    PartInfo,
+    is_leaf,
+    needs_declared_charset,
+    part_info,
+    summary_fields,
+)
 from service.models.message import (
     DeleteResult,
     Folder,
@@ -48,7 +56,7 @@ from service.models.message import (
 )
 from service.protocols.base import Credentials, ListQuery
 from service.protocols.imapconn import ImapSession
-from service.protocols.imapstructure import locate
+from service.protocols.imapstructure import declared_charset, locate
 from service.protocols.imapwire import (
     FetchItem,
     MailboxInfo,
@@ -201,8 +209,10 @@ def _visible_flags(flags: list[str] | None) -> list[str]:
     return [f for f in flags or [] if f.lower() not in _HIDDEN_FLAGS]
 
 
-def _summary(folder: str, uidvalidity: int, item: FetchItem) -> MessageSummary:
-    fields = summary_fields(item.section("BODY[HEADER") or b"")
+def _summary(
+    folder: str, uidvalidity: int, item: FetchItem, assumed: str | None = None
+) -> MessageSummary:
+    fields = summary_fields(item.section("BODY[HEADER") or b"", assumed=assumed)
     flags = _visible_flags(item.flags)
     return MessageSummary.model_construct(
         None,
@@ -588,10 +598,20 @@ class ImapReader:
                                                         "seen": "\\Seen" in flags}))  # fmt: skip
             return out
         fetched = await session.uid_fetch(format_uid_set(page), SUMMARY_ITEMS)
+        # Raw 8-bit header bytes of a multipart are read in the charset one of its parts
+        # declares, as the fetch reads them: that needs the parts' charsets (rare: one
+        # more FETCH of BODYSTRUCTURE for just those messages).
+        odd = [
+            u for u, i in fetched.items() if needs_declared_charset(i.section("BODY[HEADER") or b"")
+        ]
+        assumed: dict[int, str | None] = {}
+        if odd:
+            shapes = await session.uid_fetch(format_uid_set(odd), "(UID BODYSTRUCTURE)")
+            assumed = {u: declared_charset(i.structure) for u, i in shapes.items()}
         out = []
         for uid in page:
             if uid in fetched:
-                summary = _summary(folder, uidvalidity, fetched[uid])
+                summary = _summary(folder, uidvalidity, fetched[uid], assumed.get(uid))
                 if self._cache is not None:
                     self._cache.put(keys[uid], summary)
                 out.append(summary)

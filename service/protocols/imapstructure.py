@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from service.mime.headers import charset_codec
 from service.protocols.imapwire import Token
 
-__all__ = ["Located", "locate"]
+__all__ = ["Located", "declared_charset", "locate"]
 
 
 @dataclass(frozen=True)
@@ -73,6 +73,17 @@ def _walk(node: list[Token], section: str, inside: bool) -> Iterator[tuple[str, 
             and isinstance(cur[8], list)
         ):
             stack.append((sec, cur[8], True))
+
+
+def declared_charset(structure: Token) -> str | None:
+    """The charset the message declares (as :func:`service.mime.declared_charset`): the
+    first one in section order, not US-ASCII or UTF-8, attached messages not looked into."""
+    if not isinstance(structure, list) or not structure:
+        return None
+    for _, node, inside in _walk(structure, "", False):
+        if not inside and not _is_multipart(node) and (found := _charset(node)):
+            return found
+    return None
 
 
 def locate(structure: Token, section: str) -> Located | None:

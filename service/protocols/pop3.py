@@ -39,6 +39,7 @@ from collections.abc import AsyncGenerator, AsyncIterator, Callable
 from datetime import datetime
 from typing import Literal
 
+from service import mime
 from service.config import Provider, Settings
 from service.errors import (
     AuthFailed,
@@ -57,7 +58,7 @@ from service.errors import (
     scrub,
 )
 from service.ids import MessageRef, Pop3Ref, decode_cursor, encode_cursor
-from service.mime import Limits, PartCutter, PartInfo, summary_fields
+from service.mime import Limits, PartCutter, PartInfo, needs_declared_charset, summary_fields
 from service.models.message import (
     AddressOut,
     DeleteResult,
@@ -85,6 +86,7 @@ from service.protocols.pop3client import (
 _IN_USE_RETRIES = (0.2, 0.5, 1.0)
 _TOP_MAX_BYTES = 256 * 1024  # a listing's header section; a longer one is cut
 _TOP_WHOLE = 999_999_999  # TOP's line count to read a whole message
+_DECLARED_LINES = 200  # body lines read for a declared charset (see _Heads.get)
 # IMPLEMENTATION (RFC 2449) of servers whose TOP reply is not dot-stuffed, so that a body
 # line "." would end it early: they are read with RETR. Mailpit's RETR sets no flag.
 _TOP_NOT_STUFFED = ("mailpit",)
@@ -243,7 +245,7 @@ class Pop3Reader:
                 if wanted is None and len(page) >= query.limit:
                     more = True
                     break
-                summary = _summary(uidls[n], sizes.get(n), await heads.get(n))
+                summary = _summary(uidls[n], sizes.get(n), *await heads.get(n))
                 if wanted is not None and not wanted(summary):
                     continue
                 matched += 1
@@ -488,13 +490,26 @@ class _Heads:
         self._client = client
         self._use_top = not client.capabilities or "TOP" in client.capabilities
 
-    async def get(self, n: int) -> bytes:
+    async def get(self, n: int) -> tuple[bytes, str | None]:
+        """The header section, and the charset the message declares when the listing
+        needs it (:func:`~service.mime.needs_declared_charset`: raw 8-bit bytes in a
+        multipart's header); that is looked for in the first
+        ``_DECLARED_LINES`` lines of the body only, and only where TOP works."""
         if self._use_top:
             try:
-                return await self._client.top(n, 0, max_bytes=_TOP_MAX_BYTES, truncate=True)
+                head = await self._client.top(n, 0, max_bytes=_TOP_MAX_BYTES, truncate=True)
             except Pop3NoSuchMessage:
                 self._use_top = False  # TOP is optional (RFC 1939): read the message
-        return await _head_by_retr(self._client, n)
+            else:
+                if not needs_declared_charset(head):
+                    return head, None
+                more = await self._client.top(
+                    n, _DECLARED_LINES, max_bytes=_TOP_MAX_BYTES, truncate=True
+                )
+                parts = mime.MimeScanner(Limits())
+                parts.feed(more, final=True)
+                return head, mime.declared_charset(parts.headers_done)
+        return await _head_by_retr(self._client, n), None
 
 
 def _header_filter(query: ListQuery) -> Callable[[MessageSummary], bool] | None:
@@ -687,8 +702,8 @@ def _after_cursor(token: str, uidls: dict[int, str]) -> list[int]:
     return [k for k, h in below if k < bound and h not in page]
 
 
-def _summary(uidl: str, size: int | None, head: bytes) -> MessageSummary:
-    fields = summary_fields(head)
+def _summary(uidl: str, size: int | None, head: bytes, assumed: str | None) -> MessageSummary:
+    fields = summary_fields(head, assumed=assumed)
 
     def addrs(key: str) -> list[AddressOut]:
         value = fields.get(key)
