@@ -231,7 +231,7 @@ class MimeScanner:
     def _match(self, buf: bytes | bytearray, at: int) -> tuple[Part | None, int]:
         best: Part | None = None
         size = 0
-        for boundary, owner in self._active:
+        for boundary, owner in reversed(self._active):  # the innermost wins a tie
             if len(boundary) > size and buf.startswith(boundary, at):
                 best, size = owner, len(boundary)
         return best, size

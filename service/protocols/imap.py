@@ -38,6 +38,8 @@ from service.errors import (
 )
 from service.ids import ImapRef, MessageRef, decode_cursor, encode_cursor
 from service.mime import (
+    Limits,
+    Part,
     PartCutter,
     PartDecoder,
     PartInfo,
@@ -56,7 +58,7 @@ from service.models.message import (
 )
 from service.protocols.base import Credentials, ListQuery
 from service.protocols.imapconn import ImapSession
-from service.protocols.imapstructure import declared_charset, locate
+from service.protocols.imapstructure import Located, declared_charset, locate
 from service.protocols.imapwire import (
     FetchItem,
     MailboxInfo,
@@ -337,23 +339,38 @@ class ImapOpenedMessage:
         if item is None:
             raise NotFound("The message is gone.")
         found = locate(item.structure, section)
-        if found is None:
-            return None if item.structure is not None else await self._cut_part(section)
-        if found.number >= limits.max_parts:
-            return await self._cut_part(section)
-        if found.whole_body:
-            header = await self._fetch_section("BODY.PEEK[HEADER]", "BODY[HEADER]")
-        else:
-            header = await self._fetch_section(
-                f"BODY.PEEK[{section}.MIME]", f"BODY[{section}.MIME]"
-            )
-        part = mime.describe(header or b"", "" if found.whole_body else section, limits)
-        if found.multipart != (part.boundary is not None):
-            return await self._cut_part(section)  # the server reads this header otherwise
+        if found is None or found.number >= limits.max_parts:
+            return await self._cut_part(section)  # not the server's, or past the budget
+        part = await self._check_path(section, found, limits)
+        if part is None:
+            return await self._cut_part(section)  # the server reads the structure otherwise
         if not is_leaf(part):
             return None
         info = part_info(part, assumed=found.assumed)
         return info, _decoded(PartDecoder(part.encoding), self._part_chunks(section))
+
+    async def _check_path(self, section: str, found: Located, limits: Limits) -> Part | None:
+        """The part's own header, read as the parser reads it, once the MIME headers of
+        the part and of every multipart around it (one FETCH) give the boundaries the
+        server found: None where they differ (the server's BODY[n] would not be ours)."""
+        if found.whole_body:
+            header = await self._fetch_section("BODY.PEEK[HEADER]", "BODY[HEADER]")
+            part = mime.describe(header or b"", "", limits)
+            return part if found.multipart == (part.boundary is not None) else None
+        steps = section.split(".")
+        names = ["HEADER"] + [".".join(steps[:i]) + ".MIME" for i in range(1, len(steps) + 1)]
+        fetched = await self._live().uid_fetch(
+            str(self.uid), "(UID " + " ".join(f"BODY.PEEK[{n}]" for n in names) + ")"
+        )
+        item = fetched.get(self.uid)
+        if item is None:
+            raise NotFound("The message is gone.")
+        ours: list[bytes | None] = []
+        for depth, name in enumerate(names):
+            header = item.sections.get(f"BODY[{name}]") or b""
+            ours.append(mime.describe(header, ".".join(steps[:depth]), limits).boundary)
+        part = mime.describe(item.sections.get(f"BODY[{names[-1]}]") or b"", section, limits)
+        return part if tuple(ours) == found.boundaries else None
 
     async def _cut_part(self, section: str) -> tuple[PartInfo, AsyncIterator[bytes]] | None:
         cutter = PartCutter(section, self._reader.settings.mime_limits)

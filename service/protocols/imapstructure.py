@@ -25,6 +25,7 @@ class Located:
     number: int  # its place in section order, the message itself being 1
     assumed: str | None  # the first charset declared up to it (not US-ASCII or UTF-8)
     whole_body: bool  # section "1" of a message that is not multipart: its body
+    boundaries: tuple[bytes | None, ...] = ()  # of the enclosing multiparts, outermost first
 
 
 def _is_multipart(node: Token) -> bool:
@@ -38,6 +39,34 @@ def _children(node: list[Token]) -> list[list[Token]]:
             break
         out.append(child)
     return out
+
+
+def _boundary(node: list[Token]) -> bytes | None:
+    """A multipart's boundary parameter as the server read it (None: it found none)."""
+    kids = len(_children(node))
+    found = node[kids + 1] if len(node) > kids + 1 else None
+    params = found if isinstance(found, list) else []
+    for i in range(0, len(params) - 1, 2):
+        key, value = params[i], params[i + 1]
+        if isinstance(key, bytes) and key.lower() == b"boundary" and isinstance(value, bytes):
+            return value
+    return None
+
+
+def _ancestors(structure: list[Token], section: str) -> tuple[bytes | None, ...]:
+    """The boundary of each multipart on the way to ``section`` (the message first, the
+    part itself last; None for what is not a multipart)."""
+    out: list[bytes | None] = []
+    node: list[Token] | None = structure
+    for number in [*section.split("."), ""]:
+        if node is None:
+            out.append(None)
+            continue
+        out.append(_boundary(node) if _is_multipart(node) else None)
+        kids = _children(node) if _is_multipart(node) else []
+        index = int(number) - 1 if number else -1
+        node = kids[index] if 0 <= index < len(kids) else None
+    return tuple(out)
 
 
 def _charset(node: list[Token]) -> str | None:
@@ -100,5 +129,6 @@ def locate(structure: Token, section: str) -> Located | None:
         if not inside and not _is_multipart(node):
             declared = declared or _charset(node)
         if sec == section and not inside:
-            return Located(_is_multipart(node), number, declared, False)
+            return Located(_is_multipart(node), number, declared, False,
+                           _ancestors(structure, section))  # fmt: skip
     return None

@@ -93,6 +93,7 @@ def test_bodystructure_locates_parts_of_the_message_itself() -> None:
     pdf = locate(structure, "3")
     # 1 the message, 2 part 1, 3 part 2, 4 its message, 5-6 the message's parts, 7 part 3
     assert pdf is not None and pdf.number == 7 and pdf.assumed == "windows-1251"
+    assert pdf.boundaries == (b"outer", None)  # compared with the parser's, by the adapter
     assert locate(structure, "2.1") is None  # inside the attached message: not ours
     assert locate(structure, "4") is None and locate(structure, "1.1") is None
     assert declared_charset(structure) == "windows-1251"  # koi8-r is inside the message
