@@ -176,7 +176,11 @@ def _commit_response(
         "header) read each message's header until the page is full; unseen, flagged and text "
         "answer 422 not-supported (POP3 has no flags and no search). A cursor that can no "
         "longer be placed answers 410 stale-id (list again): IMAP when the folder's "
-        "UIDVALIDITY changed, POP3 when the page and every message around it were deleted."
+        "UIDVALIDITY changed, POP3 when the page and every message around it were deleted. "
+        "Subjects and names are decoded by the same function as the parsed fetch, so both "
+        "views agree; raw 8-bit header bytes of a multipart that are not UTF-8 are read in "
+        "the charset its parts declare (IMAP: from BODYSTRUCTURE; POP3: looked for in the "
+        "first 200 body lines)."
     ),
     responses=problem_responses(*_ERRS),
 )
