@@ -15,6 +15,8 @@ from urllib.parse import urlsplit
 from pydantic import Field, ValidationError, ValidationInfo, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+from service.mime.structure import Limits
+
 Security = Literal["implicit", "starttls", "plain"]
 _SCHEMES: dict[str, tuple[str, Security, int]] = {
     "smtps": ("smtp", "implicit", 465),
@@ -156,6 +158,19 @@ class Settings(BaseSettings):
         default=20_000, ge=0, description="IMAP listing summaries kept (0: none)"
     )
     fetch_chunk_bytes: int = Field(default=1024 * 1024, ge=4096, le=16 * 1024 * 1024)
+    mime_max_parts: int = Field(
+        default=10_000,
+        ge=2,
+        le=1_000_000,
+        description="MIME parts read per message, the message itself included (Dovecot's "
+        "limit too); past it the part being read holds the rest of the message",
+    )
+    mime_max_depth: int = Field(
+        default=50,
+        ge=1,
+        le=200,
+        description="multipart nesting read per message; a deeper multipart is one part",
+    )
     idempotency_ttl_seconds: int = Field(default=86400, ge=1)
     auth_failures_max: int = Field(default=20, ge=0, description="0 turns the limiter off")
     auth_failures_window_seconds: float = Field(default=60.0, gt=0)
@@ -165,6 +180,11 @@ class Settings(BaseSettings):
     log_level: Literal["debug", "info", "warning", "error"] = "info"
 
     _split = field_validator("api_key_hashes", "cors_origins", mode="before")(_csv)
+
+    @property
+    def mime_limits(self) -> Limits:
+        """The MIME parsing budgets (parts, depth) for the parser and part downloads."""
+        return Limits(max_parts=self.mime_max_parts, max_depth=self.mime_max_depth)
 
     @field_validator("api_key_hashes")
     @classmethod
