@@ -40,9 +40,9 @@ openapi-check: venv
 check: lint openapi-check test
 
 run: venv mailstack
-	@. $(STACK_ENV); echo "mailgate on http://127.0.0.1:8025 — docs: http://127.0.0.1:8025/docs"; \
+	@. $(STACK_ENV); \
 	  echo "demo mailboxes: alice@example.test / bob@example.test, password: $$MAILSTACK_PASSWORD"; \
-	  exec $(BIN)/mailgate serve
+	  MAILGATE_LOG_FORMAT=$${MAILGATE_LOG_FORMAT:-text} exec $(BIN)/mailgate serve
 
 bench: venv mailstack
 	$(BIN)/python bench/list_throughput.py

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import difflib
 import ipaddress
 import json
 import ssl
 import tomllib
+from collections.abc import Mapping
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
@@ -149,6 +151,9 @@ class Settings(BaseSettings):
     port: int = Field(default=8025, ge=1, le=65535)
     workers: int = Field(default=1, ge=1, le=64)
     log_level: Literal["debug", "info", "warning", "error"] = "info"
+    log_format: Literal["json", "text"] = Field(
+        default="json", description="json: one JSON object per line; text: for a terminal"
+    )
 
     _split = field_validator("api_key_hashes", "cors_origins", mode="before")(_csv)
 
@@ -246,6 +251,18 @@ def load_providers_file(path: Path, default_ca: Path | None) -> dict[str, Provid
             allow_plaintext=bool(spec.get("allow_plaintext", False)),
             ca_file=Path(ca) if ca else default_ca,
         )
+    return out
+
+
+def unknown_variables(environ: Mapping[str, str]) -> list[tuple[str, str | None]]:
+    """``MAILGATE_*`` variables that name no setting, each with the closest real name
+    (or None): a misspelt variable would otherwise be ignored silently."""
+    known = {"MAILGATE_" + name.upper() for name in Settings.model_fields}
+    out = []
+    for name in sorted(environ):
+        if name.startswith("MAILGATE_") and name not in known:
+            close = difflib.get_close_matches(name, known, n=1)
+            out.append((name, close[0] if close else None))
     return out
 
 

@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from importlib.resources import files
 from typing import Any
 
+from asgi_correlation_id import CorrelationIdMiddleware
 from fastapi import Depends, FastAPI
 from fastapi.middleware.cors import CORSMiddleware
 from fastapi.openapi.docs import get_redoc_html, get_swagger_ui_html
@@ -20,11 +20,12 @@ from service.api.problems import install_problem_handlers
 from service.api.routes import folders, health, messages, send
 from service.config import Settings, load_settings
 from service.idempotency import IdempotencyStore
-from service.metrics import Metrics, MetricsMiddleware
 from service.models.problem import Problem
 from service.models.send import Draft
+from service.observability import tracing, valid_request_id, watch_sessions
+from service.observability.http import RequestObserver
 from service.protocols.imap import new_imap_pool
-from service.protocols.pool import SessionPool
+from service.protocols.pool import PoolStats, SessionPool
 from service.protocols.smtp import SmtpSession
 from service.protocols.summary_cache import SummaryCache
 from service.ratelimit import FailedLoginLimiter
@@ -48,13 +49,15 @@ def _static_dir() -> str:
 def create_app(settings: Settings | None = None) -> FastAPI:
     """Build the ASGI app; settings come from the environment unless given."""
     settings = settings or load_settings()
+    tracing.configure_from_env()  # per worker process; a no-op unless OTEL_* asks
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         app.state.imap_pool = new_imap_pool(settings)
         app.state.smtp_pool = SessionPool[SmtpSession](settings)
         try:
-            yield
+            async with watch_sessions(app.state.session_stats):
+                yield
         finally:
             await app.state.imap_pool.close_all()
             await app.state.smtp_pool.close_all()
@@ -69,8 +72,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         license_info={"name": "GPL-3.0-only", "identifier": "GPL-3.0-only"},
     )
     app.state.settings = settings
+    app.state.session_stats = lambda: session_stats(app)
     app.state.idempotency = IdempotencyStore(settings.idempotency_ttl_seconds)
-    app.state.metrics = Metrics()
     app.state.summary_cache = SummaryCache(settings.summary_cache_entries)
     app.state.login_limiter = FailedLoginLimiter(
         settings.auth_failures_max, settings.auth_failures_window_seconds
@@ -113,9 +116,29 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             expose_headers=["X-Mail-Mode", "Content-Range", "Idempotent-Replayed",
                             "Retry-After"],
         )  # fmt: skip
-    app.add_middleware(MetricsMiddleware, metrics=app.state.metrics)
-    logging.getLogger("mailgate").setLevel(settings.log_level.upper())
+    app.add_middleware(RequestObserver)
+    if tracing.enabled():
+        from opentelemetry.instrumentation.asgi import OpenTelemetryMiddleware
+
+        app.add_middleware(
+            OpenTelemetryMiddleware,
+            tracer_provider=tracing.provider(),
+            exclude_spans=["receive", "send"],
+        )
+    app.add_middleware(
+        CorrelationIdMiddleware,
+        header_name="X-Request-ID",
+        validator=valid_request_id,
+        update_request_header=False,
+    )
     return app
+
+
+def session_stats(app: FastAPI) -> dict[str, PoolStats]:
+    """The session budget by protocol, as the metrics publish it."""
+    state = app.state
+    pools = {"imap": getattr(state, "imap_pool", None), "smtp": getattr(state, "smtp_pool", None)}
+    return {name: pool.stats() for name, pool in pools.items() if pool is not None}
 
 
 SECURITY_SCHEMES = {

@@ -11,6 +11,9 @@ from starlette.responses import Response
 from starlette.types import Message, Receive, Scope, Send
 
 from service.errors import BadRequest, MailGatewayError, RangeNotSatisfiable
+from service.observability import record_removal, record_stream_bytes
+from service.observability.http import route_label
+from service.observability.metrics import RemovalOutcome
 
 log = logging.getLogger("mailgate")
 
@@ -66,6 +69,8 @@ class CommitAfterSendResponse(Response):
 
         watcher = asyncio.create_task(watch())
         ok = False
+        removal: RemovalOutcome = "aborted"
+        sent = 0
         try:
             await write(
                 {"type": "http.response.start", "status": self.status_code,
@@ -75,6 +80,7 @@ class CommitAfterSendResponse(Response):
                 if gone.is_set():
                     raise _ClientGone
                 await write({"type": "http.response.body", "body": chunk, "more_body": True})
+                sent += len(chunk)
             await asyncio.sleep(0)  # let the watcher see a disconnect that already happened
             if gone.is_set():
                 raise _ClientGone
@@ -103,13 +109,18 @@ class CommitAfterSendResponse(Response):
                 if ok and self.on_complete is not None:
                     try:
                         await self.on_complete()
+                        removal = "committed"
                     except Exception as exc:
                         ok = False
+                        removal = "failed"
                         log.warning(
                             "commit after response failed on %s: %s", scope["path"],
                             type(exc).__name__,
                         )  # fmt: skip
             finally:
+                record_stream_bytes(route_label(scope), sent)
+                if self.on_complete is not None:
+                    record_removal(removal)
                 if self.on_finish is not None:
                     await self.on_finish(ok)
 

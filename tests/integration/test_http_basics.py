@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from mailboxes import Mailbox
+from metrics_text import value as metric
 
 from service.main import create_app
 
@@ -101,17 +102,22 @@ async def test_health_and_readiness(client: Any, make_client: Any) -> None:
         r = await down.get("/readyz")
     assert r.status_code == 503 and r.json()["checks"]["default.smtp"] == "unreachable"
     r = await client.get("/metrics")
-    assert r.status_code == 200 and 'route="/healthz"' in r.text
-    assert 'mailgate_pool_sessions{pool="imap",state="open"} 0' in r.text
+    assert r.status_code == 200 and r.headers["content-type"].startswith("text/plain")
+    healthz = metric(r.text, "mailgate_http_request_duration_seconds_count", route="/healthz")
+    assert healthz >= 1
+    assert metric(r.text, "mailgate_sessions", protocol="imap", state="in_use") == 0
 
 
 async def test_metrics_show_the_pooled_sessions(client: Any, mailbox: Mailbox) -> None:
+    count = "mailgate_http_request_duration_seconds_count"
+    labels = {"method": "GET", "route": "/v1/folders", "status": "200"}
+    before = metric((await client.get("/metrics")).text, count, **labels)
     r = await client.get("/v1/folders", headers=mailbox.auth)
     assert r.status_code == 200
     r = await client.get("/metrics")
-    assert 'mailgate_pool_sessions{pool="imap",state="idle"} 1' in r.text
-    assert 'mailgate_pool_sessions{pool="imap",state="leased"} 0' in r.text
-    assert 'mailgate_requests_total{method="GET",route="/v1/folders",status="200"} 1' in r.text
+    assert metric(r.text, "mailgate_sessions", protocol="imap", state="idle") == 1
+    assert metric(r.text, "mailgate_sessions", protocol="imap", state="in_use") == 0
+    assert metric(r.text, count, **labels) == before + 1
 
 
 async def test_overlong_id_is_invalid_id(client: Any, mailbox: Mailbox) -> None:

@@ -5,9 +5,10 @@ from __future__ import annotations
 import asyncio
 
 from fastapi import APIRouter, Request
-from starlette.responses import JSONResponse, PlainTextResponse
+from starlette.responses import JSONResponse, Response
 
 from service.api.deps import SettingsDep
+from service.observability import render_metrics
 
 router = APIRouter(tags=["health"])
 
@@ -58,8 +59,13 @@ async def readyz(settings: SettingsDep) -> JSONResponse:
     )
 
 
-@router.get("/metrics", summary="Prometheus metrics", response_class=PlainTextResponse)
-async def metrics(request: Request) -> PlainTextResponse:
-    state = request.app.state
-    pools = {name: getattr(state, f"{name}_pool").stats() for name in ("imap", "smtp")}
-    return PlainTextResponse(state.metrics.render(pools), media_type="text/plain; version=0.0.4")
+@router.get(
+    "/metrics",
+    summary="Prometheus metrics",
+    description="Prometheus text format; with several workers one scrape covers them all.",
+    response_class=Response,
+    responses={200: {"content": {"text/plain": {"schema": {"type": "string"}}}}},
+)
+async def metrics(request: Request) -> Response:
+    body, content_type = render_metrics(request.app.state.session_stats())
+    return Response(body, media_type=content_type)
