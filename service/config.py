@@ -178,12 +178,13 @@ class Settings(BaseSettings):
     pool_size_per_user: int = Field(
         default=8,
         ge=1,
-        le=9,
-        description="IMAP sessions per mailbox and pod, shared by the workers (stays under "
-        "Dovecot's 10 per user and IP)",
+        le=100,
+        description="connections per mailbox and protocol (IMAP, POP3) and pod, shared by the "
+        "workers; keep it below the server's per-user limit (Dovecot: 10 per user, IP and "
+        "protocol) so the user's own mail apps get in too",
     )
     pool_idle_seconds: float = Field(
-        default=30.0, ge=0, le=3600, description="idle pooled sessions close after this"
+        default=30.0, ge=0, le=3600, description="idle reusable IMAP sessions close after this"
     )
     pool_max_sessions: int = Field(
         default=512, ge=1, description="pooled sessions per worker, all mailboxes together"

@@ -25,7 +25,7 @@ from service.models.send import Draft
 from service.observability import tracing, valid_request_id, watch_sessions
 from service.observability.http import RequestObserver
 from service.protocols.imap import new_imap_pool
-from service.protocols.pool import PoolStats, SessionPool
+from service.protocols.pool import PooledSession, PoolStats, SessionPool
 from service.protocols.smtp import SmtpSession
 from service.protocols.summary_cache import SummaryCache
 from service.ratelimit import FailedLoginLimiter
@@ -55,11 +55,13 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         app.state.imap_pool = new_imap_pool(settings)
         app.state.smtp_pool = SessionPool[SmtpSession](settings)
+        app.state.pop3_pool = SessionPool[PooledSession](settings)  # a budget of slots only
         try:
             async with watch_sessions(app.state.session_stats):
                 yield
         finally:
             await app.state.imap_pool.close_all()
+            await app.state.pop3_pool.close_all()
             await app.state.smtp_pool.close_all()
 
     app = FastAPI(
@@ -137,7 +139,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 def session_stats(app: FastAPI) -> dict[str, PoolStats]:
     """The session budget by protocol, as the metrics publish it."""
     state = app.state
-    pools = {"imap": getattr(state, "imap_pool", None), "smtp": getattr(state, "smtp_pool", None)}
+    pools = {name: getattr(state, f"{name}_pool", None) for name in ("imap", "pop3", "smtp")}
     return {name: pool.stats() for name, pool in pools.items() if pool is not None}
 
 

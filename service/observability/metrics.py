@@ -103,7 +103,8 @@ SessionSource = Callable[[], Mapping[str, SessionStats]]
 def observe_sessions(stats: Mapping[str, SessionStats]) -> None:
     """Publish ``{protocol: stats}`` to the session gauges (this process's share)."""
     for protocol, s in stats.items():
-        SESSIONS.labels(protocol, "in_use").set(s.leased)
+        # sessions held outside the pool (a POP3 request's own connection) are in use too
+        SESSIONS.labels(protocol, "in_use").set(s.leased + getattr(s, "unpooled", 0))
         SESSIONS.labels(protocol, "idle").set(s.idle)
         SESSION_WAITING.labels(protocol).set(s.waiting)
 
