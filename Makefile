@@ -5,7 +5,7 @@ PYTHON ?= /usr/bin/python3
 BIN := $(VENV)/bin
 STACK_ENV ?= $${MAILSTACK_DIR:-/tmp/mailgate-stack}/env
 
-.PHONY: venv lock lock-check mailstack mailstack-stop stop test lint readme openapi openapi-check check run bench
+.PHONY: venv lock lock-check spec-lint mailstack mailstack-stop stop test lint readme openapi openapi-check check run bench
 
 # Locked, hashed dependencies (requirements-dev.lock), then the project itself.
 $(BIN)/.installed: pyproject.toml requirements-dev.lock
@@ -63,11 +63,20 @@ readme: venv
 openapi: venv
 	$(BIN)/mailgate openapi > openapi/openapi.json
 
+# Redocly CLI (pinned in tools/redocly/package-lock.json) lints the committed document.
+REDOCLY := tools/redocly/node_modules/.bin/redocly
+$(REDOCLY): tools/redocly/package-lock.json
+	cd tools/redocly && npm ci --no-audit --no-fund --loglevel=error
+	touch $@
+
+spec-lint: $(REDOCLY)
+	$(REDOCLY) lint --format=stylish openapi/openapi.json
+
 openapi-check: venv
 	$(BIN)/mailgate openapi | diff -u openapi/openapi.json - \
 	  || (echo "openapi/openapi.json is stale: run 'make openapi'"; exit 1)
 
-check: lint lock-check openapi-check test
+check: lint lock-check openapi-check spec-lint test
 
 run: venv mailstack
 	@. $(STACK_ENV); \

@@ -13,7 +13,7 @@ from service.observability import render_metrics
 router = APIRouter(tags=["health"])
 
 
-@router.get("/healthz", summary="Liveness: the process answers")
+@router.get("/healthz", operation_id="getHealth", summary="Liveness: the process answers")
 async def healthz() -> dict[str, str]:
     return {"status": "ok"}
 
@@ -34,6 +34,7 @@ async def _reachable(host: str, port: int, wait: float) -> bool:
 
 @router.get(
     "/readyz",
+    operation_id="getReadiness",
     summary="Readiness: settings loaded and the mail servers' ports reachable",
     description="503 when a configured server's port cannot be reached within "
     "MAILGATE_READY_TIMEOUT. Only a TCP connect: no login, no credentials.",
@@ -61,6 +62,7 @@ async def readyz(settings: SettingsDep) -> JSONResponse:
 
 @router.get(
     "/metrics",
+    operation_id="getMetrics",
     summary="Prometheus metrics",
     description="Prometheus text format; with several workers one scrape covers them all.",
     response_class=Response,
