@@ -11,12 +11,12 @@ from asgi_correlation_id import CorrelationIdMiddleware
 from fastapi import Depends, FastAPI
 from fastapi.middleware.cors import CORSMiddleware
 from fastapi.openapi.docs import get_redoc_html, get_swagger_ui_html
-from fastapi.responses import HTMLResponse
+from fastapi.responses import HTMLResponse, Response
 from fastapi.staticfiles import StaticFiles
 
 from service import __version__
 from service.api.deps import check_api_key
-from service.api.openapi_doc import DOCS_CSP, document_openapi
+from service.api.openapi_doc import DOCS_CSP, document_openapi, offline_redoc_js
 from service.api.problems import install_problem_handlers
 from service.api.routes import folders, health, messages, send
 from service.config import Settings, load_settings
@@ -98,16 +98,24 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         page.headers["Content-Security-Policy"] = DOCS_CSP
         return page
 
+    @app.get("/redoc.js", include_in_schema=False)
+    async def redoc_js() -> Response:
+        return Response(
+            offline_redoc_js(),
+            media_type="text/javascript",
+            headers={"Cache-Control": "public, max-age=86400"},
+        )
+
     @app.get("/redoc", include_in_schema=False)
     async def redoc() -> HTMLResponse:
         page = get_redoc_html(
             openapi_url="/openapi.json",
             title="mailgate – reference",
-            redoc_js_url="/static/redoc.standalone.js",
+            redoc_js_url="/redoc.js",
             redoc_favicon_url="/static/favicon.png",
             with_google_fonts=False,
         )
-        # Redoc's menu shows a logo from a CDN: the policy keeps the page to this origin.
+        # and should anything else point elsewhere, the policy keeps the page to this origin
         page.headers["Content-Security-Policy"] = DOCS_CSP
         return page
 

@@ -3,6 +3,8 @@ the string address forms, examples; and the policy that keeps the docs offline."
 
 from __future__ import annotations
 
+import functools
+from importlib.resources import files
 from typing import Any
 
 from fastapi import FastAPI
@@ -16,6 +18,17 @@ DOCS_CSP = (
     "script-src 'self' 'unsafe-inline'; worker-src 'self' blob:; connect-src 'self'; "
     "font-src 'self' data:; frame-ancestors 'self'"
 )
+
+_REDOC_CDN_LOGO = b"https://cdn.redoc.ly/redoc/logo-mini.svg"
+
+
+@functools.cache
+def offline_redoc_js() -> bytes:
+    """fastapi-offline's Redoc bundle with its one remote asset (the menu's logo, fetched
+    from a CDN on every load) pointed at the gateway's own favicon."""
+    bundle = (files("fastapi_offline") / "static" / "redoc.standalone.js").read_bytes()
+    return bundle.replace(_REDOC_CDN_LOGO, b"/static/favicon.png")
+
 
 SECURITY_SCHEMES = {
     "mailboxBasic": {
