@@ -22,6 +22,11 @@ class Problem(BaseModel):
     instance: str | None = None
     code: str = Field(examples=["not-found"])
     upstream: UpstreamReply | None = None
+    request_id: str | None = Field(
+        default=None,
+        description="The request's id, as in the X-Request-ID response header and the logs.",
+        examples=["4f0c2a8e9b7d4e61a2c3d4e5f6a7b8c9"],
+    )
     errors: list[dict[str, Any]] | None = Field(
         default=None, description="Field errors (validation-failed)."
     )

@@ -71,6 +71,7 @@ from service.errors import (
     ValidationFailed,
     scrub,
 )
+from service.observability.mail import mail_command
 from service.protocols.base import Credentials
 from service.protocols.imapwire import (
     CTL,
@@ -379,6 +380,7 @@ class ImapSession:
         self._settings = settings
         self._secrets = secrets
         self._broken = False
+        self.server: tuple[str | None, int | None] = (None, None)  # host, port (for spans)
         self.capabilities: frozenset[str] = frozenset()
         self.selected: str | None = None
         self.read_only = False  # the selected folder was opened [READ-ONLY]
@@ -398,9 +400,11 @@ class ImapSession:
         proto = _Protocol(loop)
         secrets = (creds.secret,)
         session = cls(proto, settings, secrets)
+        session.server = (server.host, server.port)
         try:
-            async with asyncio.timeout(settings.connect_timeout):
-                await session._open(loop, server, ctx)
+            with mail_command("imap", "CONNECT", server.host, server.port):
+                async with asyncio.timeout(settings.connect_timeout):
+                    await session._open(loop, server, ctx)
             await session._authenticate(creds)
         except BaseException as exc:
             session.abort()
@@ -586,8 +590,11 @@ class ImapSession:
     async def _execute(self, cmd: _Command, *extra_secrets: str) -> Reply:
         """:meth:`_send` under ``command_timeout``, transport failures mapped."""
         try:
-            async with asyncio.timeout(self._settings.command_timeout):
-                reply = await self._send(cmd, *extra_secrets)
+            with mail_command("imap", cmd.name, *self.server) as call:
+                async with asyncio.timeout(self._settings.command_timeout):
+                    reply = await self._send(cmd, *extra_secrets)
+                if not reply.ok:
+                    call.refused()
         except TimeoutError:
             self._broken = True
             raise UpstreamTimeout(f"The IMAP server did not answer {cmd.name} in time.") from None

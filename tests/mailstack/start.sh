@@ -50,11 +50,17 @@ install_packages() {
     fi
     echo 'postfix postfix/main_mailer_type select No configuration' | debconf-set-selections
     local rc=0
+    # Progress on the terminal (one line per package step), everything in apt.log.
+    echo 1 >"$LOG_DIR/apt.rc"
     {
         DEBIAN_FRONTEND=noninteractive apt-get update -q &&
         DEBIAN_FRONTEND=noninteractive apt-get install -y -q -o DPkg::Lock::Timeout=300 "${PACKAGES[@]}" \
-            $(command -v python3 >/dev/null 2>&1 || echo python3)
-    } </dev/null >>"$LOG_DIR/apt.log" 2>&1 9>&- || rc=$?
+            $(command -v python3 >/dev/null 2>&1 || echo python3) || rc=$?
+        echo "$rc" >"$LOG_DIR/apt.rc"
+    } </dev/null 2>&1 9>&- | tee -a "$LOG_DIR/apt.log" \
+        | grep --line-buffered -E '^(Get:|Unpacking |Setting up )' \
+        | sed -u 's/^/mailstack:   /' || true
+    rc=$(cat "$LOG_DIR/apt.rc")
     if [ "$own_policy" = 1 ]; then
         rm -f /usr/sbin/policy-rc.d
         trap - EXIT
@@ -63,6 +69,16 @@ install_packages() {
         tail -n 30 "$LOG_DIR/apt.log" >&2
         ms_die "apt-get failed (exit $rc), see $LOG_DIR/apt.log"
     fi
+    # The system units are not used (this stack runs its own instances on high
+    # ports): keep them from starting at the next boot, with or without systemd.
+    if command -v systemctl >/dev/null 2>&1; then
+        systemctl disable --quiet dovecot.service postfix.service >>"$LOG_DIR/apt.log" 2>&1 || true
+    fi
+    if command -v update-rc.d >/dev/null 2>&1; then
+        update-rc.d dovecot disable >>"$LOG_DIR/apt.log" 2>&1 || true
+        update-rc.d postfix disable >>"$LOG_DIR/apt.log" 2>&1 || true
+    fi
+    ms_say "installed; system dovecot/postfix units disabled (this stack runs its own)"
     # If a package script started the system instances anyway, stop them:
     # nothing here uses them.
     local pid
