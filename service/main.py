@@ -17,7 +17,7 @@ from fastapi.staticfiles import StaticFiles
 from service import __version__
 from service.api.deps import check_api_key
 from service.api.problems import install_problem_handlers
-from service.api.routes import folders, health, messages, send
+from service.api.routes import folders, health, messages, send, sync
 from service.config import Settings, load_settings
 from service.idempotency import IdempotencyStore
 from service.metrics import Metrics, MetricsMiddleware
@@ -77,7 +77,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     )
     install_problem_handlers(app)
     v1_deps: list[Any] = [Depends(check_api_key)]
-    for router in (send.router, folders.router, messages.router):
+    for router in (send.router, folders.router, messages.router, sync.router):
         app.include_router(router, prefix="/v1", dependencies=v1_deps)
     app.include_router(health.router)
     app.mount("/static", StaticFiles(directory=_static_dir()), name="static")

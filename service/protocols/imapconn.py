@@ -86,12 +86,13 @@ from service.protocols.imapwire import (
     parse_list,
     parse_search,
     parse_status,
+    parse_vanished,
     quote,
     response_code,
 )
 from service.protocols.transport import abort_transport
 
-__all__ = ["ImapSession", "Reply"]
+__all__ = ["ImapSession", "Reply", "SelectData"]
 
 # --------------------------------------------------------------------------- protocol layer
 
@@ -305,9 +306,24 @@ class _Protocol(IMAP4ClientProtocol):  # type: ignore[misc]
 
 _CAPS_RE = re.compile(r"\[CAPABILITY ([^\]]*)\]", re.IGNORECASE)
 _UIDVALIDITY_RE = re.compile(rb"\[UIDVALIDITY (\d+)\]", re.IGNORECASE)
+_UIDNEXT_RE = re.compile(rb"\[UIDNEXT (\d+)\]", re.IGNORECASE)
+_HIGHESTMODSEQ_RE = re.compile(rb"\[HIGHESTMODSEQ (\d+)\]", re.IGNORECASE)
+_EXISTS_RE = re.compile(rb"(\d+) EXISTS$", re.IGNORECASE)
 _EXPUNGE_RE = re.compile(rb"\d+ EXPUNGE$", re.IGNORECASE)
 _VANISHED_RE = re.compile(rb"VANISHED ", re.IGNORECASE)
 _UNAVAILABLE = {"UNAVAILABLE", "SERVERBUG", "LIMIT", "INUSE", "OVERQUOTA"}
+
+
+@dataclass(frozen=True)
+class SelectData:
+    """What one SELECT reported, all at the same moment: UIDVALIDITY, UIDNEXT (None if
+    the server left it out), EXISTS and HIGHESTMODSEQ (None without CONDSTORE, or
+    ``[NOMODSEQ]``)."""
+
+    uidvalidity: int
+    uidnext: int | None
+    exists: int
+    highestmodseq: int | None
 
 
 @dataclass(frozen=True)
@@ -383,6 +399,8 @@ class ImapSession:
         self.selected: str | None = None
         self.read_only = False  # the selected folder was opened [READ-ONLY]
         self.uidvalidity: int | None = None
+        self.select_data: SelectData | None = None  # of the last real SELECT
+        self.enabled: set[str] = set()  # extensions ENABLEd (RFC 5161)
         self.leases = 0  # how often a reader has leased it (0: brand new)
         self.commands_in_lease = 0
         self._synced_this_lease = False
@@ -622,7 +640,7 @@ class ImapSession:
         self._synced_this_lease = self._fresh_for_next_lease
         self._fresh_for_next_lease = False
 
-    async def select(self, folder: str) -> int:
+    async def select(self, folder: str, *, fresh: bool = False) -> int:
         """Make ``folder`` selected with an up-to-date view; its UIDVALIDITY.
 
         NotFound when the folder does not exist. Dovecot refreshes a selected
@@ -636,8 +654,11 @@ class ImapSession:
         answer when the folder was deleted meanwhile) forces a real SELECT,
         which also reports a new UIDVALIDITY. Otherwise a delete + re-create
         of the folder by another client is not noticed until the next SELECT.
+
+        ``fresh``: always a real SELECT (with ``CONDSTORE`` where offered, RFC 7162
+        §3.1.8), so that :attr:`select_data` describes this moment (sync states).
         """
-        if self.selected == folder and self.uidvalidity is not None:
+        if not fresh and self.selected == folder and self.uidvalidity is not None:
             if self._synced_this_lease:
                 return self.uidvalidity
             if _clean_noop(await self.command("NOOP", [])):
@@ -645,22 +666,59 @@ class ImapSession:
                 return self.uidvalidity
         arg = mailbox_arg(folder)
         self.selected = self.uidvalidity = None
-        reply = await self.command("SELECT", [arg])
+        words: list[Word] = [arg]
+        if fresh and "CONDSTORE" in self.capabilities:
+            words.append("(CONDSTORE)")
+        reply = await self.command("SELECT", words)
         if not reply.ok:
             if reply.code in _UNAVAILABLE:
                 self._expect_ok(reply, "open the folder")
             raise NotFound("No such folder.", upstream=Upstream("imap", reply.text))
+        uidnext = modseq = None
+        exists = 0
         for line in reply.lines:
-            m = _UIDVALIDITY_RE.search(line) if isinstance(line, bytes) else None
-            if m:
+            if not isinstance(line, bytes):
+                continue
+            if m := _UIDVALIDITY_RE.search(line):
                 self.uidvalidity = int(m.group(1))
+            elif m := _UIDNEXT_RE.search(line):
+                uidnext = int(m.group(1))
+            elif m := _HIGHESTMODSEQ_RE.search(line):
+                modseq = int(m.group(1))
+            elif m := _EXISTS_RE.match(line):
+                exists = int(m.group(1))
         if self.uidvalidity is None:
             self.abort()
             raise UpstreamError("The IMAP server did not report UIDVALIDITY.")
+        if m := _HIGHESTMODSEQ_RE.search(reply.raw.encode()):
+            modseq = int(m.group(1))
+        self.select_data = SelectData(self.uidvalidity, uidnext, exists, modseq)
         self.read_only = "[READ-ONLY]" in reply.raw.upper()
         self.selected = folder
         self._synced_this_lease = True
         return self.uidvalidity
+
+    async def enable(self, *extensions: str) -> frozenset[str]:
+        """ENABLE (RFC 5161) those of ``extensions`` the server offers; what it enabled.
+
+        ENABLE is valid only while no folder is selected: a selected folder is closed
+        first with UNSELECT (RFC 3691) where offered (else ENABLE is tried anyway,
+        as Dovecot accepts it). Enabled once per session; asking again is free.
+        """
+        wanted = [e for e in extensions if e in self.capabilities and e not in self.enabled]
+        if not wanted or "ENABLE" not in self.capabilities:
+            return frozenset(e for e in extensions if e in self.enabled)
+        if self.selected is not None and "UNSELECT" in self.capabilities:
+            self._expect_ok(await self.command("UNSELECT", []), "UNSELECT")
+            self.selected = self.uidvalidity = None
+        reply = await self.command("ENABLE", wanted)
+        if reply.ok:
+            for line in reply.lines:
+                if isinstance(line, bytes) and line[:8].upper() == b"ENABLED ":
+                    self.enabled |= {w.upper() for w in line[8:].decode("ascii", "replace").split()}
+            if "QRESYNC" in self.enabled:
+                self.enabled.add("CONDSTORE")  # RFC 7162 §3.2.3: QRESYNC implies it
+        return frozenset(e for e in extensions if e in self.enabled)
 
     async def uid_search(self, criteria: Sequence[Word], *, count: bool = False) -> SearchResult:
         """UID SEARCH (ESEARCH ``RETURN (ALL [COUNT])`` when offered, compact for big folders)."""
@@ -683,6 +741,22 @@ class ImapSession:
         reply = await self.command("UID FETCH", [uids, items], fetch=True)
         self._expect_ok(reply, "FETCH")
         return parse_fetch(reply.lines)
+
+    async def uid_fetch_changed(
+        self, uids: str, modseq: int, *, vanished: bool
+    ) -> tuple[dict[int, FetchItem], set[int]]:
+        """``UID FETCH uids (UID FLAGS) (CHANGEDSINCE modseq [VANISHED])`` (RFC 7162
+        §3.1.4.1, §3.2.6): the messages changed since ``modseq`` and, with ``vanished``
+        (QRESYNC enabled), the UIDs expunged since."""
+        modifier = f"(CHANGEDSINCE {modseq}{' VANISHED' if vanished else ''})"
+        reply = await self.command("UID FETCH", [uids, "(UID FLAGS)", modifier], fetch=True)
+        self._expect_ok(reply, "FETCH")
+        try:
+            gone = parse_vanished(reply.lines)
+        except ValueError:
+            self._broken = True
+            raise UpstreamError("The IMAP server sent a garbled VANISHED response.") from None
+        return parse_fetch(reply.lines), gone
 
     async def uid_store(
         self, uids: str, op: str, flags: Sequence[str], *, silent: bool = True
@@ -730,13 +804,15 @@ class ImapSession:
             self._expect_ok(reply, what)
         return reply
 
-    async def list_mailboxes(self, *, status: bool = False) -> list[MailboxInfo]:
-        """LIST "" "*" with special-use attributes (and LIST-STATUS counters if asked)."""
+    async def list_mailboxes(
+        self, *, status: bool = False, items: Sequence[str] = ("MESSAGES", "UNSEEN")
+    ) -> list[MailboxInfo]:
+        """LIST "" "*" with special-use attributes (and LIST-STATUS ``items`` if asked)."""
         opts: list[str] = []
         if "SPECIAL-USE" in self.capabilities and "LIST-EXTENDED" in self.capabilities:
             opts.append("SPECIAL-USE")
         if status and "LIST-STATUS" in self.capabilities:
-            opts.append("STATUS (MESSAGES UNSEEN)")
+            opts.append(f"STATUS ({' '.join(items)})")
         words: list[Word] = ['""', '"*"']
         if opts:
             words.append("RETURN (" + " ".join(opts) + ")")
@@ -744,9 +820,11 @@ class ImapSession:
         self._expect_ok(reply, "LIST")
         return parse_list(reply.lines)
 
-    async def status(self, raw_name: str) -> dict[str, int]:
-        """STATUS (MESSAGES UNSEEN) of a folder given by its wire name; {} if refused."""
-        reply = await self.command("STATUS", [quote(raw_name), "(MESSAGES UNSEEN)"])
+    async def status(
+        self, raw_name: str, items: Sequence[str] = ("MESSAGES", "UNSEEN")
+    ) -> dict[str, int]:
+        """STATUS ``items`` of a folder given by its wire name; {} if refused."""
+        reply = await self.command("STATUS", [quote(raw_name), f"({' '.join(items)})"])
         if not reply.ok:
             return {}
         found = parse_status(reply.lines)

@@ -334,6 +334,21 @@ def parse_fetch(lines: Sequence[Line]) -> dict[int, FetchItem]:
     return out
 
 
+def parse_vanished(lines: Sequence[Line]) -> set[int]:
+    """UIDs of ``VANISHED`` and ``VANISHED (EARLIER)`` responses (RFC 7162 §3.2.10);
+    ValueError on a garbled UID set."""
+    out: set[int] = set()
+    for line in lines:
+        if not isinstance(line, bytes) or line[:9].upper() != b"VANISHED ":
+            continue
+        rest = line[9:].strip()
+        if rest[:9].upper() == b"(EARLIER)":
+            rest = rest[9:].strip()
+        for lo, hi in parse_sequence_set(rest.decode("ascii")):
+            out.update(range(lo, hi + 1))
+    return out
+
+
 @dataclass(frozen=True)
 class MailboxInfo:
     """One LIST response (name as on the wire, modified UTF-7) plus its STATUS if asked."""
@@ -343,6 +358,8 @@ class MailboxInfo:
     attributes: frozenset[str]  # lower case, with the backslash
     messages: int | None = None
     unseen: int | None = None
+    counters: dict[str, int] = field(default_factory=dict, hash=False, compare=False)
+    """Every STATUS item the server returned (UIDNEXT, UIDVALIDITY, HIGHESTMODSEQ, …)."""
 
     @property
     def name(self) -> str:
@@ -393,6 +410,7 @@ def parse_list(lines: Sequence[Line]) -> list[MailboxInfo]:
                 attrs,
                 counters.get("MESSAGES"),
                 counters.get("UNSEEN"),
+                counters,
             )
         )
     return out

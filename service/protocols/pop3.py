@@ -39,6 +39,7 @@ from service.config import Provider, Settings
 from service.errors import (
     AuthFailed,
     BadRequest,
+    CannotCalculateChanges,
     InvalidId,
     MailboxInUse,
     MailGatewayError,
@@ -62,6 +63,7 @@ from service.models.message import (
     MessagePatch,
     MessageSummary,
 )
+from service.models.sync import Changes
 from service.protocols.base import Credentials, ListQuery
 from service.protocols.pop3client import (
     Pop3AuthError,
@@ -75,6 +77,7 @@ from service.protocols.pop3client import (
     Pop3TimeoutError,
     Pop3TLSError,
 )
+from service.sync.state import Pop3State, decode_state, uidl_digest
 
 _IN_USE_RETRIES = (0.2, 0.5, 1.0)
 _TOP_MAX_BYTES = 256 * 1024  # a listing's header section; a longer one is cut
@@ -177,10 +180,13 @@ class Pop3Reader:
         return client
 
     async def folders(self, *, counts: bool) -> list[Folder]:
+        """One folder, INBOX, with its sync state (one UIDL) and, if asked, its count."""
         folder = Folder(name="INBOX", delimiter=None, role="inbox")
+        async with _Session(self) as client:
+            uidls = await client.uidl()
+        folder.state = _state(uidls).encode()
         if counts:
-            async with _Session(self) as client:
-                folder.messages, _ = await client.stat()
+            folder.messages = len(uidls)
         return [folder]
 
     async def list_messages(self, folder: str, query: ListQuery) -> MessagePage:
@@ -195,6 +201,7 @@ class Pop3Reader:
         wanted = _header_filter(query)
         async with _Session(self) as client:
             uidls = await client.uidl()
+            state = _state(uidls)
             sizes = await client.list()
             numbers = sorted(uidls, reverse=True)
             below: list[int] = numbers
@@ -227,7 +234,7 @@ class Pop3Reader:
             if query.count and wanted is not None:
                 total = matched
         cursor = _make_cursor(page, uidls) if more else None
-        return MessagePage(items=items, next_cursor=cursor, total=total)
+        return MessagePage(items=items, next_cursor=cursor, total=total, state=state.encode())
 
     async def open(self, ref: MessageRef) -> Pop3Message:
         uidl = _pop3_ref(ref).uidl
@@ -278,6 +285,45 @@ class Pop3Reader:
             else:
                 results.append(DeleteResult(id=ref.encode(), status=400, code="invalid-id"))
         return results
+
+    async def changes(self, folder: str, since: str, limit: int) -> Changes:
+        """Arrivals since ``since``: the messages after an unchanged UIDL prefix, oldest
+        ``limit`` of them (listed newest first). A maildrop whose first messages are not
+        those of the state (one was deleted) answers 410 CannotCalculateChanges: POP3
+        cannot say more."""
+        _inbox_only(folder)
+        state = decode_state(since, protocol="pop3", folder="INBOX")
+        assert isinstance(state, Pop3State)  # noqa: S101 - decode_state checked the protocol
+        async with _Session(self) as client:
+            uidls = await client.uidl()
+            numbers = sorted(uidls)
+            if len(numbers) < state.count or _state(uidls, state.count).digest != state.digest:
+                raise CannotCalculateChanges(
+                    "Messages were deleted from the maildrop since this state: POP3 cannot "
+                    "say which. List it again."
+                )
+            new = numbers[state.count : state.count + limit]
+            created: list[MessageSummary] = []
+            if new:
+                sizes = await client.list()
+                heads = _Heads(client)
+                for n in reversed(new):
+                    created.append(_summary(uidls[n], sizes.get(n), await heads.get(n)))
+        reached = _state(uidls, state.count + len(new))
+        return Changes(
+            old_state=since,
+            new_state=reached.encode(),
+            has_more=len(numbers) > state.count + len(new),
+            created=created,
+            updated=[],
+            destroyed=[],
+        )
+
+    async def state(self, folder: str) -> str:
+        """The maildrop's current state (one UIDL)."""
+        _inbox_only(folder)
+        async with _Session(self) as client:
+            return _state(await client.uidl()).encode()
 
     async def patch(self, ref: MessageRef, patch: MessagePatch) -> None:
         raise NotSupported("POP3 has no flags or folders.")
@@ -489,6 +535,14 @@ def _reads_by_top(capabilities: dict[str, list[str]]) -> bool:
     if implementation.startswith(_TOP_NOT_STUFFED):
         return False
     return not capabilities or "TOP" in capabilities
+
+
+def _state(uidls: dict[int, str], count: int | None = None) -> Pop3State:
+    """The state of the first ``count`` messages (all by default) in number order."""
+    seq = [uidls[n] for n in sorted(uidls)]
+    if count is not None:
+        seq = seq[:count]
+    return Pop3State(len(seq), uidl_digest(seq))
 
 
 def _inbox_only(folder: str) -> None:

@@ -848,8 +848,11 @@ def _command_name(rest: bytes) -> bytes:
     return b" ".join(words[:2]) if words[0] == b"UID" else words[0]
 
 
-async def _serve(peer: Peer, caps: bytes, *, hang_up_on: bytes | None = None) -> None:
-    """A tiny mailbox with one message (UID 7) in INBOX."""
+async def _serve(
+    peer: Peer, caps: bytes, *, hang_up_on: bytes | None = None, hang_up_skip: int = 0
+) -> None:
+    """A tiny mailbox with one message (UID 7) in INBOX; hangs up on the command
+    ``hang_up_on`` once it has answered ``hang_up_skip`` of them."""
     await peer.hello()
     tag, _ = await peer.line()
     await peer.send(tag + b" OK [CAPABILITY " + caps + b"] Logged in\r\n")
@@ -858,7 +861,9 @@ async def _serve(peer: Peer, caps: bytes, *, hang_up_on: bytes | None = None) ->
         tag, rest = await peer.line()
         name = _command_name(rest)
         if name == hang_up_on:
-            return
+            if hang_up_skip <= 0:
+                return
+            hang_up_skip -= 1
         if name == b"SELECT":
             out = b"* 1 EXISTS\r\n* OK [UIDVALIDITY 42] ok\r\n"
         elif name == b"UID SEARCH":
@@ -895,8 +900,9 @@ async def test_reader_replaces_a_pooled_session_that_died_once() -> None:
         nonlocal connections
         connections += 1
         caps = b"IMAP4rev1 UIDPLUS ESEARCH LITERAL+"
-        # the first connection dies when the next lease syncs its selected folder (NOOP)
-        await _serve(peer, caps, hang_up_on=b"NOOP" if connections == 1 else None)
+        # the first connection dies when the next lease selects its folder again (a
+        # listing SELECTs afresh for its sync state; other reads would NOOP)
+        await _serve(peer, caps, hang_up_on=b"SELECT" if connections == 1 else None, hang_up_skip=1)
 
     pool = SessionPool[ImapSession](Settings())
     async with scripted(handler) as (port, errors):
@@ -934,6 +940,9 @@ async def _serve_box(
         seqs = {uid: n for n, uid in enumerate(sorted(box), 1)}
         if name == b"SELECT":
             out = b"* %d EXISTS\r\n* OK [UIDVALIDITY 42] ok\r\n" % len(box)
+            out += b"* OK [UIDNEXT %d] next\r\n" % (max(box, default=0) + 1)
+            if b"CONDSTORE" in caps:
+                out += b"* OK [HIGHESTMODSEQ 9] modseq\r\n"
             if read_only:
                 await peer.send(out + tag + b" OK [READ-ONLY] Select done\r\n")
                 continue
@@ -1172,15 +1181,17 @@ def test_summary_fetch_fast_path_matches_the_general_parser(
     assert fast[7] == (["\\Seen", "$Junk"], 300, {"BODY[HEADER.FIELDS (SUBJECT FROM)]": head})
 
 
-async def test_a_page_costs_one_search_and_one_fetch_of_that_page() -> None:
+@pytest.mark.parametrize("condstore", [True, False])
+async def test_a_page_costs_one_search_and_one_fetch_of_that_page(condstore: bool) -> None:
     box: dict[int, list[Any]] = {
         uid: [b"Subject: m%d\r\n\r\nbody\r\n" % uid, set()] for uid in range(1, 301)
     }
     received: list[bytes] = []
+    caps = b"IMAP4rev1 UIDPLUS LITERAL+" + (b" CONDSTORE" if condstore else b"")
 
     async def serve(peer: Peer) -> None:
         try:
-            await _serve_box(peer, b"IMAP4rev1 UIDPLUS LITERAL+", box)
+            await _serve_box(peer, caps, box)
         finally:
             received.extend(peer.received)
 
@@ -1196,4 +1207,7 @@ async def test_a_page_costs_one_search_and_one_fetch_of_that_page() -> None:
     searches = [c for c in commands if c.startswith(b"UID SEARCH")]
     fetches = [c.split()[2] for c in commands if c.startswith(b"UID FETCH")]
     assert len(searches) == 2 and searches[1].split()[2:4] == [b"UID", b"1:297"]
-    assert fetches == [b"298:300", b"295:297"]  # the page's UIDs only, never 1:*
+    if condstore:  # the sync state comes with SELECT
+        assert fetches == [b"298:300", b"295:297"]  # the page's UIDs only, never 1:*
+    else:  # the first page's state needs a digest of every message's flags (documented)
+        assert fetches == [b"1:300", b"298:300", b"295:297"]

@@ -1,0 +1,235 @@
+"""IMAP sync: a folder's state and the changes since a state (RFC 7162 CONDSTORE/QRESYNC).
+
+Three ways to tell what changed since a state, chosen by what the server offers
+and what the state holds; each answers exactly or raises CannotCalculateChanges
+(410), never a wrong answer:
+
+- **QRESYNC** (and the state has a MODSEQ): one ``UID FETCH 1:n (UID FLAGS)
+  (CHANGEDSINCE m VANISHED)`` (RFC 7162 §3.2.6) names every message changed since
+  the state (new ones: UID at or above the state's UIDNEXT; the others: flags)
+  and, in ``VANISHED (EARLIER)``, every UID expunged since.
+- **CONDSTORE only**: the same FETCH without VANISHED gives arrivals and flag
+  changes; expunges are found by counting the UIDs below the state's UIDNEXT
+  (``UID SEARCH RETURN (COUNT)``): the same count as the state recorded means
+  none was expunged (no UID below UIDNEXT can appear); a lower count cannot say
+  which, so 410.
+- **Neither** (the state holds a digest of every UID and its flags below its
+  UIDNEXT): one ``UID FETCH 1:n (UID FLAGS)``; an unchanged digest means only
+  arrivals, which are listed; anything else is 410. This costs a FETCH of every
+  message's flags, so on such servers a listing's state costs it too.
+
+A UIDVALIDITY other than the state's is 410. Answers are paged newest first by
+UID: at most ``limit`` entries; the intermediate state then records the mark
+reached (``target``) and the UID below which changes are still due (``below``),
+so the next call looks only below it and ends at that mark (see
+:mod:`service.sync.state`). Pure protocol work on a session the caller holds.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+
+from service.errors import CannotCalculateChanges, UpstreamError
+from service.ids import ImapRef
+from service.models.message import MessageSummary
+from service.models.sync import Changes, FlagUpdate
+from service.protocols.imapconn import ImapSession, SelectData
+from service.sync.state import ImapMark, ImapState, flags_digest
+
+__all__ = [
+    "changes_since",
+    "folder_state",
+    "has_modseq",
+    "mark_from_status",
+    "selected_state",
+    "status_items",
+]
+
+Summaries = Callable[[ImapSession, str, int, list[int]], Awaitable[list[MessageSummary]]]
+STATUS_ITEMS = ("UIDNEXT", "UIDVALIDITY", "MESSAGES")
+_RECENT = "\\recent"
+
+
+def _visible(flags: list[str] | None) -> list[str]:
+    return [f for f in flags or [] if f.lower() != _RECENT]
+
+
+def has_modseq(session: ImapSession) -> bool:
+    """The server offers CONDSTORE (QRESYNC implies it, RFC 7162 §3.2.3)."""
+    return bool({"CONDSTORE", "QRESYNC"} & session.capabilities)
+
+
+def status_items(session: ImapSession) -> tuple[str, ...]:
+    """The STATUS items a folder's state needs on this server."""
+    return (*STATUS_ITEMS, "HIGHESTMODSEQ") if has_modseq(session) else STATUS_ITEMS
+
+
+def mark_from_status(session: ImapSession, counters: dict[str, int]) -> tuple[int, ImapMark] | None:
+    """(UIDVALIDITY, mark) from one STATUS reply; None when the server left an item out.
+
+    Without MODSEQ the mark has no flags digest (STATUS cannot give one): changes
+    since it answer 410 unless the server has CONDSTORE by then. Listings give
+    states with a digest."""
+    uidvalidity = counters.get("UIDVALIDITY")
+    uidnext = counters.get("UIDNEXT")
+    messages = counters.get("MESSAGES")
+    if not uidvalidity or not uidnext or messages is None or messages >= uidnext:
+        return None
+    modseq = counters.get("HIGHESTMODSEQ") if has_modseq(session) else None
+    return uidvalidity, ImapMark(uidnext, messages, modseq or None)
+
+
+async def _flags_below(session: ImapSession, uidnext: int) -> dict[int, list[str]]:
+    """Every message's flags below ``uidnext``: one UID FETCH (UID FLAGS)."""
+    if uidnext <= 1:
+        return {}
+    items = await session.uid_fetch(f"1:{uidnext - 1}", "(UID FLAGS)")
+    return {uid: _visible(item.flags) for uid, item in items.items() if uid < uidnext}
+
+
+async def _uidnext(session: ImapSession, data: SelectData) -> int:
+    """UIDNEXT as SELECT said, else the highest UID + 1 (every UID at or above it is
+    still new to a state that records it)."""
+    if data.uidnext is not None:
+        return data.uidnext
+    found = await session.uid_search(["ALL"])
+    top = found.highest(1)
+    return top[0] + 1 if top else 1
+
+
+async def selected_state(session: ImapSession, folder: str, *, digest: bool = True) -> ImapState:
+    """The state of ``folder`` as the session's last real SELECT saw it (the caller did
+    ``select(folder, fresh=True)``). Without MODSEQ, one FETCH of every message's flags
+    adds the digest (its cost grows with the folder); ``digest=False`` leaves it out and
+    the state then answers 410 (a listing's later pages: their first page has one)."""
+    data = session.select_data
+    if data is None:
+        raise UpstreamError("The folder was not selected.")  # pragma: no cover - caller bug
+    uidnext = await _uidnext(session, data)
+    if has_modseq(session) and data.highestmodseq is not None:
+        return ImapState(
+            folder, data.uidvalidity, ImapMark(uidnext, data.exists, data.highestmodseq)
+        )
+    if not digest:
+        return ImapState(folder, data.uidvalidity, ImapMark(uidnext, data.exists))
+    flags = await _flags_below(session, uidnext)
+    return ImapState(
+        folder, data.uidvalidity, ImapMark(uidnext, len(flags), None, flags_digest(flags))
+    )
+
+
+async def folder_state(session: ImapSession, folder: str) -> ImapState:
+    """SELECT ``folder`` afresh and return its state."""
+    await session.select(folder, fresh=True)
+    return await selected_state(session, folder)
+
+
+@dataclass(frozen=True)
+class _Found:
+    """Changes of the UIDs below ``below``: UID → flags (created or updated), destroyed."""
+
+    changed: dict[int, list[str]]
+    destroyed: set[int]
+
+
+async def _by_qresync(session: ImapSession, base: ImapMark, below: int) -> _Found:
+    if below <= 1 or base.modseq is None:
+        return _Found({}, set())
+    items, vanished = await session.uid_fetch_changed(f"1:{below - 1}", base.modseq, vanished=True)
+    gone = {u for u in vanished if u < min(below, base.uidnext) and u not in items}
+    return _Found({u: _visible(i.flags) for u, i in items.items() if u < below}, gone)
+
+
+async def _by_condstore(session: ImapSession, base: ImapMark, below: int) -> _Found:
+    if base.uidnext > 1:
+        found = await session.uid_search(["UID", f"1:{base.uidnext - 1}"], count=True)
+        if found.count != base.exists:
+            raise CannotCalculateChanges(
+                "Messages were expunged since this state and the server (no QRESYNC) cannot "
+                "say which: list the folder again."
+            )
+    if below <= 1 or base.modseq is None:
+        return _Found({}, set())
+    items, _ = await session.uid_fetch_changed(f"1:{below - 1}", base.modseq, vanished=False)
+    return _Found({u: _visible(i.flags) for u, i in items.items() if u < below}, set())
+
+
+def _check_digest(base: ImapMark, flags: dict[int, list[str]]) -> None:
+    older = {u: f for u, f in flags.items() if u < base.uidnext}
+    if len(older) != base.exists or flags_digest(older) != base.digest:
+        raise CannotCalculateChanges(
+            "Flags changed or messages were expunged since this state, and the server "
+            "(no CONDSTORE) cannot say which: list the folder again."
+        )
+
+
+async def changes_since(
+    session: ImapSession, state: ImapState, limit: int, summaries: Summaries
+) -> Changes:
+    """The changes since ``state`` in its folder, at most ``limit`` entries, newest first.
+
+    Raises CannotCalculateChanges (410) when the server cannot tell exactly,
+    NotFound when the folder is gone, and the session's upstream errors.
+    """
+    folder, base = state.folder, state.base
+    qresync = "QRESYNC" in session.capabilities and base.modseq is not None
+    if qresync:
+        qresync = "QRESYNC" in await session.enable("QRESYNC")
+    uidvalidity = await session.select(folder, fresh=True)
+    if uidvalidity != state.uidvalidity:
+        raise CannotCalculateChanges("The folder's UIDVALIDITY changed: list it again.")
+    data = session.select_data
+    assert data is not None  # noqa: S101 - set by select(fresh=True)
+    uidnext = await _uidnext(session, data)
+    modseq = data.highestmodseq if has_modseq(session) else None
+    target = state.target
+    if base.modseq is not None and modseq is not None:
+        if modseq < base.modseq or uidnext < base.uidnext:
+            raise CannotCalculateChanges("The server's MODSEQ went back: list the folder again.")
+        if target is None:
+            target = ImapMark(uidnext, data.exists, modseq)
+        below = state.below if state.below is not None else target.uidnext
+        by = _by_qresync if qresync else _by_condstore
+        found = await by(session, base, below)
+    elif base.digest is not None:
+        flags = await _flags_below(session, uidnext)
+        _check_digest(base, flags)
+        if target is None:
+            target = ImapMark(uidnext, len(flags), None, flags_digest(flags))
+        below = state.below if state.below is not None else target.uidnext
+        found = _Found({u: f for u, f in flags.items() if base.uidnext <= u < below}, set())
+    else:
+        raise CannotCalculateChanges(
+            "This state holds no MODSEQ and no flags digest (on a server without CONDSTORE, "
+            "only the state of a listing's first page has one): list the folder again and "
+            "keep the first page's state."
+        )
+
+    uids = sorted(set(found.changed) | found.destroyed, reverse=True)
+    page, more = uids[:limit], len(uids) > limit
+    created_uids = [u for u in page if u >= base.uidnext and u in found.changed]
+    created = await summaries(session, folder, uidvalidity, created_uids) if created_uids else []
+    updated: list[FlagUpdate] = []
+    destroyed: list[str] = []
+    for uid in page:
+        ref = ImapRef(folder, uidvalidity, uid).encode()
+        if uid in found.destroyed:
+            destroyed.append(ref)
+        elif uid < base.uidnext:
+            now = found.changed[uid]
+            updated.append(
+                FlagUpdate(id=ref, flags=now, seen="\\Seen" in now, flagged="\\Flagged" in now)
+            )
+    if more:
+        new_state = ImapState(folder, uidvalidity, base, target, page[-1])
+    else:
+        new_state = ImapState(folder, uidvalidity, target)
+    return Changes(
+        old_state=state.encode(),
+        new_state=new_state.encode(),
+        has_more=more,
+        created=created,
+        updated=updated,
+        destroyed=destroyed,
+    )
