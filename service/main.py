@@ -28,6 +28,7 @@ from service.protocols.pool import PooledSession, SessionPool
 from service.protocols.smtp import SmtpSession
 from service.protocols.summary_cache import SummaryCache
 from service.ratelimit import FailedLoginLimiter
+from service.sync.fanout import Hub, end_streams_on_signal
 
 DESCRIPTION = """\
 mailgate turns HTTP calls into SMTP, IMAP and POP3 sessions. It stores nothing:
@@ -54,9 +55,13 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         app.state.imap_pool = new_imap_pool(settings)
         app.state.smtp_pool = SessionPool[SmtpSession](settings)
         app.state.pop3_pool = SessionPool[PooledSession](settings)  # a budget of slots only
+        app.state.event_hub = Hub(buffer=settings.events_buffer)
+        restore = end_streams_on_signal(app.state.event_hub)
         try:
             yield
         finally:
+            restore()
+            await app.state.event_hub.close()
             await app.state.imap_pool.close_all()
             await app.state.pop3_pool.close_all()
             await app.state.smtp_pool.close_all()
@@ -111,7 +116,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             allow_origins=settings.cors_origins,
             allow_methods=["GET", "POST", "PATCH", "DELETE"],
             allow_headers=["Authorization", "X-Mail-User", "X-Mail-Provider", "X-API-Key",
-                           "Idempotency-Key", "Range", "Content-Type"],
+                           "Idempotency-Key", "Range", "Content-Type", "Last-Event-ID"],
             expose_headers=["X-Mail-Mode", "Content-Range", "Idempotent-Replayed",
                             "Retry-After"],
         )  # fmt: skip

@@ -45,7 +45,6 @@ from service.models.message import (
     MessagePatch,
     MessageSummary,
 )
-from service.models.sync import Changes
 from service.protocols.base import Credentials, ListQuery
 from service.protocols.imapchanges import (
     changes_since,
@@ -55,6 +54,7 @@ from service.protocols.imapchanges import (
     status_items,
 )
 from service.protocols.imapconn import ImapSession
+from service.protocols.imapfeed import ImapFeed
 from service.protocols.imapwire import (
     FetchItem,
     MailboxInfo,
@@ -65,6 +65,7 @@ from service.protocols.imapwire import (
 )
 from service.protocols.pool import SessionPool
 from service.protocols.summary_cache import SummaryCache
+from service.sync.source import ChangePage
 from service.sync.state import ImapState, decode_state
 
 __all__ = [
@@ -562,14 +563,14 @@ class ImapReader:
         return await self._run(op)
 
     # -- sync -------------------------------------------------------------------------------
-    async def changes(self, folder: str, since: str, limit: int) -> Changes:
+    async def changes(self, folder: str, since: str, limit: int) -> ChangePage:
         """The changes since state ``since`` (see :mod:`service.protocols.imapchanges`):
         410 CannotCalculateChanges when the server cannot tell, 422 for a bad state."""
         folder = inbox_spelling(folder)
         state = decode_state(since, protocol="imap", folder=folder)
         assert isinstance(state, ImapState)  # noqa: S101 - decode_state checked the protocol
 
-        async def op(session: ImapSession) -> Changes:
+        async def op(session: ImapSession) -> ChangePage:
             return await changes_since(session, state, limit, self._summaries)
 
         return await self._run(op)
@@ -582,6 +583,11 @@ class ImapReader:
             return (await folder_state(session, folder)).encode()
 
         return await self._run(op)
+
+    def feed(self, folder: str) -> ImapFeed:
+        """The /events feed of ``folder``: one IDLE session in the mailbox's budget."""
+        folder = inbox_spelling(folder)
+        return ImapFeed(self.settings, self.pool, self._key, self._connect, folder, self._summaries)
 
     async def _summaries(
         self, session: ImapSession, folder: str, uidvalidity: int, page: list[int]

@@ -4,10 +4,11 @@ Three ways to tell what changed since a state, chosen by what the server offers
 and what the state holds; each answers exactly or raises CannotCalculateChanges
 (410), never a wrong answer:
 
-- **QRESYNC** (and the state has a MODSEQ): one ``UID FETCH 1:n (UID FLAGS)
-  (CHANGEDSINCE m VANISHED)`` (RFC 7162 §3.2.6) names every message changed since
-  the state (new ones: UID at or above the state's UIDNEXT; the others: flags)
-  and, in ``VANISHED (EARLIER)``, every UID expunged since.
+- **QRESYNC** (and the state has a MODSEQ): one ``SELECT folder (QRESYNC
+  (UIDVALIDITY MODSEQ))`` (RFC 7162 §3.2.5) reports, all of one moment, the new
+  HIGHESTMODSEQ and UIDNEXT, FETCH FLAGS of every message changed since the state
+  (new ones: UID at or above the state's UIDNEXT; the others: flags) and, in
+  ``VANISHED (EARLIER)``, every UID expunged since. One round trip.
 - **CONDSTORE only**: the same FETCH without VANISHED gives arrivals and flag
   changes; expunges are found by counting the UIDs below the state's UIDNEXT
   (``UID SEARCH RETURN (COUNT)``): the same count as the state recorded means
@@ -33,8 +34,10 @@ from dataclasses import dataclass
 from service.errors import CannotCalculateChanges, UpstreamError
 from service.ids import ImapRef
 from service.models.message import MessageSummary
-from service.models.sync import Changes, FlagUpdate
+from service.models.sync import FlagUpdate
 from service.protocols.imapconn import ImapSession, SelectData
+from service.protocols.imapwire import parse_fetch, parse_vanished
+from service.sync.source import Change, ChangePage
 from service.sync.state import ImapMark, ImapState, flags_digest
 
 __all__ = [
@@ -133,15 +136,24 @@ class _Found:
     destroyed: set[int]
 
 
-async def _by_qresync(session: ImapSession, base: ImapMark, below: int) -> _Found:
-    if below <= 1 or base.modseq is None:
-        return _Found({}, set())
-    items, vanished = await session.uid_fetch_changed(f"1:{below - 1}", base.modseq, vanished=True)
+def _from_select(session: ImapSession, base: ImapMark, below: int) -> _Found:
+    """What ``SELECT … (QRESYNC (UIDVALIDITY MODSEQ))`` reported: FETCH FLAGS of every
+    message changed since the MODSEQ and VANISHED (EARLIER), all of the moment that its
+    HIGHESTMODSEQ and UIDNEXT describe."""
+    items = parse_fetch(session.select_lines)
+    try:
+        vanished = parse_vanished(session.select_lines)
+    except ValueError:
+        raise UpstreamError("The IMAP server sent a garbled VANISHED response.") from None
     gone = {u for u in vanished if u < min(below, base.uidnext) and u not in items}
     return _Found({u: _visible(i.flags) for u, i in items.items() if u < below}, gone)
 
 
-async def _by_condstore(session: ImapSession, base: ImapMark, below: int) -> _Found:
+async def _by_condstore(
+    session: ImapSession, base: ImapMark, below: int, target: ImapMark
+) -> _Found:
+    """SELECT, then UID FETCH CHANGEDSINCE: a flag change between the two is left to the
+    next round (its MODSEQ is above the target's), so no event runs ahead of its id."""
     if base.uidnext > 1:
         found = await session.uid_search(["UID", f"1:{base.uidnext - 1}"], count=True)
         if found.count != base.exists:
@@ -152,7 +164,15 @@ async def _by_condstore(session: ImapSession, base: ImapMark, below: int) -> _Fo
     if below <= 1 or base.modseq is None:
         return _Found({}, set())
     items, _ = await session.uid_fetch_changed(f"1:{below - 1}", base.modseq, vanished=False)
-    return _Found({u: _visible(i.flags) for u, i in items.items() if u < below}, set())
+    later = target.modseq if target.modseq is not None else 0
+    return _Found(
+        {
+            u: _visible(i.flags)
+            for u, i in items.items()
+            if u < below and not (u < base.uidnext and i.modseq is not None and i.modseq > later)
+        },
+        set(),
+    )
 
 
 def _check_digest(base: ImapMark, flags: dict[int, list[str]]) -> None:
@@ -166,7 +186,7 @@ def _check_digest(base: ImapMark, flags: dict[int, list[str]]) -> None:
 
 async def changes_since(
     session: ImapSession, state: ImapState, limit: int, summaries: Summaries
-) -> Changes:
+) -> ChangePage:
     """The changes since ``state`` in its folder, at most ``limit`` entries, newest first.
 
     Raises CannotCalculateChanges (410) when the server cannot tell exactly,
@@ -176,7 +196,8 @@ async def changes_since(
     qresync = "QRESYNC" in session.capabilities and base.modseq is not None
     if qresync:
         qresync = "QRESYNC" in await session.enable("QRESYNC")
-    uidvalidity = await session.select(folder, fresh=True)
+    known = (state.uidvalidity, base.modseq) if qresync and base.modseq is not None else None
+    uidvalidity = await session.select(folder, fresh=True, qresync=known)
     if uidvalidity != state.uidvalidity:
         raise CannotCalculateChanges("The folder's UIDVALIDITY changed: list it again.")
     data = session.select_data
@@ -190,8 +211,10 @@ async def changes_since(
         if target is None:
             target = ImapMark(uidnext, data.exists, modseq)
         below = state.below if state.below is not None else target.uidnext
-        by = _by_qresync if qresync else _by_condstore
-        found = await by(session, base, below)
+        if qresync:
+            found = _from_select(session, base, below)
+        else:
+            found = await _by_condstore(session, base, below, target)
     elif base.digest is not None:
         flags = await _flags_below(session, uidnext)
         _check_digest(base, flags)
@@ -209,27 +232,24 @@ async def changes_since(
     uids = sorted(set(found.changed) | found.destroyed, reverse=True)
     page, more = uids[:limit], len(uids) > limit
     created_uids = [u for u in page if u >= base.uidnext and u in found.changed]
-    created = await summaries(session, folder, uidvalidity, created_uids) if created_uids else []
-    updated: list[FlagUpdate] = []
-    destroyed: list[str] = []
-    for uid in page:
+    summaries_by_uid = (
+        {s.uid: s for s in await summaries(session, folder, uidvalidity, created_uids)}
+        if created_uids
+        else {}
+    )
+    final = ImapState(folder, uidvalidity, target)
+    out: list[Change] = []
+    for i, uid in enumerate(page):
+        last = i == len(page) - 1 and not more
+        reached = (final if last else ImapState(folder, uidvalidity, base, target, uid)).encode()
         ref = ImapRef(folder, uidvalidity, uid).encode()
         if uid in found.destroyed:
-            destroyed.append(ref)
+            out.append(Change("destroyed", ref, reached))
         elif uid < base.uidnext:
             now = found.changed[uid]
-            updated.append(
-                FlagUpdate(id=ref, flags=now, seen="\\Seen" in now, flagged="\\Flagged" in now)
-            )
-    if more:
-        new_state = ImapState(folder, uidvalidity, base, target, page[-1])
-    else:
-        new_state = ImapState(folder, uidvalidity, target)
-    return Changes(
-        old_state=state.encode(),
-        new_state=new_state.encode(),
-        has_more=more,
-        created=created,
-        updated=updated,
-        destroyed=destroyed,
-    )
+            update = FlagUpdate(id=ref, flags=now, seen="\\Seen" in now, flagged="\\Flagged" in now)
+            out.append(Change("updated", update, reached))
+        elif uid in summaries_by_uid:  # else expunged since the FETCH: no event for it
+            out.append(Change("created", summaries_by_uid[uid], reached))
+    new_state = ImapState(folder, uidvalidity, base, target, page[-1]) if more else final
+    return ChangePage(state.encode(), new_state.encode(), more, out)

@@ -120,6 +120,30 @@ class _Command(Command):  # type: ignore[misc]
     def __repr__(self) -> str:  # never the arguments: they may hold secrets
         return f"{self.tag} {self.name}"
 
+    def on_continuation(self) -> bool:
+        """A continuation request (``+``) for this command was handled here."""
+        return False
+
+
+class _IdleCommand(_Command):
+    """IDLE (RFC 2177): ``idling`` once the server accepted it, ``activity`` at the first
+    untagged response other than ``OK`` (EXISTS, EXPUNGE, VANISHED, FETCH, …)."""
+
+    def __init__(self, tag: str, loop: Any) -> None:
+        super().__init__(tag, "IDLE", [f"{tag} IDLE\r\n".encode()], loop)
+        self.idling: asyncio.Future[None] = loop.create_future()
+        self.activity = asyncio.Event()
+
+    def on_continuation(self) -> bool:
+        if not self.idling.done():
+            self.idling.set_result(None)
+        return True
+
+    def append_to_resp(self, line: Line, result: str = "Pending") -> None:
+        super().append_to_resp(line, result)
+        if result == "Pending" and isinstance(line, bytes) and line[:3].upper() != b"OK ":
+            self.activity.set()
+
 
 class _FetchCommand(_Command):
     """Waits for the closing parenthesis of each FETCH response, counted incrementally."""
@@ -263,6 +287,8 @@ class _Protocol(IMAP4ClientProtocol):  # type: ignore[misc]
         cmd = self.pending_sync_command
         if self.outgoing:
             self.transport.write(self.outgoing.popleft())
+        elif isinstance(cmd, _Command) and cmd.on_continuation():
+            pass
         elif cmd is not None and cmd.name == "AUTHENTICATE":
             # an error challenge (XOAUTH2 sends JSON): answer empty, the server then says NO
             self.transport.write(CRLF)
@@ -401,6 +427,7 @@ class ImapSession:
         self.uidvalidity: int | None = None
         self.select_data: SelectData | None = None  # of the last real SELECT
         self.enabled: set[str] = set()  # extensions ENABLEd (RFC 5161)
+        self.select_lines: list[Line] = []  # the untagged replies of the last SELECT
         self.leases = 0  # how often a reader has leased it (0: brand new)
         self.commands_in_lease = 0
         self._synced_this_lease = False
@@ -640,7 +667,9 @@ class ImapSession:
         self._synced_this_lease = self._fresh_for_next_lease
         self._fresh_for_next_lease = False
 
-    async def select(self, folder: str, *, fresh: bool = False) -> int:
+    async def select(
+        self, folder: str, *, fresh: bool = False, qresync: tuple[int, int] | None = None
+    ) -> int:
         """Make ``folder`` selected with an up-to-date view; its UIDVALIDITY.
 
         NotFound when the folder does not exist. Dovecot refreshes a selected
@@ -657,8 +686,16 @@ class ImapSession:
 
         ``fresh``: always a real SELECT (with ``CONDSTORE`` where offered, RFC 7162
         §3.1.8), so that :attr:`select_data` describes this moment (sync states).
+        ``qresync``: (UIDVALIDITY, MODSEQ) for ``SELECT … (QRESYNC (…))`` (RFC 7162
+        §3.2.5; QRESYNC enabled): the reply, in :attr:`select_lines`, then also holds the
+        VANISHED (EARLIER) UIDs and FETCH FLAGS of what changed since, all of one moment.
         """
-        if not fresh and self.selected == folder and self.uidvalidity is not None:
+        if (
+            not fresh
+            and qresync is None
+            and self.selected == folder
+            and self.uidvalidity is not None
+        ):
             if self._synced_this_lease:
                 return self.uidvalidity
             if _clean_noop(await self.command("NOOP", [])):
@@ -667,9 +704,12 @@ class ImapSession:
         arg = mailbox_arg(folder)
         self.selected = self.uidvalidity = None
         words: list[Word] = [arg]
-        if fresh and "CONDSTORE" in self.capabilities:
+        if qresync is not None and "QRESYNC" in self.enabled:
+            words.append(f"(QRESYNC ({qresync[0]} {qresync[1]}))")
+        elif (fresh or qresync) and "CONDSTORE" in self.capabilities:
             words.append("(CONDSTORE)")
-        reply = await self.command("SELECT", words)
+        reply = await self.command("SELECT", words, fetch=True)
+        self.select_lines = reply.lines
         if not reply.ok:
             if reply.code in _UNAVAILABLE:
                 self._expect_ok(reply, "open the folder")
@@ -719,6 +759,52 @@ class ImapSession:
             if "QRESYNC" in self.enabled:
                 self.enabled.add("CONDSTORE")  # RFC 7162 §3.2.3: QRESYNC implies it
         return frozenset(e for e in extensions if e in self.enabled)
+
+    async def idle(self, wake: asyncio.Event, seconds: float) -> bool:
+        """IDLE (RFC 2177) in the selected folder until the server reports something
+        (a new message, an expunge, a flag change), ``wake`` is set, or ``seconds``
+        have passed; then DONE. True when the server reported something.
+
+        The server's replies (accepting IDLE, answering DONE) are awaited for at most
+        ``command_timeout`` (UpstreamTimeout); NO is UpstreamError, a lost connection
+        UpstreamUnavailable. A cancelled wait drops the connection."""
+        proto = self._proto
+        cmd = _IdleCommand(proto.new_tag(), proto.loop)
+        running: asyncio.Future[Any] = asyncio.ensure_future(self._send(cmd))
+        idling: asyncio.Future[Any] = cmd.idling
+        limit = self._settings.command_timeout
+        try:
+            async with asyncio.timeout(limit):
+                await asyncio.wait({idling, running}, return_when=asyncio.FIRST_COMPLETED)
+            if not running.done():
+                woken: asyncio.Future[Any] = asyncio.ensure_future(wake.wait())
+                told: asyncio.Future[Any] = asyncio.ensure_future(cmd.activity.wait())
+                try:
+                    await asyncio.wait(
+                        {woken, told, running}, timeout=seconds, return_when=asyncio.FIRST_COMPLETED
+                    )
+                finally:
+                    woken.cancel()
+                    told.cancel()
+                if not running.done():
+                    proto.transport.write(b"DONE\r\n")
+            async with asyncio.timeout(limit):
+                reply = await running
+        except TimeoutError:
+            self.abort()
+            raise UpstreamTimeout("The IMAP server did not answer IDLE in time.") from None
+        except _ConnectionLost as exc:
+            self._broken = True
+            raise UpstreamUnavailable(
+                "The IMAP server closed the connection.",
+                upstream=Upstream("imap", scrub(str(exc), self._secrets)),
+            ) from None
+        except BaseException:
+            running.cancel()
+            self.abort()
+            raise
+        self._expect_ok(reply, "IDLE")
+        return cmd.activity.is_set()
 
     async def uid_search(self, criteria: Sequence[Word], *, count: bool = False) -> SearchResult:
         """UID SEARCH (ESEARCH ``RETURN (ALL [COUNT])`` when offered, compact for big folders)."""

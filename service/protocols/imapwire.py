@@ -242,6 +242,7 @@ class FetchItem:
     flags: list[str] | None = None
     size: int | None = None
     sections: dict[str, bytes] = field(default_factory=dict)
+    modseq: int | None = None  # MODSEQ (RFC 7162), when the server sent it
 
     def section(self, prefix: str) -> bytes | None:
         """The first body section whose name (upper case, e.g. ``BODY[]<0>``) starts so."""
@@ -304,6 +305,7 @@ def parse_fetch(lines: Sequence[Line]) -> dict[int, FetchItem]:
         uid: int | None = None
         flags: list[str] | None = None
         size: int | None = None
+        modseq: int | None = None
         sections: dict[str, bytes] = {}
         for k in range(0, len(data) - 1, 2):
             key, val = data[k], data[k + 1]
@@ -321,6 +323,8 @@ def parse_fetch(lines: Sequence[Line]) -> dict[int, FetchItem]:
                 ]
             elif name == "RFC822.SIZE" and isinstance(val, str) and val.isdigit():
                 size = int(val)
+            elif name == "MODSEQ" and isinstance(val, list) and val and isinstance(val[0], str):
+                modseq = int(val[0]) if val[0].isdigit() else None
             elif name.startswith(("BODY[", "BINARY[", "RFC822")):
                 sections[name] = val if isinstance(val, bytes) else b""
         if uid is None:
@@ -330,6 +334,8 @@ def parse_fetch(lines: Sequence[Line]) -> dict[int, FetchItem]:
             item.flags = flags
         if size is not None:
             item.size = size
+        if modseq is not None:
+            item.modseq = modseq
         item.sections.update(sections)
     return out
 

@@ -67,7 +67,6 @@ from service.models.message import (
     MessagePatch,
     MessageSummary,
 )
-from service.models.sync import Changes
 from service.protocols.base import Credentials, ListQuery
 from service.protocols.pool import PooledSession, SessionPool, Slot, is_connection_limit
 from service.protocols.pop3client import (
@@ -82,6 +81,7 @@ from service.protocols.pop3client import (
     Pop3TimeoutError,
     Pop3TLSError,
 )
+from service.sync.source import Change, ChangePage
 from service.sync.state import Pop3State, decode_state, uidl_digest
 
 _IN_USE_RETRIES = (0.2, 0.5, 1.0)
@@ -164,19 +164,19 @@ class Pop3Reader:
     ) -> None:
         if provider.pop3 is None:
             raise NotSupported(f"Provider {provider.name!r} has no POP3 server.")
-        self._settings = settings
+        self.settings = settings
         self._server = provider.pop3
         self._ssl = settings.ssl_context(provider)
         self._creds = creds
         self.secrets = (creds.secret,)
         self.pool = pool
-        self._key = creds.pool_key(provider.name, "pop3")
+        self.key = creds.pool_key(provider.name, "pop3")
 
     async def connect(self) -> Slot[Pop3Client]:
         """A logged-in session in a slot of the mailbox's connection budget (give it back
         with ``pool.release_slot`` once the session is closed). A locked maildrop is
         retried briefly, then 409; no room in the budget within the wait: 503."""
-        return await self.pool.acquire_slot(self._key, self._login_retrying_lock)
+        return await self.pool.acquire_slot(self.key, self._login_retrying_lock)
 
     async def _login_retrying_lock(self) -> Pop3Client:
         for delay in (*_IN_USE_RETRIES, None):
@@ -195,7 +195,7 @@ class Pop3Reader:
             self._server.port,
             tls=self._server.security,
             ssl_context=self._ssl,
-            timeout=self._settings.command_timeout,
+            timeout=self.settings.command_timeout,
         )
         try:
             if self._creds.kind == "xoauth2":
@@ -322,11 +322,11 @@ class Pop3Reader:
                 results.append(DeleteResult(id=ref.encode(), status=400, code="invalid-id"))
         return results
 
-    async def changes(self, folder: str, since: str, limit: int) -> Changes:
-        """Arrivals since ``since``: the messages after an unchanged UIDL prefix, oldest
-        ``limit`` of them (listed newest first). A maildrop whose first messages are not
-        those of the state (one was deleted) answers 410 CannotCalculateChanges: POP3
-        cannot say more."""
+    async def changes(self, folder: str, since: str, limit: int) -> ChangePage:
+        """Arrivals since ``since``: the messages after an unchanged UIDL prefix, the
+        oldest ``limit`` of them (events oldest first; ``/changes`` lists them newest
+        first). A maildrop whose first messages are not those of the state (one was
+        deleted) answers 410 CannotCalculateChanges: POP3 cannot say more."""
         _inbox_only(folder)
         state = decode_state(since, protocol="pop3", folder="INBOX")
         assert isinstance(state, Pop3State)  # noqa: S101 - decode_state checked the protocol
@@ -339,21 +339,16 @@ class Pop3Reader:
                     "say which. List it again."
                 )
             new = numbers[state.count : state.count + limit]
-            created: list[MessageSummary] = []
+            changes: list[Change] = []
             if new:
                 sizes = await client.list()
                 heads = _Heads(client)
-                for n in reversed(new):
-                    created.append(_summary(uidls[n], sizes.get(n), await heads.get(n)))
+                for i, n in enumerate(new, state.count + 1):
+                    summary = _summary(uidls[n], sizes.get(n), await heads.get(n))
+                    changes.append(Change("created", summary, _state(uidls, i).encode()))
         reached = _state(uidls, state.count + len(new))
-        return Changes(
-            old_state=since,
-            new_state=reached.encode(),
-            has_more=len(numbers) > state.count + len(new),
-            created=created,
-            updated=[],
-            destroyed=[],
-        )
+        more = len(numbers) > state.count + len(new)
+        return ChangePage(since, reached.encode(), more, changes, oldest_first=True)
 
     async def state(self, folder: str) -> str:
         """The maildrop's current state (one UIDL)."""
@@ -361,11 +356,43 @@ class Pop3Reader:
         async with _Session(self) as client:
             return _state(await client.uidl()).encode()
 
+    def feed(self, folder: str) -> Pop3Feed:
+        """The /events feed: a short session every ``events_poll_seconds``."""
+        _inbox_only(folder)
+        return Pop3Feed(self)
+
     async def patch(self, ref: MessageRef, patch: MessagePatch) -> None:
         raise NotSupported("POP3 has no flags or folders.")
 
     async def append_sent(self, message: bytes) -> str:
         raise NotSupported("POP3 cannot store messages.")
+
+
+class Pop3Feed:
+    """A :class:`~service.sync.source.ChangeFeed` for POP3: polling, one short session
+    per poll (a held session would lock the maildrop for every other client)."""
+
+    def __init__(self, reader: Pop3Reader) -> None:
+        self.key = f"{reader.key}\0INBOX"
+        self.folder = "INBOX"
+        self._reader = reader
+
+    async def open(self) -> str:
+        return await self._reader.state("INBOX")
+
+    async def changes(self, since: str, limit: int) -> ChangePage:
+        return await self._reader.changes("INBOX", since, limit)
+
+    async def wait(self, wake: asyncio.Event) -> bool:
+        try:
+            async with asyncio.timeout(self._reader.settings.events_poll_seconds):
+                await wake.wait()
+        except TimeoutError:
+            return True
+        return False
+
+    async def close(self) -> None:
+        """Nothing is held between polls."""
 
 
 class Pop3Message:
