@@ -48,9 +48,8 @@ from service.models.message import (
 from service.protocols.base import Credentials, ListQuery
 from service.protocols.imapchanges import (
     changes_since,
-    folder_state,
+    current_state,
     mark_from_status,
-    selected_state,
     status_items,
 )
 from service.protocols.imapconn import ImapSession
@@ -535,8 +534,8 @@ class ImapReader:
         limit = max(1, min(query.limit, 200))
 
         async def op(session: ImapSession) -> MessagePage:
-            uidvalidity = await session.select(folder, fresh=True)
-            state = (await selected_state(session, folder, digest=position is None)).encode()
+            current = await current_state(session, folder, digest=position is None)
+            uidvalidity, state = current.uidvalidity, current.encode()
             if position is not None:
                 if position[0] != uidvalidity:
                     raise StaleId("The folder changed (UIDVALIDITY); start the listing again.")
@@ -580,7 +579,7 @@ class ImapReader:
         folder = inbox_spelling(folder)
 
         async def op(session: ImapSession) -> str:
-            return (await folder_state(session, folder)).encode()
+            return (await current_state(session, folder)).encode()
 
         return await self._run(op)
 

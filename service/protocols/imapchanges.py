@@ -4,11 +4,10 @@ Three ways to tell what changed since a state, chosen by what the server offers
 and what the state holds; each answers exactly or raises CannotCalculateChanges
 (410), never a wrong answer:
 
-- **QRESYNC** (and the state has a MODSEQ): one ``SELECT folder (QRESYNC
-  (UIDVALIDITY MODSEQ))`` (RFC 7162 §3.2.5) reports, all of one moment, the new
-  HIGHESTMODSEQ and UIDNEXT, FETCH FLAGS of every message changed since the state
-  (new ones: UID at or above the state's UIDNEXT; the others: flags) and, in
-  ``VANISHED (EARLIER)``, every UID expunged since. One round trip.
+- **QRESYNC** (and the state has a MODSEQ): ``UID FETCH 1:n (UID FLAGS)
+  (CHANGEDSINCE m VANISHED)`` (RFC 7162 §3.2.6) names every message changed since
+  the state (new ones: UID at or above the state's UIDNEXT; the others: flags)
+  and, in ``VANISHED (EARLIER)``, every UID expunged since.
 - **CONDSTORE only**: the same FETCH without VANISHED gives arrivals and flag
   changes; expunges are found by counting the UIDs below the state's UIDNEXT
   (``UID SEARCH RETURN (COUNT)``): the same count as the state recorded means
@@ -19,7 +18,9 @@ and what the state holds; each answers exactly or raises CannotCalculateChanges
   arrivals, which are listed; anything else is 410. This costs a FETCH of every
   message's flags, so on such servers a listing's state costs it too.
 
-A UIDVALIDITY other than the state's is 410. Answers are paged newest first by
+The folder's state comes from the session's view (:func:`snapshot`: a NOOP and a
+STATUS on a warm session; not a new SELECT, which on a big Maildir costs Dovecot a
+rescan). A UIDVALIDITY other than the state's is 410. Answers are paged newest first by
 UID: at most ``limit`` entries; the intermediate state then records the mark
 reached (``target``) and the UID below which changes are still due (``below``),
 so the next call looks only below it and ends at that mark (see
@@ -31,21 +32,21 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
-from service.errors import CannotCalculateChanges, UpstreamError
+from service.errors import CannotCalculateChanges
 from service.ids import ImapRef
 from service.models.message import MessageSummary
 from service.models.sync import FlagUpdate
 from service.protocols.imapconn import ImapSession, SelectData
-from service.protocols.imapwire import parse_fetch, parse_vanished
+from service.protocols.imapwire import utf7_encode
 from service.sync.source import Change, ChangePage
 from service.sync.state import ImapMark, ImapState, flags_digest
 
 __all__ = [
     "changes_since",
-    "folder_state",
+    "current_state",
     "has_modseq",
     "mark_from_status",
-    "selected_state",
+    "snapshot",
     "status_items",
 ]
 
@@ -92,8 +93,8 @@ async def _flags_below(session: ImapSession, uidnext: int) -> dict[int, list[str
 
 
 async def _uidnext(session: ImapSession, data: SelectData) -> int:
-    """UIDNEXT as SELECT said, else the highest UID + 1 (every UID at or above it is
-    still new to a state that records it)."""
+    """UIDNEXT as reported, else the highest UID + 1 (every UID at or above it is still
+    new to a state that records it)."""
     if data.uidnext is not None:
         return data.uidnext
     found = await session.uid_search(["ALL"])
@@ -101,14 +102,31 @@ async def _uidnext(session: ImapSession, data: SelectData) -> int:
     return top[0] + 1 if top else 1
 
 
-async def selected_state(session: ImapSession, folder: str, *, digest: bool = True) -> ImapState:
-    """The state of ``folder`` as the session's last real SELECT saw it (the caller did
-    ``select(folder, fresh=True)``). Without MODSEQ, one FETCH of every message's flags
-    adds the digest (its cost grows with the folder); ``digest=False`` leaves it out and
-    the state then answers 410 (a listing's later pages: their first page has one)."""
-    data = session.select_data
-    if data is None:
-        raise UpstreamError("The folder was not selected.")  # pragma: no cover - caller bug
+async def snapshot(session: ImapSession, folder: str) -> SelectData:
+    """Select ``folder`` (a warm session only NOOPs) and describe its view at this moment:
+    the real SELECT's data, or after a NOOP one ``STATUS (UIDNEXT MESSAGES UIDVALIDITY
+    [HIGHESTMODSEQ])`` of it (Dovecot answers from the session's view, so it matches what
+    the next commands see; other servers may answer an older moment, which only makes
+    the state older: safe). A STATUS that leaves an item out: a real SELECT."""
+    await session.select(folder)
+    if session.select_data is not None:
+        return session.select_data
+    counters = await session.status(utf7_encode(folder), status_items(session))
+    found = mark_from_status(session, counters)
+    if found is not None:
+        uidvalidity, mark = found
+        return SelectData(uidvalidity, mark.uidnext, mark.exists, mark.modseq)
+    await session.select(folder, fresh=True)
+    assert session.select_data is not None  # noqa: S101 - set by a real SELECT
+    return session.select_data
+
+
+async def current_state(session: ImapSession, folder: str, *, digest: bool = True) -> ImapState:
+    """The state of ``folder`` now (:func:`snapshot`). Without MODSEQ, one FETCH of every
+    message's flags adds the digest (its cost grows with the folder); ``digest=False``
+    leaves it out, and the state then answers 410 (a listing's later pages: the first
+    page has one)."""
+    data = await snapshot(session, folder)
     uidnext = await _uidnext(session, data)
     if has_modseq(session) and data.highestmodseq is not None:
         return ImapState(
@@ -117,15 +135,8 @@ async def selected_state(session: ImapSession, folder: str, *, digest: bool = Tr
     if not digest:
         return ImapState(folder, data.uidvalidity, ImapMark(uidnext, data.exists))
     flags = await _flags_below(session, uidnext)
-    return ImapState(
-        folder, data.uidvalidity, ImapMark(uidnext, len(flags), None, flags_digest(flags))
-    )
-
-
-async def folder_state(session: ImapSession, folder: str) -> ImapState:
-    """SELECT ``folder`` afresh and return its state."""
-    await session.select(folder, fresh=True)
-    return await selected_state(session, folder)
+    mark = ImapMark(uidnext, len(flags), None, flags_digest(flags))
+    return ImapState(folder, data.uidvalidity, mark)
 
 
 @dataclass(frozen=True)
@@ -136,25 +147,15 @@ class _Found:
     destroyed: set[int]
 
 
-def _from_select(session: ImapSession, base: ImapMark, below: int) -> _Found:
-    """What ``SELECT … (QRESYNC (UIDVALIDITY MODSEQ))`` reported: FETCH FLAGS of every
-    message changed since the MODSEQ and VANISHED (EARLIER), all of the moment that its
-    HIGHESTMODSEQ and UIDNEXT describe."""
-    items = parse_fetch(session.select_lines)
-    try:
-        vanished = parse_vanished(session.select_lines)
-    except ValueError:
-        raise UpstreamError("The IMAP server sent a garbled VANISHED response.") from None
-    gone = {u for u in vanished if u < min(below, base.uidnext) and u not in items}
-    return _Found({u: _visible(i.flags) for u, i in items.items() if u < below}, gone)
-
-
-async def _by_condstore(
-    session: ImapSession, base: ImapMark, below: int, target: ImapMark
+async def _by_modseq(
+    session: ImapSession, base: ImapMark, below: int, target: ImapMark, *, vanished: bool
 ) -> _Found:
-    """SELECT, then UID FETCH CHANGEDSINCE: a flag change between the two is left to the
-    next round (its MODSEQ is above the target's), so no event runs ahead of its id."""
-    if base.uidnext > 1:
+    """``UID FETCH 1:below-1 (UID FLAGS) (CHANGEDSINCE m [VANISHED])`` after the snapshot:
+    a flag change made between the two (MODSEQ above the target's) is left to the next
+    round, so that no event runs ahead of its id; without ``vanished`` (no QRESYNC) the
+    UIDs below the old UIDNEXT are counted instead, and fewer than the state recorded
+    means expunges the server cannot name: 410."""
+    if not vanished and base.uidnext > 1:
         found = await session.uid_search(["UID", f"1:{base.uidnext - 1}"], count=True)
         if found.count != base.exists:
             raise CannotCalculateChanges(
@@ -163,16 +164,17 @@ async def _by_condstore(
             )
     if below <= 1 or base.modseq is None:
         return _Found({}, set())
-    items, _ = await session.uid_fetch_changed(f"1:{below - 1}", base.modseq, vanished=False)
-    later = target.modseq if target.modseq is not None else 0
-    return _Found(
-        {
-            u: _visible(i.flags)
-            for u, i in items.items()
-            if u < below and not (u < base.uidnext and i.modseq is not None and i.modseq > later)
-        },
-        set(),
+    items, expunged = await session.uid_fetch_changed(
+        f"1:{below - 1}", base.modseq, vanished=vanished
     )
+    later = target.modseq if target.modseq is not None else 0
+    changed = {
+        u: _visible(i.flags)
+        for u, i in items.items()
+        if u < below and not (u < base.uidnext and i.modseq is not None and i.modseq > later)
+    }
+    gone = {u for u in expunged if u < min(below, base.uidnext) and u not in items}
+    return _Found(changed, gone)
 
 
 def _check_digest(base: ImapMark, flags: dict[int, list[str]]) -> None:
@@ -196,12 +198,10 @@ async def changes_since(
     qresync = "QRESYNC" in session.capabilities and base.modseq is not None
     if qresync:
         qresync = "QRESYNC" in await session.enable("QRESYNC")
-    known = (state.uidvalidity, base.modseq) if qresync and base.modseq is not None else None
-    uidvalidity = await session.select(folder, fresh=True, qresync=known)
+    data = await snapshot(session, folder)
+    uidvalidity = data.uidvalidity
     if uidvalidity != state.uidvalidity:
         raise CannotCalculateChanges("The folder's UIDVALIDITY changed: list it again.")
-    data = session.select_data
-    assert data is not None  # noqa: S101 - set by select(fresh=True)
     uidnext = await _uidnext(session, data)
     modseq = data.highestmodseq if has_modseq(session) else None
     target = state.target
@@ -211,10 +211,7 @@ async def changes_since(
         if target is None:
             target = ImapMark(uidnext, data.exists, modseq)
         below = state.below if state.below is not None else target.uidnext
-        if qresync:
-            found = _from_select(session, base, below)
-        else:
-            found = await _by_condstore(session, base, below, target)
+        found = await _by_modseq(session, base, below, target, vanished=qresync)
     elif base.digest is not None:
         flags = await _flags_below(session, uidnext)
         _check_digest(base, flags)

@@ -427,7 +427,6 @@ class ImapSession:
         self.uidvalidity: int | None = None
         self.select_data: SelectData | None = None  # of the last real SELECT
         self.enabled: set[str] = set()  # extensions ENABLEd (RFC 5161)
-        self.select_lines: list[Line] = []  # the untagged replies of the last SELECT
         self.leases = 0  # how often a reader has leased it (0: brand new)
         self.commands_in_lease = 0
         self._synced_this_lease = False
@@ -667,9 +666,7 @@ class ImapSession:
         self._synced_this_lease = self._fresh_for_next_lease
         self._fresh_for_next_lease = False
 
-    async def select(
-        self, folder: str, *, fresh: bool = False, qresync: tuple[int, int] | None = None
-    ) -> int:
+    async def select(self, folder: str, *, fresh: bool = False) -> int:
         """Make ``folder`` selected with an up-to-date view; its UIDVALIDITY.
 
         NotFound when the folder does not exist. Dovecot refreshes a selected
@@ -684,18 +681,12 @@ class ImapSession:
         which also reports a new UIDVALIDITY. Otherwise a delete + re-create
         of the folder by another client is not noticed until the next SELECT.
 
-        ``fresh``: always a real SELECT (with ``CONDSTORE`` where offered, RFC 7162
-        §3.1.8), so that :attr:`select_data` describes this moment (sync states).
-        ``qresync``: (UIDVALIDITY, MODSEQ) for ``SELECT … (QRESYNC (…))`` (RFC 7162
-        §3.2.5; QRESYNC enabled): the reply, in :attr:`select_lines`, then also holds the
-        VANISHED (EARLIER) UIDs and FETCH FLAGS of what changed since, all of one moment.
+        :attr:`select_data` is what a real SELECT (with ``CONDSTORE`` where offered,
+        RFC 7162 §3.1.8) reported, None after the NOOP path. ``fresh``: always a real
+        SELECT (on a big Maildir, Dovecot's SELECT costs far more than a NOOP).
         """
-        if (
-            not fresh
-            and qresync is None
-            and self.selected == folder
-            and self.uidvalidity is not None
-        ):
+        if not fresh and self.selected == folder and self.uidvalidity is not None:
+            self.select_data = None
             if self._synced_this_lease:
                 return self.uidvalidity
             if _clean_noop(await self.command("NOOP", [])):
@@ -704,12 +695,9 @@ class ImapSession:
         arg = mailbox_arg(folder)
         self.selected = self.uidvalidity = None
         words: list[Word] = [arg]
-        if qresync is not None and "QRESYNC" in self.enabled:
-            words.append(f"(QRESYNC ({qresync[0]} {qresync[1]}))")
-        elif (fresh or qresync) and "CONDSTORE" in self.capabilities:
+        if "CONDSTORE" in self.capabilities:
             words.append("(CONDSTORE)")
-        reply = await self.command("SELECT", words, fetch=True)
-        self.select_lines = reply.lines
+        reply = await self.command("SELECT", words)
         if not reply.ok:
             if reply.code in _UNAVAILABLE:
                 self._expect_ok(reply, "open the folder")

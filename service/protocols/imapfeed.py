@@ -7,9 +7,9 @@ session of the read pool. Waiting: IDLE (RFC 2177) where offered, re-issued
 every ``events_idle_seconds`` (under the 29 minutes RFC 2177 allows); else a
 poll every ``events_poll_seconds``.
 
-Before each IDLE, one SELECT compares the folder with what the last computation
-saw: a change that the server reported in the reply of a command (and so would
-not report again in IDLE) is not missed.
+Before each IDLE, a NOOP and a STATUS compare the folder with the state the last
+computation reached: a change that the server told in the reply of a command
+(and so would not tell again in IDLE) is not missed.
 """
 
 from __future__ import annotations
@@ -20,11 +20,11 @@ from collections.abc import Awaitable, Callable
 
 from service.config import Settings
 from service.errors import UpstreamError
-from service.protocols.imapchanges import Summaries, changes_since, folder_state
-from service.protocols.imapconn import ImapSession, SelectData
+from service.protocols.imapchanges import Summaries, changes_since, current_state, snapshot
+from service.protocols.imapconn import ImapSession
 from service.protocols.pool import SessionPool, Slot
 from service.sync.source import ChangePage
-from service.sync.state import ImapState, decode_state
+from service.sync.state import ImapMark, ImapState, decode_state
 
 __all__ = ["ImapFeed"]
 
@@ -49,7 +49,7 @@ class ImapFeed:
         self._connect = connect
         self._summaries = summaries
         self._slot: Slot[ImapSession] | None = None
-        self._seen: SelectData | None = None
+        self._reached: ImapMark | None = None  # the mark of the last state computed
 
     def _session(self) -> ImapSession:
         if self._slot is None:
@@ -61,16 +61,20 @@ class ImapFeed:
         self._slot = await self._pool.acquire_slot(self._session_key, self._connect)
         session = self._slot.value
         await session.enable("QRESYNC")
-        state = await folder_state(session, self.folder)
-        self._seen = session.select_data
+        state = await current_state(session, self.folder)
+        self._reached = state.base
         return state.encode()
 
     async def changes(self, since: str, limit: int) -> ChangePage:
         session = self._session()
         state = decode_state(since, protocol="imap", folder=self.folder)
         assert isinstance(state, ImapState)  # noqa: S101 - decode_state checked the protocol
+        session.begin_lease()  # the next select() NOOPs: the view is brought up to date
         page = await changes_since(session, state, limit, self._summaries)
-        self._seen = session.select_data
+        if not page.has_more:
+            reached = decode_state(page.new_state, protocol="imap", folder=self.folder)
+            assert isinstance(reached, ImapState)  # noqa: S101 - ours, just made
+            self._reached = reached.base
         return page
 
     async def wait(self, wake: asyncio.Event) -> bool:
@@ -81,9 +85,15 @@ class ImapFeed:
                     await wake.wait()
                 return False
             return True
-        await session.select(self.folder, fresh=True)
-        if session.select_data != self._seen:
-            return True  # changed since the last computation, already told in a reply
+        session.begin_lease()
+        now = await snapshot(session, self.folder)
+        last = self._reached
+        if last is None or (now.uidnext, now.exists, now.highestmodseq) != (
+            last.uidnext,
+            last.exists,
+            last.modseq,
+        ):
+            return True  # changed since the last computation (told in a command's reply)
         reported = await session.idle(wake, self._settings.events_idle_seconds)
         return reported or not wake.is_set()
 

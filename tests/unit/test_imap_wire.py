@@ -848,11 +848,8 @@ def _command_name(rest: bytes) -> bytes:
     return b" ".join(words[:2]) if words[0] == b"UID" else words[0]
 
 
-async def _serve(
-    peer: Peer, caps: bytes, *, hang_up_on: bytes | None = None, hang_up_skip: int = 0
-) -> None:
-    """A tiny mailbox with one message (UID 7) in INBOX; hangs up on the command
-    ``hang_up_on`` once it has answered ``hang_up_skip`` of them."""
+async def _serve(peer: Peer, caps: bytes, *, hang_up_on: bytes | None = None) -> None:
+    """A tiny mailbox with one message (UID 7) in INBOX."""
     await peer.hello()
     tag, _ = await peer.line()
     await peer.send(tag + b" OK [CAPABILITY " + caps + b"] Logged in\r\n")
@@ -861,9 +858,7 @@ async def _serve(
         tag, rest = await peer.line()
         name = _command_name(rest)
         if name == hang_up_on:
-            if hang_up_skip <= 0:
-                return
-            hang_up_skip -= 1
+            return
         if name == b"SELECT":
             out = b"* 1 EXISTS\r\n* OK [UIDVALIDITY 42] ok\r\n"
         elif name == b"UID SEARCH":
@@ -900,9 +895,8 @@ async def test_reader_replaces_a_pooled_session_that_died_once() -> None:
         nonlocal connections
         connections += 1
         caps = b"IMAP4rev1 UIDPLUS ESEARCH LITERAL+"
-        # the first connection dies when the next lease selects its folder again (a
-        # listing SELECTs afresh for its sync state; other reads would NOOP)
-        await _serve(peer, caps, hang_up_on=b"SELECT" if connections == 1 else None, hang_up_skip=1)
+        # the first connection dies when the next lease syncs its selected folder (NOOP)
+        await _serve(peer, caps, hang_up_on=b"NOOP" if connections == 1 else None)
 
     pool = SessionPool[ImapSession](Settings())
     async with scripted(handler) as (port, errors):
