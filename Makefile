@@ -88,3 +88,4 @@ bench: venv mailstack
 	$(BIN)/python bench/send_throughput.py
 	$(BIN)/python bench/raw_memory.py
 	$(BIN)/python bench/mime_budgets.py
+	$(BIN)/python bench/changes_cost.py

@@ -201,6 +201,27 @@ class Settings(BaseSettings):
     summary_cache_entries: int = Field(
         default=20_000, ge=0, description="IMAP listing summaries kept (0: none)"
     )
+    events_poll_seconds: float = Field(
+        default=15.0,
+        ge=0.05,
+        le=3600,
+        description="/events without IMAP IDLE (and on POP3): how often the server is asked",
+    )
+    events_idle_seconds: float = Field(
+        default=1500.0,
+        ge=1,
+        le=1740,
+        description="/events: IMAP IDLE is re-issued this often (RFC 2177: under 29 minutes)",
+    )
+    events_heartbeat_seconds: float = Field(
+        default=15.0, gt=0, le=30, description="/events: a ': ping' comment when this quiet"
+    )
+    events_buffer: int = Field(
+        default=1000,
+        ge=1,
+        le=100_000,
+        description="/events: events waiting for one slow client before its stream is dropped",
+    )
     fetch_chunk_bytes: int = Field(
         default=1024 * 1024,
         ge=4096,

@@ -20,7 +20,7 @@ from service.api.deps import check_api_key
 from service.api.openapi_doc import DOCS_CSP, document_openapi, offline_redoc_js
 from service.api.peer import attach_peer
 from service.api.problems import install_problem_handlers
-from service.api.routes import folders, health, messages, send
+from service.api.routes import folders, health, messages, send, sync
 from service.config import Settings, load_settings
 from service.idempotency import IdempotencyStore
 from service.observability import tracing, valid_request_id, watch_sessions
@@ -30,6 +30,7 @@ from service.protocols.pool import PooledSession, PoolStats, SessionPool
 from service.protocols.smtp import SmtpSession
 from service.protocols.summary_cache import SummaryCache
 from service.ratelimit import FailedLoginLimiter
+from service.sync.fanout import Hub, end_streams_on_signal
 
 DESCRIPTION = """\
 mailgate turns HTTP calls into SMTP, IMAP and POP3 sessions. It stores nothing:
@@ -70,10 +71,14 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         app.state.imap_pool = new_imap_pool(settings)
         app.state.smtp_pool = SessionPool[SmtpSession](settings)
         app.state.pop3_pool = SessionPool[PooledSession](settings)  # a budget of slots only
+        app.state.event_hub = Hub(buffer=settings.events_buffer)
+        restore = end_streams_on_signal(app.state.event_hub)
         try:
             async with watch_sessions(app.state.session_stats):
                 yield
         finally:
+            restore()
+            await app.state.event_hub.close()
             await app.state.imap_pool.close_all()
             await app.state.pop3_pool.close_all()
             await app.state.smtp_pool.close_all()
@@ -96,7 +101,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     )
     install_problem_handlers(app)
     v1_deps: list[Any] = [Depends(check_api_key)]
-    for router in (send.router, folders.router, messages.router):
+    for router in (send.router, folders.router, messages.router, sync.router):
         app.include_router(router, prefix="/v1", dependencies=v1_deps)
     app.include_router(health.router)
     app.mount("/static", StaticFiles(directory=_static_dir()), name="static")
@@ -141,7 +146,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             allow_origins=settings.cors_origins,
             allow_methods=["GET", "POST", "PATCH", "DELETE"],
             allow_headers=["Authorization", "X-Mail-User", "X-Mail-Provider", "X-API-Key",
-                           "Idempotency-Key", "Range", "Content-Type"],
+                           "Idempotency-Key", "Range", "Content-Type", "Last-Event-ID"],
             expose_headers=["X-Mail-Mode", "Content-Range", "Idempotent-Replayed",
                             "Retry-After"],
         )  # fmt: skip

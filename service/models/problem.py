@@ -71,7 +71,8 @@ _DESCRIPTIONS = {
     404: "No such message, folder or attachment",
     409: "Idempotency key reused with another body; POP3 maildrop in use (Retry-After); "
     "IMAP without UIDPLUS while other messages are flagged \\Deleted",
-    410: "The id's UIDVALIDITY no longer matches (stale-id)",
+    410: "The id's UIDVALIDITY no longer matches (stale-id); the changes since a state "
+    "cannot be told exactly (cannot-calculate-changes): list again",
     413: "Over the configured size limit",
     415: "Body type not accepted",
     416: "Range not satisfiable",
