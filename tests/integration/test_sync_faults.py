@@ -1,0 +1,81 @@
+"""Sync faults found by the model test (tests/integration/test_sync_model.py), each pinned
+down where it can be made to happen every time: a scripted server at the socket, or the
+real Dovecot."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+import pytest
+from mailboxes import Mailbox
+from scripted import serving
+
+from service.sync.state import Pop3State, uidl_digest
+
+pytestmark = pytest.mark.mailstack
+
+HEAD = b"From: a@example.test\r\nSubject: s%d\r\n\r\n"
+
+
+@asynccontextmanager
+async def pop3_with_a_vanishing_message(gone: int) -> AsyncIterator[tuple[int, list[str]]]:
+    """A POP3 maildrop of messages 1-3 (UIDLs u1-u3) whose message ``gone`` was expunged by
+    another session after this one's UIDL: TOP and RETR of it answer -ERR, as Dovecot does
+    ("-ERR Message 2 expunged."). Yields the port and every command received."""
+    commands: list[str] = []
+
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        writer.write(b"+OK ready\r\n")
+        while line := await reader.readline():
+            cmd = line.decode().strip()
+            commands.append(cmd)
+            verb, args = cmd.split()[0].upper(), cmd.split()[1:]
+            if verb == "CAPA":
+                writer.write(b"+OK\r\nUSER\r\nUIDL\r\nTOP\r\n.\r\n")
+            elif verb in ("USER", "PASS", "NOOP", "RSET"):
+                writer.write(b"+OK\r\n")
+            elif verb == "UIDL":
+                writer.write(b"+OK\r\n1 u1\r\n2 u2\r\n3 u3\r\n.\r\n")
+            elif verb == "LIST":
+                writer.write(b"+OK\r\n1 40\r\n2 40\r\n3 40\r\n.\r\n")
+            elif verb in ("TOP", "RETR") and int(args[0]) == gone:
+                writer.write(f"-ERR Message {gone} expunged.\r\n".encode())
+            elif verb in ("TOP", "RETR"):
+                writer.write(b"+OK\r\n" + HEAD % int(args[0]) + b".\r\n")
+            elif verb == "QUIT":
+                writer.write(b"+OK bye\r\n")
+                return
+            else:
+                writer.write(b"-ERR unknown\r\n")
+            await writer.drain()
+
+    async with serving(handle) as port:
+        yield port, commands
+
+
+async def test_pop3_changes_when_a_new_message_vanishes_mid_read_is_410_not_404(
+    make_client: Any, mailbox: Mailbox
+) -> None:
+    since = Pop3State(1, uidl_digest(["u1"])).encode()
+    async with pop3_with_a_vanishing_message(2) as (port, commands):
+        async with make_client(pop3_url=f"pop3+plain://127.0.0.1:{port}") as gw:
+            r = await gw.get("/v1/changes", params={"protocol": "pop3", "since": since},
+                             headers=mailbox.auth)  # fmt: skip
+    assert r.status_code == 410, r.text  # was 404 "No such message": "no such folder"?
+    assert r.json()["code"] == "cannot-calculate-changes"
+    assert not any(c.startswith("RETR") and c != "RETR 2" for c in commands), commands
+
+
+async def test_pop3_listing_skips_a_message_expunged_mid_listing(
+    make_client: Any, mailbox: Mailbox
+) -> None:
+    async with pop3_with_a_vanishing_message(2) as (port, commands):
+        async with make_client(pop3_url=f"pop3+plain://127.0.0.1:{port}") as gw:
+            r = await gw.get("/v1/messages", params={"protocol": "pop3"}, headers=mailbox.auth)
+    assert r.status_code == 200, r.text  # was 404 for the whole maildrop
+    assert [i["subject"] for i in r.json()["items"]] == ["s3", "s1"]
+    # TOP kept working for the others: no RETR, which sets \Seen on Dovecot.
+    assert not any(c.startswith("RETR") and c != "RETR 2" for c in commands), commands
