@@ -79,3 +79,35 @@ async def test_pop3_listing_skips_a_message_expunged_mid_listing(
     assert [i["subject"] for i in r.json()["items"]] == ["s3", "s1"]
     # TOP kept working for the others: no RETR, which sets \Seen on Dovecot.
     assert not any(c.startswith("RETR") and c != "RETR 2" for c in commands), commands
+
+
+async def test_a_reader_with_a_backlog_larger_than_the_buffer_catches_up(
+    stack: dict[str, str], mailbox: Mailbox
+) -> None:
+    # Missed while away: more changes than MAILGATE_EVENTS_BUFFER. The replay of them
+    # came as one burst that overflowed the buffer, so the stream was dropped with
+    # nothing sent, every time: an EventSource reconnecting with Last-Event-ID never
+    # caught up, however fast it read.
+    from test_sync_changes import raw
+    from test_sync_events import live_gateway, stream
+
+    mailbox.append(stack, raw("before"))
+    async with live_gateway(stack, events_buffer=3) as gw:
+        async with stream(gw, mailbox) as s:
+            start = await s.next()
+            assert start is not None and start.id is not None
+        for i in range(7):
+            mailbox.append(stack, raw(f"missed-{i}"))
+        last, got = start.id, []
+        for _ in range(10):  # reconnects, as EventSource does
+            async with stream(gw, mailbox, headers={"Last-Event-ID": last}) as s:
+                while (ev := await s.next()) is not None:
+                    if ev.event == "created":
+                        got.append(ev.data["subject"])
+                    assert ev.event in (None, "created"), ev
+                    last = ev.id or last
+                    if len(got) == 7:
+                        break
+            if len(got) == 7:
+                break
+        assert sorted(got) == [f"missed-{i}" for i in range(7)]
