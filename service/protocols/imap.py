@@ -622,7 +622,13 @@ class ImapReader:
                     found = SearchResult([], 0)  # nothing below UID 1
             else:
                 found = await session.uid_search(criteria or ["ALL"])
-            uids = found.highest(limit + 1)
+            # Only what the state knows: a message that arrived after the state was taken
+            # may be in the SEARCH (Dovecot brings the view up to date at the end of each
+            # command, e.g. the flags FETCH of a state without CONDSTORE); listed, and then
+            # expunged before the next /changes, it would stay in the client's copy
+            # forever ("created and destroyed since the state" is left out). /changes
+            # reports it as created instead.
+            uids = found.highest(limit + 1, below=current.base.uidnext)
             page, more = uids[:limit], len(uids) > limit
             total: int | None = None
             if query.count:
