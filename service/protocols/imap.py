@@ -553,7 +553,12 @@ class ImapReader:
                     and session.leases > 1
                     and session.commands_in_lease == 0
                 )
-                if retry and attempt == 0 and stale_link:
+                # A reused session that could not SELECT (see ImapSession.select): a
+                # fresh one tells whether the folder really is gone.
+                stale_folder = (
+                    isinstance(exc, NotFound) and not session.usable and session.leases > 1
+                )
+                if retry and attempt == 0 and (stale_link or stale_folder):
                     continue
                 raise
             if not keep:
