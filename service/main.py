@@ -19,7 +19,6 @@ from service.api.deps import check_api_key
 from service.api.problems import install_problem_handlers
 from service.api.routes import folders, health, messages, send
 from service.config import Settings, load_settings
-from service.idempotency import IdempotencyStore
 from service.metrics import Metrics, MetricsMiddleware
 from service.models.problem import Problem
 from service.models.send import Draft
@@ -27,7 +26,7 @@ from service.protocols.imap import new_imap_pool
 from service.protocols.pool import SessionPool
 from service.protocols.smtp import SmtpSession
 from service.protocols.summary_cache import SummaryCache
-from service.ratelimit import FailedLoginLimiter
+from service.state import open_state
 
 DESCRIPTION = """\
 mailgate turns HTTP calls into SMTP, IMAP and POP3 sessions. It stores nothing:
@@ -58,6 +57,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         finally:
             await app.state.imap_pool.close_all()
             await app.state.smtp_pool.close_all()
+            await app.state.state.close()
 
     app = FastAPI(
         title="mailgate",
@@ -69,12 +69,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         license_info={"name": "GPL-3.0-only", "identifier": "GPL-3.0-only"},
     )
     app.state.settings = settings
-    app.state.idempotency = IdempotencyStore(settings.idempotency_ttl_seconds)
+    app.state.state = open_state(settings)
     app.state.metrics = Metrics()
     app.state.summary_cache = SummaryCache(settings.summary_cache_entries)
-    app.state.login_limiter = FailedLoginLimiter(
-        settings.auth_failures_max, settings.auth_failures_window_seconds
-    )
     install_problem_handlers(app)
     v1_deps: list[Any] = [Depends(check_api_key)]
     for router in (send.router, folders.router, messages.router):

@@ -10,7 +10,7 @@ from fastapi.exceptions import RequestValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import JSONResponse
 
-from service.errors import AuthFailed, MailGatewayError
+from service.errors import MailGatewayError
 
 log = logging.getLogger("mailgate")
 
@@ -89,9 +89,6 @@ def install_problem_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(MailGatewayError)
     async def _gateway(request: Request, exc: MailGatewayError) -> ProblemResponse:
-        login_key = getattr(request.state, "login_key", None)
-        if isinstance(exc, AuthFailed) and login_key is not None:
-            request.app.state.login_limiter.failed(login_key)
         return render_error(request, exc)
 
     @app.exception_handler(RequestValidationError)

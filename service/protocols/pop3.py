@@ -165,10 +165,12 @@ class Pop3Reader:
             timeout=self._settings.command_timeout,
         )
         try:
+            await self._creds.guard.before_login()
             if self._creds.kind == "xoauth2":
                 await client.auth_xoauth2(self._creds.user, self._creds.secret)
             else:
                 await client.login(self._creds.user, self._creds.secret)
+            await self._creds.guard.login_accepted()
         except BaseException as exc:
             await client.aclose_without_quit()
             if isinstance(exc, ValueError):  # CR, LF or NUL: cannot be sent, so refused

@@ -114,10 +114,13 @@ class SmtpSender:
                 # A relay that offers no AUTH (a test server, a trusted smart
                 # host): its own policy decides; the credentials are not sent.
                 log.debug("SMTP server offers no AUTH; sending without it")
-            elif self._creds.kind == "xoauth2":
-                await client.auth_xoauth2(self._creds.user, self._creds.secret)
             else:
-                await client.login(self._creds.user, self._creds.secret)
+                await self._creds.guard.before_login()
+                if self._creds.kind == "xoauth2":
+                    await client.auth_xoauth2(self._creds.user, self._creds.secret)
+                else:
+                    await client.login(self._creds.user, self._creds.secret)
+                await self._creds.guard.login_accepted()
         except BaseException:
             if client.is_connected:
                 client.close()

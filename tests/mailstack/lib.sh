@@ -18,10 +18,12 @@ POP3S_PORT=${MAILSTACK_POP3S_PORT:-31995}
 SUBMISSION_PORT=${MAILSTACK_SUBMISSION_PORT:-31587}
 SMTPS_PORT=${MAILSTACK_SMTPS_PORT:-31465}
 SMTP_PLAIN_PORT=${MAILSTACK_SMTP_PLAIN_PORT:-31025}
+REDIS_PORT=${MAILSTACK_REDIS_PORT:-31379}
 
 DOVECOT_CONF=$ROOT/etc/dovecot.conf
 POSTFIX_DIR=$ROOT/etc/postfix
 LOG_DIR=$ROOT/log
+REDIS_DIR=$ROOT/redis
 
 ms_say() { printf 'mailstack: %s\n' "$*" 2>/dev/null || true; }
 ms_die() { printf 'mailstack: ERROR: %s\n' "$*" >&2; exit 1; }
@@ -127,8 +129,30 @@ ms_wait_gone() {
     done
 }
 
+# PID of this root's redis-server (from its pidfile, checked against /proc).
+ms_redis_pid() {
+    local pid comm
+    [ -r "$REDIS_DIR/redis.pid" ] && read -r pid 2>/dev/null <"$REDIS_DIR/redis.pid" || return 0
+    read -r comm 2>/dev/null <"/proc/$pid/comm" || return 0
+    if [ "$comm" = redis-server ] && ms_alive "$pid"; then
+        echo "$pid"
+    fi
+    return 0
+}
+
+ms_stop_redis() {
+    local pid
+    pid=$(ms_redis_pid)
+    [ -n "$pid" ] || return 0
+    kill -TERM "$pid" 2>/dev/null || true
+    ms_wait_gone 10 "$pid"
+    rm -f "$REDIS_DIR/redis.pid"
+    ms_say "stopped Redis of $ROOT (pid $pid)"
+}
+
 ms_stop_stack() {
     local masters children
+    ms_stop_redis
     masters=$(ms_masters)
     [ -n "$masters" ] || return 0
     # shellcheck disable=SC2086

@@ -15,7 +15,7 @@ umask 022
 . "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 HERE=$MAILSTACK_HERE
 START_TIMEOUT=${MAILSTACK_START_TIMEOUT:-30}
-PACKAGES=(dovecot-imapd dovecot-pop3d dovecot-lmtpd postfix openssl)
+PACKAGES=(dovecot-imapd dovecot-pop3d dovecot-lmtpd postfix openssl redis-server)
 
 ms_require_root "$@"
 ms_check_root_path
@@ -83,7 +83,7 @@ install_packages
 fingerprint() {
     {
         cat "$HERE"/start.sh "$HERE"/lib.sh "$HERE"/probe.py "$HERE"/*.in
-        echo "$ROOT $IMAP_PORT $IMAPS_PORT $POP3_PORT $POP3S_PORT $SUBMISSION_PORT $SMTPS_PORT $SMTP_PLAIN_PORT"
+        echo "$ROOT $IMAP_PORT $IMAPS_PORT $POP3_PORT $POP3S_PORT $SUBMISSION_PORT $SMTPS_PORT $SMTP_PLAIN_PORT $REDIS_PORT"
     } | sha256sum | cut -d' ' -f1
 }
 FINGERPRINT=$(fingerprint)
@@ -93,19 +93,21 @@ PROBE_TARGETS=(
     "pop3:pop3:$POP3_PORT" "pop3s:pop3s:$POP3S_PORT"
     "submission:smtp:$SUBMISSION_PORT" "smtps:smtps:$SMTPS_PORT"
     "smtp-plain:smtp:$SMTP_PLAIN_PORT"
+    "redis:redis:$REDIS_PORT"
 )
 
 summary() {
     ms_say "$1"
     ms_say "  IMAP $HOST:$IMAP_PORT (plain+STARTTLS)  IMAPS :$IMAPS_PORT  POP3 :$POP3_PORT (plain+STLS)  POP3S :$POP3S_PORT"
     ms_say "  SMTP submission :$SUBMISSION_PORT (STARTTLS)  SMTPS :$SMTPS_PORT  plain AUTH :$SMTP_PLAIN_PORT"
+    ms_say "  Redis :$REDIS_PORT (no persistence)"
     ms_say "  users: any <name>@$DOMAIN and sink@sink.test, password '$PASSWORD'; mail to other domains -> sink@sink.test"
     ms_say "  CA: $ROOT/tls/ca.pem  env: $ROOT/env  logs: $LOG_DIR/"
 }
 
 if [ -f "$ROOT/env" ] && [ -f "$ROOT/fingerprint" ] \
     && [ "$(cat "$ROOT/fingerprint")" = "$FINGERPRINT" ] \
-    && [ "$(ms_masters | wc -l)" -eq 2 ] \
+    && [ "$(ms_masters | wc -l)" -eq 2 ] && [ -n "$(ms_redis_pid)" ] \
     && python3 "$HERE/probe.py" "$HOST" "$ROOT/tls/ca.pem" "${PROBE_TARGETS[@]}" 9>&- 2>/dev/null; then
     summary "already running and healthy ($ROOT)"
     exit 0
@@ -116,8 +118,8 @@ T0=$(date +%s.%N)
 # ---------------------------------------------------------- clean up
 ms_stop_stack
 rm -f "$ROOT/fingerprint" "$ROOT/env"
-rm -rf "$ROOT/run" "$ROOT/etc" "$ROOT/postfix" "$ROOT/state"
-for f in dovecot.log dovecot.stderr postfix.log postfix.stderr; do
+rm -rf "$ROOT/run" "$ROOT/etc" "$ROOT/postfix" "$ROOT/state" "$REDIS_DIR"
+for f in dovecot.log dovecot.stderr postfix.log postfix.stderr redis.log; do
     [ -f "$LOG_DIR/$f" ] && mv -f "$LOG_DIR/$f" "$LOG_DIR/$f.old"
 done
 mkdir -p "$ROOT/run" "$ROOT/etc" "$POSTFIX_DIR" "$ROOT/postfix" "$ROOT/state/dovecot" "$ROOT/tls"
@@ -224,7 +226,7 @@ chmod 750 "$ROOT/mail" "$ROOT/home"
 
 # ---------------------------------------------------------- start
 # Log files readable by the (possibly unprivileged) test processes.
-for f in dovecot.log dovecot.stderr postfix.log postfix.stderr; do
+for f in dovecot.log dovecot.stderr postfix.log postfix.stderr redis.log; do
     : >"$LOG_DIR/$f"
     chmod 644 "$LOG_DIR/$f"
 done
@@ -234,8 +236,27 @@ dovecot -c "$DOVECOT_CONF" </dev/null >>"$LOG_DIR/dovecot.stderr" 2>&1 9>&- \
 postfix -c "$POSTFIX_DIR" start </dev/null >>"$LOG_DIR/postfix.stderr" 2>&1 9>&- \
     || { tail -n 20 "$LOG_DIR/postfix.stderr" "$LOG_DIR/postfix.log" >&2 2>/dev/null; ms_die "postfix failed to start"; }
 
+# Redis (the state gateway replicas share, in tests): loopback only, no
+# persistence, daemonized with a pidfile in its own directory.
+mkdir -p "$REDIS_DIR"
+REDIS_BIND=127.0.0.1
+[ "$LISTEN" = "127.0.0.1" ] || REDIS_BIND="127.0.0.1 -::1"
+cat >"$REDIS_DIR/redis.conf" <<EOF
+bind $REDIS_BIND
+port $REDIS_PORT
+protected-mode yes
+daemonize yes
+pidfile $REDIS_DIR/redis.pid
+logfile $LOG_DIR/redis.log
+dir $REDIS_DIR
+save ""
+appendonly no
+EOF
+redis-server "$REDIS_DIR/redis.conf" </dev/null >>"$LOG_DIR/redis.log" 2>&1 9>&- \
+    || { tail -n 20 "$LOG_DIR/redis.log" >&2 2>/dev/null; ms_die "redis-server failed to start"; }
+
 if ! python3 "$HERE/probe.py" --wait "$START_TIMEOUT" "$HOST" "$TLS/ca.pem" "${PROBE_TARGETS[@]}" 9>&-; then
-    for f in dovecot.stderr dovecot.log postfix.stderr postfix.log; do
+    for f in dovecot.stderr dovecot.log postfix.stderr postfix.log redis.log; do
         [ -s "$LOG_DIR/$f" ] && { echo "---- $LOG_DIR/$f (tail)"; tail -n 25 "$LOG_DIR/$f"; } >&2
     done
     ms_die "mail stack did not answer on every port within ${START_TIMEOUT}s (logs in $LOG_DIR)"
@@ -253,6 +274,8 @@ export MAILSTACK_POP3S_PORT=$POP3S_PORT
 export MAILSTACK_SUBMISSION_PORT=$SUBMISSION_PORT
 export MAILSTACK_SMTPS_PORT=$SMTPS_PORT
 export MAILSTACK_SMTP_PLAIN_PORT=$SMTP_PLAIN_PORT
+export MAILSTACK_REDIS_PORT=$REDIS_PORT
+export MAILSTACK_REDIS_URL=redis://127.0.0.1:$REDIS_PORT/0
 export MAILSTACK_DOMAIN=$DOMAIN
 export MAILSTACK_PASSWORD=$PASSWORD
 export MAILSTACK_SINK_ADDRESS=sink@sink.test

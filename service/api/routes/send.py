@@ -136,9 +136,15 @@ async def _multipart(request: Request, limit: int) -> tuple[Draft, list[mime.Out
         "transmitted in headers. A header value or address with CR or LF is refused (422) "
         "before anything reaches the SMTP server. `Idempotency-Key`: the same key with the "
         "same body within 24 h replays the first successful answer "
-        "(`Idempotent-Replayed: true`) without sending; with another body, 409. The key "
-        "store is per gateway process (in memory) and scoped to the mailbox user; failed "
-        "sends are not remembered, so a retry after an error sends again. For a raw message "
+        "(`Idempotent-Replayed: true`) without sending; with another body, 409. A key "
+        "belongs to the caller's provider, user and secret: other credentials never see its "
+        "answer nor learn that it exists (for them it is a new key). A second request with "
+        "the same key while the first is still sending waits for its answer (up to "
+        "MAILGATE_IDEMPOTENCY_WAIT_SECONDS, default 10 s), then answers 409 with "
+        "Retry-After. Records live in Redis when MAILGATE_REDIS_URL is set (shared by all "
+        "replicas), else in the process; when Redis cannot be reached, a send with a key "
+        "answers 503 with Retry-After and sends nothing. Failed sends are not remembered, "
+        "so a retry after an error sends again. For a raw message "
         "without a Message-ID header, `message_id` is null. `save_to_sent=true` appends the "
         "copy over IMAP after a successful send; if that fails, the send still answers 200 "
         "with `saved_to: null` (the message went out and must not be sent twice)."
@@ -174,8 +180,8 @@ async def send(
     else:
         body = await _read_body(request, wire_limit if ctype == "application/json" else limit)
         fingerprint_parts = [body]
-    store = request.app.state.idempotency
-    fingerprint = store.fingerprint(
+    state = request.app.state.state
+    fingerprint = state.idempotency.fingerprint(
         ctype.encode(),
         str(sorted(request.query_params.multi_items())).encode(),
         *fingerprint_parts,
@@ -220,7 +226,8 @@ async def send(
 
     if not idempotency_key:
         return JSONResponse(await do_send())
-    async with store.claim(creds.user, idempotency_key, fingerprint) as slot:
+    identity = state.hasher.identity(ctx.provider.name, creds)
+    async with state.idempotency.claim(identity, idempotency_key, fingerprint) as slot:
         if slot.replay is not None:
             return JSONResponse(slot.replay, headers={"Idempotent-Replayed": "true"})
         answer = await do_send()
