@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from functools import partial
 from importlib.resources import files
 from typing import Any
 
@@ -15,9 +16,11 @@ from fastapi.responses import HTMLResponse
 from fastapi.staticfiles import StaticFiles
 
 from service import __version__
+from service.api.bodylimit import BodyLimitMiddleware
 from service.api.deps import check_api_key
 from service.api.problems import install_problem_handlers
 from service.api.routes import folders, health, messages, send
+from service.api.routes.send import body_limit
 from service.config import Settings, load_settings
 from service.metrics import Metrics, MetricsMiddleware
 from service.models.problem import Problem
@@ -112,6 +115,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             expose_headers=["X-Mail-Mode", "Content-Range", "Idempotent-Replayed",
                             "Retry-After"],
         )  # fmt: skip
+    app.add_middleware(BodyLimitMiddleware, limit_for=partial(body_limit, settings))
     app.add_middleware(MetricsMiddleware, metrics=app.state.metrics)
     logging.getLogger("mailgate").setLevel(settings.log_level.upper())
     return app

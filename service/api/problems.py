@@ -10,7 +10,8 @@ from fastapi.exceptions import RequestValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import JSONResponse
 
-from service.errors import MailGatewayError
+from service.api.bodylimit import BodyTooLarge
+from service.errors import MailGatewayError, TooLarge
 
 log = logging.getLogger("mailgate")
 
@@ -115,6 +116,8 @@ def install_problem_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(StarletteHTTPException)
     async def _http(request: Request, exc: StarletteHTTPException) -> ProblemResponse:
+        if isinstance(exc, BodyTooLarge):
+            return render_error(request, TooLarge(str(exc.detail)))
         code = _HTTP_CODES.get(exc.status_code, "error")
         return problem(
             request,

@@ -4,15 +4,19 @@ from __future__ import annotations
 
 import json
 import logging
+import tempfile
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Header, Query, Request
 from pydantic import ValidationError
 from starlette.datastructures import UploadFile
 from starlette.responses import JSONResponse
+from starlette.types import Scope
 
 from service import mime
+from service.api.bodylimit import BodyTooLarge, media_type
 from service.api.readers import ContextDep
+from service.config import Settings
 from service.errors import (
     BadRequest,
     MailGatewayError,
@@ -60,18 +64,40 @@ _REQUEST_BODY: dict[str, Any] = {
 }
 
 
+SMALL_BODY_BYTES = 1024 * 1024
+"""The limit of every request body but a send's (ids, patches: a few kB)."""
+
+
+def wire_limit(settings: Settings) -> int:
+    """A send's JSON or multipart body: the message limit, plus base64 (4/3) and room
+    for the other fields."""
+    return settings.max_message_bytes * 4 // 3 + 64 * 1024
+
+
+def body_limit(settings: Settings, scope: Scope) -> int:
+    """The body limit of a request (see :class:`BodyLimitMiddleware`), in bytes."""
+    if scope.get("path") == "/v1/send" and scope.get("method") == "POST":
+        if media_type(scope) == "message/rfc822":
+            return settings.max_message_bytes
+        return wire_limit(settings)
+    return SMALL_BODY_BYTES
+
+
 async def _read_body(request: Request, limit: int) -> bytes:
+    """The whole body; spooled to a temporary file past 1 MiB while it arrives, so that
+    a body refused at the limit never sat in memory."""
     length = request.headers.get("content-length")
     if length and length.isdigit() and int(length) > limit:
         raise TooLarge(f"The request body is over the limit of {limit} bytes.")
-    chunks: list[bytes] = []
     total = 0
-    async for chunk in request.stream():
-        total += len(chunk)
-        if total > limit:
-            raise TooLarge(f"The request body is over the limit of {limit} bytes.")
-        chunks.append(chunk)
-    return b"".join(chunks)
+    with tempfile.SpooledTemporaryFile(max_size=1024 * 1024) as spool:
+        async for chunk in request.stream():
+            total += len(chunk)
+            if total > limit:
+                raise TooLarge(f"The request body is over the limit of {limit} bytes.")
+            spool.write(chunk)
+        spool.seek(0)
+        return spool.read()
 
 
 def _draft_from_json(data: bytes | str) -> Draft:
@@ -97,6 +123,8 @@ async def _multipart(request: Request, limit: int) -> tuple[Draft, list[mime.Out
         raise TooLarge(f"The request body is over the limit of {limit} bytes.")
     try:
         form = await request.form(max_files=200, max_fields=50, max_part_size=limit)
+    except BodyTooLarge:
+        raise
     except Exception as exc:  # starlette raises its own MultiPartException / HTTPException
         raise BadRequest("The multipart/form-data body cannot be read.") from exc
     try:
@@ -110,10 +138,10 @@ async def _multipart(request: Request, limit: int) -> tuple[Draft, list[mime.Out
         for part in form.getlist("attachments"):
             if not isinstance(part, UploadFile):
                 raise ValidationFailed("Parts named 'attachments' must be files.")
-            data = await part.read()
-            total += len(data)
+            total += part.size or 0
             if total > limit:
                 raise TooLarge(f"The attachments are over the limit of {limit} bytes.")
+            data = await part.read()
             files.append(
                 mime.OutgoingAttachment(
                     filename=part.filename,
@@ -171,14 +199,12 @@ async def send(
     for value in [mail_from or "", *(rcpt_to or [])]:
         if "\r" in value or "\n" in value:
             raise ValidationFailed("mail_from and rcpt_to must not contain CR or LF.")
-    # JSON carries base64 (4/3 of the bytes): allow for it on the wire.
-    wire_limit = limit * 4 // 3 + 64 * 1024
     if ctype == "multipart/form-data":
-        draft, files = await _multipart(request, wire_limit)
+        draft, files = await _multipart(request, wire_limit(settings))
         fingerprint_body = json.dumps(draft.model_dump(mode="json"), sort_keys=True).encode()
         fingerprint_parts = [fingerprint_body, *(f.data for f in files)]
     else:
-        body = await _read_body(request, wire_limit if ctype == "application/json" else limit)
+        body = await _read_body(request, body_limit(settings, request.scope))
         fingerprint_parts = [body]
     state = request.app.state.state
     fingerprint = state.idempotency.fingerprint(
