@@ -39,6 +39,8 @@ def main(argv: list[str] | None = None) -> int:
 
     import uvicorn
 
+    from service.api.httpserver import ProblemH11Protocol
+
     for key, value in overrides.items():  # let worker processes see the flags
         os.environ[f"MAILGATE_{key.upper()}"] = str(value)
     uvicorn.run(
@@ -50,6 +52,7 @@ def main(argv: list[str] | None = None) -> int:
         log_level=settings.log_level,
         proxy_headers=True,
         server_header=False,
+        http=ProblemH11Protocol,
     )
     return 0
 

@@ -151,6 +151,12 @@ class OpenedMessage(Protocol):
 class MailboxReader(Protocol):
     """Reads, lists and deletes mail in one mailbox (IMAP or POP3)."""
 
+    async def verify(self) -> None:
+        """Log in (or reuse a logged-in session) and do nothing else: AuthFailed when the
+        server refuses the credentials. For routes that might otherwise answer without
+        asking the server (no 2xx for refused credentials)."""
+        ...
+
     async def folders(self, *, counts: bool) -> list[Folder]: ...
 
     async def list_messages(self, folder: str, query: ListQuery) -> MessagePage: ...

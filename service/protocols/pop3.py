@@ -42,7 +42,6 @@ from typing import Literal
 from service.config import Provider, Settings
 from service.errors import (
     AuthFailed,
-    BadRequest,
     InvalidId,
     MailboxInUse,
     MailGatewayError,
@@ -54,6 +53,7 @@ from service.errors import (
     UpstreamError,
     UpstreamTimeout,
     UpstreamUnavailable,
+    ValidationFailed,
     scrub,
 )
 from service.ids import MessageRef, Pop3Ref, decode_cursor, encode_cursor
@@ -208,10 +208,15 @@ class Pop3Reader:
             raise
         return client
 
+    async def verify(self) -> None:
+        async with _Session(self):
+            pass
+
     async def folders(self, *, counts: bool) -> list[Folder]:
+        """INBOX alone; a login even without counts, so refused credentials are 401."""
         folder = Folder(name="INBOX", delimiter=None, role="inbox")
-        if counts:
-            async with _Session(self) as client:
+        async with _Session(self) as client:
+            if counts:
                 folder.messages, _ = await client.stat()
         return [folder]
 
@@ -566,13 +571,13 @@ def _pack(uidls: list[str]) -> str:
 
 def _unpack(value: object, most: int) -> frozenset[bytes]:
     if not isinstance(value, str) or len(value) > (most * 4 + 2) // 3 * 4:
-        raise BadRequest("The cursor is not a POP3 cursor.")
+        raise ValidationFailed("The cursor is not a POP3 cursor.")
     try:
         raw = base64.b64decode(value, validate=True)
     except (binascii.Error, ValueError):
-        raise BadRequest("The cursor is not a POP3 cursor.") from None
+        raise ValidationFailed("The cursor is not a POP3 cursor.") from None
     if len(raw) % 4 or len(raw) > most * 4:
-        raise BadRequest("The cursor is not a POP3 cursor.")
+        raise ValidationFailed("The cursor is not a POP3 cursor.")
     return frozenset(raw[i : i + 4] for i in range(0, len(raw), 4))
 
 
@@ -618,7 +623,7 @@ def _after_cursor(token: str, uidls: dict[int, str]) -> list[int]:
     data = decode_cursor(token)
     number = data.get("n")
     if type(number) is not int or number < 1:
-        raise BadRequest("The cursor is not a POP3 cursor.")
+        raise ValidationFailed("The cursor is not a POP3 cursor.")
     if data.get("p") == 2:
         page = _unpack(data.get("h"), _CURSOR_PAGE_MAX)
         older = _unpack(data.get("o"), _CURSOR_ANCHORS)
@@ -632,10 +637,10 @@ def _after_cursor(token: str, uidls: dict[int, str]) -> list[int]:
             or len(recent) > _LEGACY_CURSOR_UIDLS
             or not all(isinstance(u, str) for u in recent)
         ):
-            raise BadRequest("The cursor is not a POP3 cursor.")
+            raise ValidationFailed("The cursor is not a POP3 cursor.")
         page, older, newer = frozenset(_uidl_hash(u) for u in recent), frozenset(), frozenset()
     else:
-        raise BadRequest("The cursor is not a POP3 cursor.")
+        raise ValidationFailed("The cursor is not a POP3 cursor.")
     below = [(k, _uidl_hash(uidls[k])) for k in sorted(uidls, reverse=True) if k < number]
     bound = number
     anchor = next((k for k, h in below if h in older), None)

@@ -174,8 +174,17 @@ class SmtpSender:
 
         if isinstance(exc, SMTPRecipientsRefused):
             rejected = {r.recipient: scrub(f"{r.code} {r.message}") for r in exc.recipients}
+            first = up(next(iter(rejected.values()), ""))
+            if exc.recipients and all(400 <= r.code < 500 for r in exc.recipients):
+                return UpstreamUnavailable(
+                    "The SMTP server refused every recipient for now; try again later.",
+                    upstream=first,
+                    extra={"rejected": rejected},
+                )
             return RecipientRejected(
-                "The SMTP server refused every recipient.", extra={"rejected": rejected}
+                "The SMTP server refused every recipient.",
+                upstream=first,
+                extra={"rejected": rejected},
             )
         if isinstance(exc, SMTPResponseException) and exc.code in (530, 535):
             # 530: the relay wants AUTH it never offered; 535: credentials refused.

@@ -24,6 +24,7 @@ from service.errors import (
     UnsupportedMediaType,
     ValidationFailed,
 )
+from service.models.common import check_addr_spec
 from service.models.problem import problem_responses
 from service.models.send import Draft, SendResult
 
@@ -196,9 +197,24 @@ async def send(
     ctype = request.headers.get("content-type", "").split(";")[0].strip().lower()
     if ctype not in ("application/json", "multipart/form-data", "message/rfc822"):
         raise UnsupportedMediaType("Send application/json, multipart/form-data or message/rfc822.")
-    for value in [mail_from or "", *(rcpt_to or [])]:
-        if "\r" in value or "\n" in value:
-            raise ValidationFailed("mail_from and rcpt_to must not contain CR or LF.")
+    for name, values in (("mail_from", [mail_from] if mail_from else []), ("rcpt_to", rcpt_to)):
+        for index, value in enumerate(values or []):
+            try:
+                check_addr_spec(value)
+            except ValueError as exc:
+                where = name if name == "mail_from" else f"{name}.{index}"
+                raise ValidationFailed(
+                    f"{where}: {exc}",
+                    extra={
+                        "errors": [
+                            {
+                                "loc": ["query", name, *([index] if name == "rcpt_to" else [])],
+                                "msg": str(exc),
+                                "type": "value_error",
+                            }
+                        ]
+                    },
+                ) from None
     if ctype == "multipart/form-data":
         draft, files = await _multipart(request, wire_limit(settings))
         fingerprint_body = json.dumps(draft.model_dump(mode="json"), sort_keys=True).encode()
