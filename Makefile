@@ -48,3 +48,5 @@ bench: venv mailstack
 	$(BIN)/python bench/list_throughput.py
 	$(BIN)/python bench/send_throughput.py
 	$(BIN)/python bench/raw_memory.py
+	$(BIN)/python bench/upload_memory.py
+	$(BIN)/python bench/lockout.py
