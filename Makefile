@@ -5,7 +5,7 @@ PYTHON ?= /usr/bin/python3
 BIN := $(VENV)/bin
 STACK_ENV ?= $${MAILSTACK_DIR:-/tmp/mailgate-stack}/env
 
-.PHONY: venv mailstack mailstack-stop test lint openapi openapi-check check run bench
+.PHONY: venv mailstack mailstack-stop test fuzz lint openapi openapi-check check run bench
 
 $(BIN)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -24,6 +24,10 @@ mailstack-stop:
 test: venv mailstack
 	$(BIN)/pytest
 
+# schemathesis against the app's own OpenAPI document, real mail stack behind it (~4 min)
+fuzz: venv mailstack
+	$(BIN)/python tests/fuzz/run.py
+
 lint: venv
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
@@ -37,7 +41,7 @@ openapi-check: venv
 	$(BIN)/mailgate openapi | diff -u openapi/openapi.json - \
 	  || (echo "openapi/openapi.json is stale: run 'make openapi'"; exit 1)
 
-check: lint openapi-check test
+check: lint openapi-check test fuzz
 
 run: venv mailstack
 	@. $(STACK_ENV); echo "mailgate on http://127.0.0.1:8025 — docs: http://127.0.0.1:8025/docs"; \
