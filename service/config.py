@@ -134,6 +134,13 @@ class Settings(BaseSettings):
     stall_timeout: float = Field(
         default=60.0, gt=0, le=3600, description="a client that reads nothing this long is cut"
     )
+    remove_linger_seconds: float = Field(
+        default=0.5,
+        ge=0,
+        le=30,
+        description="mode=remove: after the peer acknowledged every byte, how long a reset of "
+        "the connection (a client that hung up before reading it all) still cancels the removal",
+    )
     ready_timeout: float = Field(default=2.0, gt=0, le=60)
     pool_size_per_user: int = Field(
         default=8,

@@ -38,7 +38,7 @@ async def test_every_tls_mode_lists_fetches_and_removes(
 ) -> None:
     mailbox.append(stack, RAW)
     mailbox.append(stack, RAW.replace(b"hi", b"second"))
-    async with make_client(pop3_url=POP3_URLS[mode](stack)) as client:
+    async with make_client(live=True, pop3_url=POP3_URLS[mode](stack)) as client:
         r = await client.get("/v1/messages", params={"protocol": "pop3"}, headers=mailbox.auth)
         assert r.status_code == 200, r.text
         items = r.json()["items"]
@@ -46,7 +46,7 @@ async def test_every_tls_mode_lists_fetches_and_removes(
         r = await client.get(f"/v1/messages/{items[1]['id']}/raw", params={"mode": "remove"},
                              headers=mailbox.auth)  # fmt: skip
         assert r.status_code == 200 and r.content == RAW
-    left = mailbox.messages(stack)
+    left = await mailbox.after_removal(stack, 1)
     assert [raw for _, raw, _ in left] == [RAW.replace(b"hi", b"second")]
 
 
@@ -181,7 +181,7 @@ async def test_connection_dropped_mid_retr_is_502_and_nothing_deleted(
 ) -> None:
     async with (
         fake_pop3("drop") as (port, received),
-        make_client(pop3_url=f"pop3+plain://127.0.0.1:{port}") as client,
+        make_client(live=True, pop3_url=f"pop3+plain://127.0.0.1:{port}") as client,
     ):
         r = await client.get(f"/v1/messages/{_id()}", params={"mode": "remove"},
                              headers=mailbox.auth)  # fmt: skip
@@ -192,7 +192,9 @@ async def test_connection_dropped_mid_retr_is_502_and_nothing_deleted(
 async def test_hang_is_504_within_the_deadline(make_client: Any, mailbox: Mailbox) -> None:
     async with (
         fake_pop3("hang") as (port, received),
-        make_client(pop3_url=f"pop3+plain://127.0.0.1:{port}", command_timeout=0.5) as client,
+        make_client(
+            live=True, pop3_url=f"pop3+plain://127.0.0.1:{port}", command_timeout=0.5
+        ) as client,
     ):
         start = time.monotonic()
         r = await client.get(f"/v1/messages/{_id()}", params={"mode": "remove"},
@@ -486,7 +488,7 @@ async def test_remove_deletes_the_number_the_uidl_has_now(
     # this one streamed message 2, so "uid-one" is number 1 by the time of the DELE.
     views = [{1: "uid-zero", 2: "uid-one"}, {1: "uid-one"}]
     async with fake_pop3("ok", listings=views) as (port, received):
-        async with make_client(pop3_url=f"pop3+plain://127.0.0.1:{port}") as client:
+        async with make_client(live=True, pop3_url=f"pop3+plain://127.0.0.1:{port}") as client:
             r = await client.get(f"/v1/messages/{_id()}/raw", params={"mode": "remove"},
                                  headers=mailbox.auth)  # fmt: skip
             assert r.status_code == 200 and r.content == BODY
@@ -502,7 +504,7 @@ async def test_remove_of_a_message_gone_meanwhile_sends_no_dele(
 ) -> None:
     views = [{1: "uid-one", 2: "uid-two"}, {1: "uid-two"}]  # uid-one went while streaming
     async with fake_pop3("ok", listings=views) as (port, received):
-        async with make_client(pop3_url=f"pop3+plain://127.0.0.1:{port}") as client:
+        async with make_client(live=True, pop3_url=f"pop3+plain://127.0.0.1:{port}") as client:
             r = await client.get(f"/v1/messages/{_id()}/raw", params={"mode": "remove"},
                                  headers=mailbox.auth)  # fmt: skip
             assert r.status_code == 200 and r.content == BODY

@@ -15,8 +15,10 @@ from fastapi import APIRouter, Header, Path, Query, Response
 from starlette.responses import JSONResponse
 
 from service import mime
+from service.api.peer import can_confirm_delivery
 from service.api.readers import ContextDep, MailContext
 from service.api.responses import CommitAfterSendResponse, one_chunk, parse_range
+from service.config import Settings
 from service.errors import (
     ALL_ERRORS,
     InvalidId,
@@ -55,9 +57,26 @@ ProtocolQuery = Annotated[
 ModeQuery = Annotated[
     Mode | None,
     Query(
-        description="keep: no side effect on the server. remove: the message is deleted "
-        "only after the whole response has been written; an error or a client that "
-        "disconnects first leaves it. Default: MAILGATE_DEFAULT_MODE."
+        description=(
+            "keep: no side effect on the server (IMAP reads with BODY.PEEK, POP3 with TOP, "
+            "never DELE). remove: the message is deleted on the mail server (IMAP \\Deleted "
+            "+ UID EXPUNGE of that UID alone; POP3 DELE + QUIT) only when all of these hold: "
+            "every byte of the answer was handed to the connection; the kernel reports that "
+            "the peer's TCP acknowledged every one of them (Linux SIOCOUTQ and tcp_info); no "
+            "disconnect, reset or error was seen at any point; and the connection was not "
+            "reset within MAILGATE_REMOVE_LINGER_SECONDS (0.5 s) after that, which catches a "
+            "client that hangs up before reading what its kernel received. Anything else "
+            "(an error, a client that leaves or stalls past MAILGATE_STALL_TIMEOUT) leaves "
+            "the message, and the gateway logs why. The removal is committed a moment after "
+            "the answer is complete, not before the client has it. **Peer** means the TCP "
+            "peer of the gateway: behind a reverse proxy or load balancer that is the proxy, "
+            "which acknowledges bytes it buffered, not the end client. A TCP acknowledgement "
+            "is not an application receipt: a client that needs one (its database committed "
+            "the message) should fetch with keep and then DELETE. Where the HTTP server in "
+            "use cannot tell what the peer acknowledged (not TCP on Linux, TLS terminated in "
+            "the gateway itself, an in-process client), remove answers 422 not-supported. "
+            "Default: MAILGATE_DEFAULT_MODE."
+        )
     ),
 ]
 MarkSeenQuery = Annotated[
@@ -100,10 +119,16 @@ def _mode_headers(mode: Mode) -> dict[str, str]:
     return {"X-Mail-Mode": mode, "Cache-Control": "no-store"}
 
 
-async def _open(ctx: MailContext, msg_id: str, protocol: Protocol | None
+async def _open(ctx: MailContext, msg_id: str, protocol: Protocol | None, mode: Mode
                 ) -> tuple[OpenedMessage, Protocol]:  # fmt: skip
     ref = decode_id(msg_id)
     proto = _protocol_for(ref, protocol)
+    if mode == "remove" and not can_confirm_delivery(ctx.request.scope):
+        raise NotSupported(
+            "mode=remove needs to know that the peer received every byte, and the HTTP "
+            "server in use cannot tell (no TCP socket on Linux, or TLS terminated in the "
+            "gateway): use mode=keep, then DELETE."
+        )
     reader = ctx.reader(proto)
     return await reader.open(ref), proto
 
@@ -142,7 +167,7 @@ def _commit_response(
     status_code: int = 200,
     headers: dict[str, str] | None = None,
     media_type: str,
-    stall_timeout: float,
+    settings: Settings,
 ) -> CommitAfterSendResponse:
     async def complete() -> None:
         if mode == "remove":
@@ -155,7 +180,9 @@ def _commit_response(
 
     return CommitAfterSendResponse(
         chunks,
-        stall_timeout=stall_timeout,
+        stall_timeout=settings.stall_timeout,
+        confirm_delivery=mode == "remove",
+        linger=settings.remove_linger_seconds,
         status_code=status_code,
         headers={**_mode_headers(mode), **(headers or {})},
         media_type=media_type,
@@ -240,7 +267,7 @@ async def get_message(
     mark_seen: MarkSeenQuery = False,
 ) -> Response:
     mode_ = mode or ctx.settings.default_mode
-    msg, proto = await _open(ctx, id, protocol)
+    msg, proto = await _open(ctx, id, protocol, mode_)
     async with _answering(msg, mode_):
         raw = await msg.read(ctx.settings.max_message_bytes)
         parsed = await _cpu(
@@ -250,7 +277,7 @@ async def get_message(
         body = json.dumps(parsed.model_dump(mode="json", by_alias=True)).encode()
         return _commit_response(
             msg, one_chunk(body), mode=mode_, mark_seen=mark_seen, protocol=proto,
-            stall_timeout=ctx.settings.stall_timeout, media_type="application/json",
+            settings=ctx.settings, media_type="application/json",
         )  # fmt: skip
 
 
@@ -292,7 +319,7 @@ async def get_raw(
     mode_ = mode or ctx.settings.default_mode
     if mode_ == "remove" and range_ is not None:
         raise ValidationFailed("mode=remove cannot be combined with Range: use keep, then DELETE.")
-    msg, proto = await _open(ctx, id, protocol)
+    msg, proto = await _open(ctx, id, protocol, mode_)
     async with _answering(msg, mode_):
         await msg.check_size()
         if range_ is not None and not msg.exact_size:
@@ -317,7 +344,7 @@ async def get_raw(
         return _commit_response(
             msg, chunks, mode=mode_, mark_seen=mark_seen and span is None, protocol=proto,
             status_code=206 if span is not None else 200, headers=headers,
-            stall_timeout=ctx.settings.stall_timeout, media_type="message/rfc822",
+            settings=ctx.settings, media_type="message/rfc822",
         )  # fmt: skip
 
 
@@ -368,11 +395,11 @@ async def get_attachment(
     if len(attachment_id) > 100 or not re.fullmatch(_PART_PATTERN, attachment_id):
         raise InvalidId("The attachment id is malformed: a MIME part number such as 2 or 1.2.")
     mode_ = mode or ctx.settings.default_mode
-    msg, proto = await _open(ctx, id, protocol)
+    msg, proto = await _open(ctx, id, protocol, mode_)
     async with _answering(msg, mode_):
         if msg.size > ctx.settings.max_message_bytes:
             return await _large_attachment(
-                msg, attachment_id, mode_, mark_seen, proto, ctx.settings.stall_timeout
+                msg, attachment_id, mode_, mark_seen, proto, ctx.settings
             )
         raw = await msg.read(ctx.settings.max_message_bytes)
         found = await _cpu(mime.find_attachment, raw, attachment_id)
@@ -388,7 +415,7 @@ async def get_attachment(
 
         return _commit_response(
             msg, pieces(), mode=mode_, mark_seen=mark_seen, protocol=proto,
-            stall_timeout=ctx.settings.stall_timeout, media_type=_media_type(info.content_type),
+            settings=ctx.settings, media_type=_media_type(info.content_type),
             headers={
                 "Content-Length": str(len(data)),
                 "Content-Disposition": content_disposition(info.filename, info.disposition),
@@ -403,7 +430,7 @@ async def _large_attachment(
     mode: Mode,
     mark_seen: bool,
     proto: Protocol,
-    stall_timeout: float,
+    settings: Settings,
 ) -> Response:
     """A message too large to parse whole: fetch the one part and decode it as it comes
     (IMAP). The decoded length is not known in advance: the answer is chunked."""
@@ -430,7 +457,7 @@ async def _large_attachment(
 
     return _commit_response(
         msg, pieces(), mode=mode, mark_seen=mark_seen, protocol=proto,
-        stall_timeout=stall_timeout, media_type=_media_type(info.content_type),
+        settings=settings, media_type=_media_type(info.content_type),
         headers={
             "Content-Disposition": content_disposition(info.filename, info.disposition),
             "X-Content-Type-Options": "nosniff",
