@@ -173,13 +173,12 @@ async def test_cors_when_origins_are_configured(make_client: Any) -> None:
         assert "access-control-allow-origin" not in r.headers
 
 
-async def test_unreadable_http_is_a_problem_too(stack: dict[str, str]) -> None:
+async def test_unreadable_http_is_a_problem_too(settings: Any) -> None:
     """uvicorn's own 400 (the request line or headers cannot be parsed) is problem+json."""
     import asyncio
     import json
 
     import uvicorn
-    from conftest import make_settings
 
     from service.api.httpserver import ProblemH11Protocol
     from service.main import create_app
@@ -187,7 +186,7 @@ async def test_unreadable_http_is_a_problem_too(stack: dict[str, str]) -> None:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    config = uvicorn.Config(create_app(make_settings(stack)), host="127.0.0.1", port=port,
+    config = uvicorn.Config(create_app(settings), host="127.0.0.1", port=port,
                             log_level="critical", http=ProblemH11Protocol)  # fmt: skip
     server = uvicorn.Server(config)
     task = asyncio.create_task(server.serve())

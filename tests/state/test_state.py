@@ -1,18 +1,38 @@
-"""The state backends and what is built on them: same behaviour in memory and in Redis."""
+"""The state backends and what is built on them: one suite over every backend (process
+memory and a real Redis), same behaviour in both."""
 
 from __future__ import annotations
 
 import asyncio
 import socket
 import uuid
+from collections.abc import AsyncIterator
 
 import pytest
 
 from service.errors import Conflict, RateLimited
 from service.protocols.base import Credentials
-from service.state import IdempotencyStore, IdentityHasher, KeyValueStore, LoginLimiter
+from service.state import (
+    IdempotencyStore,
+    IdentityHasher,
+    KeyValueStore,
+    LoginLimiter,
+    MemoryStore,
+)
 from service.state.redis import RedisStore
 from service.state.store import StoreUnavailable
+
+
+@pytest.fixture(params=["memory", "redis"])
+async def store(request: pytest.FixtureRequest) -> AsyncIterator[KeyValueStore]:
+    if request.param == "memory":
+        yield MemoryStore()
+        return
+    stack = request.getfixturevalue("stack")
+    redis = RedisStore(stack["MAILSTACK_REDIS_URL"], timeout=2.0)
+    assert await redis.available(), "the test stack's Redis does not answer"
+    yield redis
+    await redis.close()
 
 
 def _key() -> str:
