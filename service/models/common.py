@@ -41,7 +41,11 @@ def check_addr_spec(address: str) -> str:
 
 
 class Address(BaseModel):
-    """A mailbox: display name (decoded) and address."""
+    """A mailbox: display name (decoded) and address. On input, a string is accepted as
+    well: exactly one RFC 5322 mailbox ("a@example.com" or "Name <a@example.com>");
+    several addresses in one entry, or anything after the address, are 422 naming the
+    field and index. The address itself must be a valid addr-spec (no quoted local part,
+    no domain literal)."""
 
     model_config = ConfigDict(extra="forbid")
 

@@ -518,9 +518,9 @@ async def delete_message(
         "credentials are 401, never 200 with per-id results. The protocol "
         "is the one the ids were made by. Without UIDPLUS, the gateway expunges only when "
         "no other message of the folder carries \\Deleted, so it never purges another "
-        "client's flagged messages."
+        "client's flagged messages. A body over 1 MiB is 413."
     ),
-    responses=problem_responses(*_ERRS),
+    responses=problem_responses(413, *_ERRS),
 )
 async def delete_many(
     ctx: ContextDep,
@@ -555,9 +555,9 @@ async def delete_many(
     summary="Set seen/flagged, or move to another folder (IMAP)",
     description=(
         "POP3 answers 422 not-supported. A move gives the message a new id in its new "
-        "folder (list that folder to get it)."
+        "folder (list that folder to get it). A body over 1 MiB is 413."
     ),
-    responses=problem_responses(*_ERRS),
+    responses=problem_responses(413, *_ERRS),
 )
 async def patch_message(
     ctx: ContextDep,

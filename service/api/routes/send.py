@@ -186,11 +186,26 @@ async def send(
     save_to_sent: Annotated[
         bool, Query(description="Append a copy (with its Bcc header) to the \\Sent folder.")
     ] = False,
-    mail_from: Annotated[str | None, Query(description="Envelope sender for raw messages.")] = None,
-    rcpt_to: Annotated[
-        list[str] | None, Query(description="Envelope recipients for raw messages.")
+    mail_from: Annotated[
+        str | None,
+        Query(description="Envelope sender for raw messages: a bare addr-spec, else 422."),
     ] = None,
-    idempotency_key: Annotated[str | None, Header(max_length=255)] = None,
+    rcpt_to: Annotated[
+        list[str] | None,
+        Query(
+            description="Envelope recipients for raw messages (repeatable), each a bare "
+            "addr-spec such as a@example.com (no name, no angle brackets): else 422."
+        ),
+    ] = None,
+    idempotency_key: Annotated[
+        str | None,
+        Header(
+            max_length=255,
+            description="Any string chosen by the caller; the same key and body within "
+            "MAILGATE_IDEMPOTENCY_TTL_SECONDS replay the first answer (scoped to the "
+            "caller's provider, user and secret).",
+        ),
+    ] = None,
 ) -> JSONResponse:
     request, settings, creds = ctx.request, ctx.settings, ctx.creds
     limit = settings.max_message_bytes
