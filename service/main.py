@@ -173,7 +173,16 @@ def _document_security(app: FastAPI) -> None:
                 for name, sub in found.pop("$defs", {}).items():
                     schemas.setdefault(name, sub)
                 schemas[model.__name__] = found
+            providers = sorted(app.state.settings.providers)
             for path, ops in schema["paths"].items():
+                for op in ops.values():
+                    for param in op.get("parameters", []):
+                        if param["name"].lower() == "x-mail-provider":
+                            param["schema"] = {"type": "string", "enum": providers}
+                            param["description"] = (
+                                "A provider named in the providers file (default: "
+                                "`default`); any other name is 422."
+                            )
                 if path.startswith("/v1/"):
                     for op in ops.values():
                         op["security"] = [{"mailboxBasic": []},

@@ -59,7 +59,17 @@ class AttachmentIn(BaseModel):
 class Draft(BaseModel):
     """A message to compose and send."""
 
-    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+    model_config = ConfigDict(
+        extra="forbid",
+        populate_by_name=True,
+        # the recipients rule, as the validator below applies it
+        json_schema_extra={
+            "anyOf": [
+                {"required": [field], "properties": {field: {"minItems": 1}}}
+                for field in ("to", "cc", "bcc")
+            ]
+        },
+    )
 
     from_: Address | None = Field(
         default=None, alias="from", description="Defaults to the authenticated user."

@@ -22,7 +22,10 @@ sys.path.insert(0, str(HERE.parent))
 
 from mailstack_env import ensure_mailstack, fresh_address  # noqa: E402
 
-CHECKS = "not_a_server_error,response_schema_conformance,content_type_conformance,problem_json"
+CHECKS = os.environ.get(
+    "FUZZ_CHECKS",
+    "not_a_server_error,response_schema_conformance,content_type_conformance,problem_json",
+)
 
 
 def seed(env: dict[str, str], address: str) -> None:

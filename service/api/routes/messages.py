@@ -83,7 +83,14 @@ MarkSeenQuery = Annotated[
     bool,
     Query(description="keep mode: set \\Seen once the response was written (IMAP only)."),
 ]
-IdPath = Annotated[str, Path(description="Opaque message id from a listing.")]
+IdPath = Annotated[
+    str,
+    Path(
+        description="Opaque message id from a listing (anything else is 400 invalid-id).",
+        json_schema_extra={"pattern": "^[ip][A-Za-z0-9_-]{2,2048}$"},
+    ),
+]
+_DATE_1970_9999 = r"^(19[7-9][0-9]|[2-9][0-9]{3})-(0[1-9]|1[0-2])-(0[1-9]|[12][0-9]|3[01])$"
 FolderQuery = Annotated[
     str, Query(description="IMAP folder; POP3 has only INBOX.", min_length=1, max_length=1000)
 ]
@@ -217,8 +224,20 @@ async def list_messages(
     cursor: Annotated[str | None, Query(max_length=4096)] = None,
     unseen: bool | None = None,
     flagged: bool | None = None,
-    since: Annotated[date | None, Query(description="On or after this date (IMAP SINCE).")] = None,
-    before: Annotated[date | None, Query(description="Before this date (IMAP BEFORE).")] = None,
+    since: Annotated[
+        date | None,
+        Query(
+            description="On or after this date (IMAP SINCE); years 1970-9999.",
+            json_schema_extra={"pattern": _DATE_1970_9999},
+        ),
+    ] = None,
+    before: Annotated[
+        date | None,
+        Query(
+            description="Before this date (IMAP BEFORE); years 1970-9999.",
+            json_schema_extra={"pattern": _DATE_1970_9999},
+        ),
+    ] = None,
     from_: Annotated[str | None, Query(alias="from", max_length=500)] = None,
     to: Annotated[str | None, Query(max_length=500)] = None,
     subject: Annotated[str | None, Query(max_length=500)] = None,
