@@ -28,16 +28,28 @@ def check_addr_spec(address: str) -> str:
     if _has_crlf(address):
         raise ValueError("an address must not contain CR, LF or NUL")
     try:
-        validate_email(
-            address,
-            check_deliverability=False,
-            globally_deliverable=False,
-            test_environment=True,
-            allow_display_name=False,
-        )
+        _validate(address)
     except EmailNotValidError as exc:
-        raise ValueError(f"not a valid email address: {exc}") from None
+        local, at, _ = address.rpartition("@")
+        part = "address"
+        if at and local:  # say which side is wrong
+            try:
+                _validate(f"{local}@example.com")
+                part = "domain"
+            except EmailNotValidError:
+                part = "local part"
+        raise ValueError(f"not a valid email address ({part}): {exc}") from None
     return address
+
+
+def _validate(address: str) -> None:
+    validate_email(
+        address,
+        check_deliverability=False,
+        globally_deliverable=False,
+        test_environment=True,
+        allow_display_name=False,
+    )
 
 
 class Address(BaseModel):

@@ -57,19 +57,10 @@ class AttachmentIn(BaseModel):
 
 
 class Draft(BaseModel):
-    """A message to compose and send."""
+    """A message to compose and send. At least one recipient in `to`, `cc` or `bcc`
+    (else 422); each address entry is exactly one mailbox."""
 
-    model_config = ConfigDict(
-        extra="forbid",
-        populate_by_name=True,
-        # the recipients rule, as the validator below applies it
-        json_schema_extra={
-            "anyOf": [
-                {"required": [field], "properties": {field: {"minItems": 1}}}
-                for field in ("to", "cc", "bcc")
-            ]
-        },
-    )
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)
 
     from_: Address | None = Field(
         default=None, alias="from", description="Defaults to the authenticated user."

@@ -20,6 +20,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from datetime import date
 from typing import Literal, TypeVar, cast
 
+from service import mime
 from service.config import Provider, Settings
 from service.errors import (
     Conflict,
@@ -35,7 +36,17 @@ from service.errors import (
     ValidationFailed,
 )
 from service.ids import ImapRef, MessageRef, decode_cursor, encode_cursor
-from service.mime import summary_fields
+from service.mime import (
+    Limits,
+    Part,
+    PartCutter,
+    PartDecoder,
+    PartInfo,
+    is_leaf,
+    needs_declared_charset,
+    part_info,
+    summary_fields,
+)
 from service.models.message import (
     DeleteResult,
     Folder,
@@ -45,7 +56,15 @@ from service.models.message import (
     MessageSummary,
 )
 from service.protocols.base import Credentials, ListQuery
+from service.protocols.imapchanges import (
+    changes_since,
+    current_state,
+    mark_from_status,
+    status_items,
+)
 from service.protocols.imapconn import ImapSession
+from service.protocols.imapfeed import ImapFeed
+from service.protocols.imapstructure import Located, declared_charset, locate
 from service.protocols.imapwire import (
     FetchItem,
     MailboxInfo,
@@ -54,8 +73,12 @@ from service.protocols.imapwire import (
     astring,
     format_uid_set,
 )
+from service.protocols.parts import cut_from
+from service.protocols.parts import decoded as _decoded
 from service.protocols.pool import SessionPool
 from service.protocols.summary_cache import SummaryCache
+from service.sync.source import ChangePage
+from service.sync.state import ImapState, decode_state
 
 __all__ = [
     "ImapOpenedMessage",
@@ -196,8 +219,10 @@ def _visible_flags(flags: list[str] | None) -> list[str]:
     return [f for f in flags or [] if f.lower() not in _HIDDEN_FLAGS]
 
 
-def _summary(folder: str, uidvalidity: int, item: FetchItem) -> MessageSummary:
-    fields = summary_fields(item.section("BODY[HEADER") or b"")
+def _summary(
+    folder: str, uidvalidity: int, item: FetchItem, assumed: str | None = None
+) -> MessageSummary:
+    fields = summary_fields(item.section("BODY[HEADER") or b"", assumed=assumed)
     flags = _visible_flags(item.flags)
     return MessageSummary.model_construct(
         None,
@@ -305,25 +330,59 @@ class ImapOpenedMessage:
             raise TooLarge(f"The message is over the limit of {limit} bytes.")
         return data
 
-    async def open_part(self, section: str) -> tuple[bytes, AsyncIterator[bytes]] | None:
-        """The MIME header of part ``section`` and its encoded bytes as partial fetches;
-        None when the message has no such part."""
-        session = self._live()
-        items = await session.uid_fetch(
-            str(self.uid),
-            f"(UID BODY.PEEK[HEADER.FIELDS (CONTENT-TYPE)] BODY.PEEK[{section}.MIME])",
-        )
-        item = items.get(self.uid)
+    async def open_part(self, section: str) -> tuple[PartInfo, AsyncIterator[bytes]] | None:
+        """One leaf part by its section (a parsed fetch's attachment or body id): what its
+        MIME header says, and its bytes decoded by its Content-Transfer-Encoding as they
+        come; None when the message has no such leaf.
+
+        The part is found in the server's BODYSTRUCTURE and fetched alone, as
+        ``BODY.PEEK[section]`` partial fetches: the server's bytes of that part, the
+        message is not parsed. Where the server's structure cannot answer for the
+        gateway's parser (a part at or past the part budget, a structure the server
+        reads otherwise), the message streams past :class:`~service.mime.PartCutter`
+        instead, which stops reading after the part.
+        """
+        limits = self._reader.settings.mime_limits
+        item = (await self._live().uid_fetch(str(self.uid), "(UID BODYSTRUCTURE)")).get(self.uid)
         if item is None:
             raise NotFound("The message is gone.")
-        top = (item.section("BODY[HEADER.FIELDS") or b"").lower()
-        if b"multipart/" in top:
-            header = item.section(f"BODY[{section}.MIME]")
-        elif section == "1":  # a single-part message: its header describes part 1
+        found = locate(item.structure, section)
+        if found is None or found.number >= limits.max_parts:
+            return await self._cut_part(section)  # not the server's, or past the budget
+        part = await self._check_path(section, found, limits)
+        if part is None:
+            return await self._cut_part(section)  # the server reads the structure otherwise
+        if not is_leaf(part):
+            return None
+        info = part_info(part, assumed=found.assumed)
+        return info, _decoded(PartDecoder(part.encoding), self._part_chunks(section))
+
+    async def _check_path(self, section: str, found: Located, limits: Limits) -> Part | None:
+        """The part's own header, read as the parser reads it, once the MIME headers of
+        the part and of every multipart around it (one FETCH) give the boundaries the
+        server found: None where they differ (the server's BODY[n] would not be ours)."""
+        if found.whole_body:
             header = await self._fetch_section("BODY.PEEK[HEADER]", "BODY[HEADER]")
-        else:
-            header = None
-        return (header, self._part_chunks(section)) if header else None
+            part = mime.describe(header or b"", "", limits)
+            return part if found.multipart == (part.boundary is not None) else None
+        steps = section.split(".")
+        names = ["HEADER"] + [".".join(steps[:i]) + ".MIME" for i in range(1, len(steps) + 1)]
+        fetched = await self._live().uid_fetch(
+            str(self.uid), "(UID " + " ".join(f"BODY.PEEK[{n}]" for n in names) + ")"
+        )
+        item = fetched.get(self.uid)
+        if item is None:
+            raise NotFound("The message is gone.")
+        ours: list[bytes | None] = []
+        for depth, name in enumerate(names):
+            header = item.sections.get(f"BODY[{name}]") or b""
+            ours.append(mime.describe(header, ".".join(steps[:depth]), limits).boundary)
+        part = mime.describe(item.sections.get(f"BODY[{names[-1]}]") or b"", section, limits)
+        return part if tuple(ours) == found.boundaries else None
+
+    async def _cut_part(self, section: str) -> tuple[PartInfo, AsyncIterator[bytes]] | None:
+        cutter = PartCutter(section, self._reader.settings.mime_limits)
+        return await cut_from(cutter, self.chunks())
 
     async def _fetch_section(self, item: str, key: str) -> bytes | None:
         items = await self._live().uid_fetch(str(self.uid), f"(UID {item})")
@@ -489,17 +548,21 @@ class ImapReader:
 
     async def folders(self, *, counts: bool) -> list[Folder]:
         async def op(session: ImapSession) -> list[Folder]:
-            boxes = await session.list_mailboxes(status=counts)
-            need_status = counts and "LIST-STATUS" not in session.capabilities
+            items = (*status_items(session), *(("UNSEEN",) if counts else ()))
+            boxes = await session.list_mailboxes(status=True, items=items)
+            need_status = "LIST-STATUS" not in session.capabilities
             out: list[Folder] = []
             for box in boxes:
-                messages = unseen = None
-                if counts and box.selectable:
-                    if need_status:
-                        status = await session.status(box.raw_name)
-                        messages, unseen = status.get("MESSAGES"), status.get("UNSEEN")
-                    else:
-                        messages, unseen = box.messages, box.unseen
+                messages = unseen = state = None
+                if box.selectable:
+                    status = await session.status(box.raw_name, items) if need_status else None
+                    counters = status if status is not None else box.counters
+                    if counts:
+                        messages, unseen = counters.get("MESSAGES"), counters.get("UNSEEN")
+                    found = mark_from_status(session, counters)
+                    if found is not None:
+                        name = inbox_spelling(box.name)
+                        state = ImapState(name, found[0], found[1]).encode()
                 out.append(
                     Folder(
                         name=box.name,
@@ -507,6 +570,7 @@ class ImapReader:
                         role=_role(box),
                         messages=messages,
                         unseen=unseen,
+                        state=state,
                     )
                 )
             _roles_from_names(out)
@@ -525,7 +589,8 @@ class ImapReader:
         limit = max(1, min(query.limit, 200))
 
         async def op(session: ImapSession) -> MessagePage:
-            uidvalidity = await session.select(folder)
+            current = await current_state(session, folder, digest=position is None)
+            uidvalidity, state = current.uidvalidity, current.encode()
             if position is not None:
                 if position[0] != uidvalidity:
                     raise StaleId("The folder changed (UIDVALIDITY); start the listing again.")
@@ -547,9 +612,36 @@ class ImapReader:
             cursor = None
             if more:
                 cursor = encode_cursor({"f": folder, "v": uidvalidity, "u": page[-1], "q": qhash})
-            return MessagePage(items=items, next_cursor=cursor, total=total)
+            return MessagePage(items=items, next_cursor=cursor, total=total, state=state)
 
         return await self._run(op)
+
+    # -- sync -------------------------------------------------------------------------------
+    async def changes(self, folder: str, since: str, limit: int) -> ChangePage:
+        """The changes since state ``since`` (see :mod:`service.protocols.imapchanges`):
+        410 CannotCalculateChanges when the server cannot tell, 422 for a bad state."""
+        folder = inbox_spelling(folder)
+        state = decode_state(since, protocol="imap", folder=folder)
+        assert isinstance(state, ImapState)  # noqa: S101 - decode_state checked the protocol
+
+        async def op(session: ImapSession) -> ChangePage:
+            return await changes_since(session, state, limit, self._summaries)
+
+        return await self._run(op)
+
+    async def state(self, folder: str) -> str:
+        """The folder's current state (one SELECT; without CONDSTORE also a FETCH FLAGS)."""
+        folder = inbox_spelling(folder)
+
+        async def op(session: ImapSession) -> str:
+            return (await current_state(session, folder)).encode()
+
+        return await self._run(op)
+
+    def feed(self, folder: str) -> ImapFeed:
+        """The /events feed of ``folder``: one IDLE session in the mailbox's budget."""
+        folder = inbox_spelling(folder)
+        return ImapFeed(self.settings, self.pool, self._key, self._connect, folder, self._summaries)
 
     async def _summaries(
         self, session: ImapSession, folder: str, uidvalidity: int, page: list[int]
@@ -570,10 +662,20 @@ class ImapReader:
                                                         "seen": "\\Seen" in flags}))  # fmt: skip
             return out
         fetched = await session.uid_fetch(format_uid_set(page), SUMMARY_ITEMS)
+        # Raw 8-bit header bytes of a multipart are read in the charset one of its parts
+        # declares, as the fetch reads them: that needs the parts' charsets (rare: one
+        # more FETCH of BODYSTRUCTURE for just those messages).
+        odd = [
+            u for u, i in fetched.items() if needs_declared_charset(i.section("BODY[HEADER") or b"")
+        ]
+        assumed: dict[int, str | None] = {}
+        if odd:
+            shapes = await session.uid_fetch(format_uid_set(odd), "(UID BODYSTRUCTURE)")
+            assumed = {u: declared_charset(i.structure) for u, i in shapes.items()}
         out = []
         for uid in page:
             if uid in fetched:
-                summary = _summary(folder, uidvalidity, fetched[uid])
+                summary = _summary(folder, uidvalidity, fetched[uid], assumed.get(uid))
                 if self._cache is not None:
                     self._cache.put(keys[uid], summary)
                 out.append(summary)

@@ -39,9 +39,11 @@ from collections.abc import AsyncGenerator, AsyncIterator, Callable
 from datetime import datetime
 from typing import Literal
 
+from service import mime
 from service.config import Provider, Settings
 from service.errors import (
     AuthFailed,
+    CannotCalculateChanges,
     InvalidId,
     MailboxInUse,
     MailGatewayError,
@@ -57,7 +59,7 @@ from service.errors import (
     scrub,
 )
 from service.ids import MessageRef, Pop3Ref, decode_cursor, encode_cursor
-from service.mime import summary_fields
+from service.mime import Limits, PartCutter, PartInfo, needs_declared_charset, summary_fields
 from service.models.message import (
     AddressOut,
     DeleteResult,
@@ -67,6 +69,7 @@ from service.models.message import (
     MessageSummary,
 )
 from service.protocols.base import Credentials, ListQuery
+from service.protocols.parts import cut_from
 from service.protocols.pool import PooledSession, SessionPool, Slot, is_connection_limit
 from service.protocols.pop3client import (
     Pop3AuthError,
@@ -80,10 +83,13 @@ from service.protocols.pop3client import (
     Pop3TimeoutError,
     Pop3TLSError,
 )
+from service.sync.source import Change, ChangePage
+from service.sync.state import Pop3State, decode_state, uidl_digest
 
 _IN_USE_RETRIES = (0.2, 0.5, 1.0)
 _TOP_MAX_BYTES = 256 * 1024  # a listing's header section; a longer one is cut
 _TOP_WHOLE = 999_999_999  # TOP's line count to read a whole message
+_DECLARED_LINES = 200  # body lines read for a declared charset (see _Heads.get)
 # IMPLEMENTATION (RFC 2449) of servers whose TOP reply is not dot-stuffed, so that a body
 # line "." would end it early: they are read with RETR. Mailpit's RETR sets no flag.
 _TOP_NOT_STUFFED = ("mailpit",)
@@ -161,19 +167,19 @@ class Pop3Reader:
     ) -> None:
         if provider.pop3 is None:
             raise NotSupported(f"Provider {provider.name!r} has no POP3 server.")
-        self._settings = settings
+        self.settings = settings
         self._server = provider.pop3
         self._ssl = settings.ssl_context(provider)
         self._creds = creds
         self.secrets = (creds.secret,)
         self.pool = pool
-        self._key = creds.pool_key(provider.name, "pop3")
+        self.key = creds.pool_key(provider.name, "pop3")
 
     async def connect(self) -> Slot[Pop3Client]:
         """A logged-in session in a slot of the mailbox's connection budget (give it back
         with ``pool.release_slot`` once the session is closed). A locked maildrop is
         retried briefly, then 409; no room in the budget within the wait: 503."""
-        return await self.pool.acquire_slot(self._key, self._login_retrying_lock)
+        return await self.pool.acquire_slot(self.key, self._login_retrying_lock)
 
     async def _login_retrying_lock(self) -> Pop3Client:
         for delay in (*_IN_USE_RETRIES, None):
@@ -192,7 +198,7 @@ class Pop3Reader:
             self._server.port,
             tls=self._server.security,
             ssl_context=self._ssl,
-            timeout=self._settings.command_timeout,
+            timeout=self.settings.command_timeout,
         )
         try:
             await self._creds.guard.before_login()
@@ -213,11 +219,13 @@ class Pop3Reader:
             pass
 
     async def folders(self, *, counts: bool) -> list[Folder]:
-        """INBOX alone; a login even without counts, so refused credentials are 401."""
+        """One folder, INBOX, with its sync state (one UIDL) and, if asked, its count."""
         folder = Folder(name="INBOX", delimiter=None, role="inbox")
         async with _Session(self) as client:
-            if counts:
-                folder.messages, _ = await client.stat()
+            uidls = await client.uidl()
+        folder.state = _state(uidls).encode()
+        if counts:
+            folder.messages = len(uidls)
         return [folder]
 
     async def list_messages(self, folder: str, query: ListQuery) -> MessagePage:
@@ -232,6 +240,7 @@ class Pop3Reader:
         wanted = _header_filter(query)
         async with _Session(self) as client:
             uidls = await client.uidl()
+            state = _state(uidls)
             sizes = await client.list()
             numbers = sorted(uidls, reverse=True)
             below: list[int] = numbers
@@ -249,7 +258,7 @@ class Pop3Reader:
                 if wanted is None and len(page) >= query.limit:
                     more = True
                     break
-                summary = _summary(uidls[n], sizes.get(n), await heads.get(n))
+                summary = _summary(uidls[n], sizes.get(n), *await heads.get(n))
                 if wanted is not None and not wanted(summary):
                     continue
                 matched += 1
@@ -264,7 +273,7 @@ class Pop3Reader:
             if query.count and wanted is not None:
                 total = matched
         cursor = _make_cursor(page, uidls) if more else None
-        return MessagePage(items=items, next_cursor=cursor, total=total)
+        return MessagePage(items=items, next_cursor=cursor, total=total, state=state.encode())
 
     async def open(self, ref: MessageRef) -> Pop3Message:
         uidl = _pop3_ref(ref).uidl
@@ -285,8 +294,9 @@ class Pop3Reader:
                 raise translate(exc, self.secrets) from None
             raise
         return Pop3Message(
-            self.pool, slot, ref, uidl, n, size, by_top=_reads_by_top(client.capabilities)
-        )
+            self.pool, slot, ref, uidl, n, size, by_top=_reads_by_top(client.capabilities),
+            limits=self.settings.mime_limits,
+        )  # fmt: skip
 
     async def delete(self, refs: list[MessageRef]) -> list[DeleteResult]:
         """One result per ref, in order. Each UIDL is DELE'd once (duplicates share its
@@ -322,11 +332,77 @@ class Pop3Reader:
                 results.append(DeleteResult(id=ref.encode(), status=400, code="invalid-id"))
         return results
 
+    async def changes(self, folder: str, since: str, limit: int) -> ChangePage:
+        """Arrivals since ``since``: the messages after an unchanged UIDL prefix, the
+        oldest ``limit`` of them (events oldest first; ``/changes`` lists them newest
+        first). A maildrop whose first messages are not those of the state (one was
+        deleted) answers 410 CannotCalculateChanges: POP3 cannot say more."""
+        _inbox_only(folder)
+        state = decode_state(since, protocol="pop3", folder="INBOX")
+        assert isinstance(state, Pop3State)  # noqa: S101 - decode_state checked the protocol
+        async with _Session(self) as client:
+            uidls = await client.uidl()
+            numbers = sorted(uidls)
+            if len(numbers) < state.count or _state(uidls, state.count).digest != state.digest:
+                raise CannotCalculateChanges(
+                    "Messages were deleted from the maildrop since this state: POP3 cannot "
+                    "say which. List it again."
+                )
+            new = numbers[state.count : state.count + limit]
+            changes: list[Change] = []
+            if new:
+                sizes = await client.list()
+                heads = _Heads(client)
+                for i, n in enumerate(new, state.count + 1):
+                    summary = _summary(uidls[n], sizes.get(n), *await heads.get(n))
+                    changes.append(Change("created", summary, _state(uidls, i).encode()))
+        reached = _state(uidls, state.count + len(new))
+        more = len(numbers) > state.count + len(new)
+        return ChangePage(since, reached.encode(), more, changes, oldest_first=True)
+
+    async def state(self, folder: str) -> str:
+        """The maildrop's current state (one UIDL)."""
+        _inbox_only(folder)
+        async with _Session(self) as client:
+            return _state(await client.uidl()).encode()
+
+    def feed(self, folder: str) -> Pop3Feed:
+        """The /events feed: a short session every ``events_poll_seconds``."""
+        _inbox_only(folder)
+        return Pop3Feed(self)
+
     async def patch(self, ref: MessageRef, patch: MessagePatch) -> None:
         raise NotSupported("POP3 has no flags or folders.")
 
     async def append_sent(self, message: bytes) -> str:
         raise NotSupported("POP3 cannot store messages.")
+
+
+class Pop3Feed:
+    """A :class:`~service.sync.source.ChangeFeed` for POP3: polling, one short session
+    per poll (a held session would lock the maildrop for every other client)."""
+
+    def __init__(self, reader: Pop3Reader) -> None:
+        self.key = f"{reader.key}\0INBOX"
+        self.folder = "INBOX"
+        self._reader = reader
+
+    async def open(self) -> str:
+        return await self._reader.state("INBOX")
+
+    async def changes(self, since: str, limit: int) -> ChangePage:
+        return await self._reader.changes("INBOX", since, limit)
+
+    async def wait(self, wake: asyncio.Event) -> bool:
+        try:
+            async with asyncio.timeout(self._reader.settings.events_poll_seconds):
+                await wake.wait()
+        except TimeoutError:
+            return True
+        return False
+
+    async def close(self) -> None:
+        """Nothing is held between polls."""
 
 
 class Pop3Message:
@@ -348,6 +424,7 @@ class Pop3Message:
         size: int,
         *,
         by_top: bool,
+        limits: Limits,
     ) -> None:
         self._pool = pool
         self._slot = slot
@@ -355,6 +432,8 @@ class Pop3Message:
         self._uidl = uidl
         self._number = number
         self._by_top = by_top
+        self._limits = limits
+        self._unread: AsyncGenerator[bytes, None] | None = None
         self._done = False
         self.id = ref.encode()
         self.folder = "INBOX"
@@ -422,8 +501,16 @@ class Pop3Message:
             raise translate(exc) from None
         return bytes(out)
 
-    async def open_part(self, section: str) -> tuple[bytes, AsyncIterator[bytes]] | None:
-        raise TooLarge("POP3 cannot fetch one part alone: the message is over the size limit.")
+    async def open_part(self, section: str) -> tuple[PartInfo, AsyncIterator[bytes]] | None:
+        """One leaf part by its section (a parsed fetch's attachment or body id), whatever
+        the message's size: the message streams once past
+        :class:`~service.mime.PartCutter`, and reading stops after the part. None when
+        the message has no such leaf. The rest of the reply is read only by
+        :meth:`remove` (the session must be in step for DELE); otherwise the session
+        is dropped at :meth:`release`."""
+        cutter = PartCutter(section, self._limits)
+        self._unread = body = _translated(self._body())
+        return await cut_from(cutter, body, close=False)
 
     async def check_size(self) -> None:
         """LIST's size cannot be checked without reading the message: it stays an estimate."""
@@ -444,6 +531,10 @@ class Pop3Message:
         """
         self._done = True
         try:
+            if self._unread is not None:  # the rest of a reply a part download left unread
+                async for _ in self._unread:
+                    pass
+                self._unread = None
             number = _number_of(self._uidl, await self._client.uidl())
             await self._client.dele(number)
             await self._client.quit()
@@ -461,6 +552,10 @@ class Pop3Message:
             return
         self._done = True
         try:
+            unread, self._unread = self._unread, None
+            if unread is not None:
+                with contextlib.suppress(Exception):
+                    await unread.aclose()  # mid-reply: the session is dropped, as wanted
             await self._client.aclose_without_quit()
         finally:
             self._pool.release_slot(self._slot)
@@ -474,13 +569,26 @@ class _Heads:
         self._client = client
         self._use_top = not client.capabilities or "TOP" in client.capabilities
 
-    async def get(self, n: int) -> bytes:
+    async def get(self, n: int) -> tuple[bytes, str | None]:
+        """The header section, and the charset the message declares when the listing
+        needs it (:func:`~service.mime.needs_declared_charset`: raw 8-bit bytes in a
+        multipart's header); that is looked for in the first
+        ``_DECLARED_LINES`` lines of the body only, and only where TOP works."""
         if self._use_top:
             try:
-                return await self._client.top(n, 0, max_bytes=_TOP_MAX_BYTES, truncate=True)
+                head = await self._client.top(n, 0, max_bytes=_TOP_MAX_BYTES, truncate=True)
             except Pop3NoSuchMessage:
                 self._use_top = False  # TOP is optional (RFC 1939): read the message
-        return await _head_by_retr(self._client, n)
+            else:
+                if not needs_declared_charset(head):
+                    return head, None
+                more = await self._client.top(
+                    n, _DECLARED_LINES, max_bytes=_TOP_MAX_BYTES, truncate=True
+                )
+                parts = mime.MimeScanner(Limits())
+                parts.feed(more, final=True)
+                return head, mime.declared_charset(parts.headers_done)
+        return await _head_by_retr(self._client, n), None
 
 
 def _header_filter(query: ListQuery) -> Callable[[MessageSummary], bool] | None:
@@ -540,6 +648,26 @@ def _reads_by_top(capabilities: dict[str, list[str]]) -> bool:
     if implementation.startswith(_TOP_NOT_STUFFED):
         return False
     return not capabilities or "TOP" in capabilities
+
+
+async def _translated(body: AsyncGenerator[bytes, None]) -> AsyncGenerator[bytes, None]:
+    """``body`` with the POP3 client's errors translated to the gateway's; closing this
+    closes ``body`` (mid-reply, that drops the session)."""
+    try:
+        async for chunk in body:
+            yield chunk
+    except Pop3Error as exc:
+        raise translate(exc) from None
+    finally:
+        await body.aclose()
+
+
+def _state(uidls: dict[int, str], count: int | None = None) -> Pop3State:
+    """The state of the first ``count`` messages (all by default) in number order."""
+    seq = [uidls[n] for n in sorted(uidls)]
+    if count is not None:
+        seq = seq[:count]
+    return Pop3State(len(seq), uidl_digest(seq))
 
 
 def _inbox_only(folder: str) -> None:
@@ -661,8 +789,8 @@ def _after_cursor(token: str, uidls: dict[int, str]) -> list[int]:
     return [k for k, h in below if k < bound and h not in page]
 
 
-def _summary(uidl: str, size: int | None, head: bytes) -> MessageSummary:
-    fields = summary_fields(head)
+def _summary(uidl: str, size: int | None, head: bytes, assumed: str | None) -> MessageSummary:
+    fields = summary_fields(head, assumed=assumed)
 
     def addrs(key: str) -> list[AddressOut]:
         value = fields.get(key)

@@ -935,6 +935,9 @@ async def _serve_box(
         seqs = {uid: n for n, uid in enumerate(sorted(box), 1)}
         if name == b"SELECT":
             out = b"* %d EXISTS\r\n* OK [UIDVALIDITY 42] ok\r\n" % len(box)
+            out += b"* OK [UIDNEXT %d] next\r\n" % (max(box, default=0) + 1)
+            if b"CONDSTORE" in caps:
+                out += b"* OK [HIGHESTMODSEQ 9] modseq\r\n"
             if read_only:
                 await peer.send(out + tag + b" OK [READ-ONLY] Select done\r\n")
                 continue
@@ -1173,15 +1176,17 @@ def test_summary_fetch_fast_path_matches_the_general_parser(
     assert fast[7] == (["\\Seen", "$Junk"], 300, {"BODY[HEADER.FIELDS (SUBJECT FROM)]": head})
 
 
-async def test_a_page_costs_one_search_and_one_fetch_of_that_page() -> None:
+@pytest.mark.parametrize("condstore", [True, False])
+async def test_a_page_costs_one_search_and_one_fetch_of_that_page(condstore: bool) -> None:
     box: dict[int, list[Any]] = {
         uid: [b"Subject: m%d\r\n\r\nbody\r\n" % uid, set()] for uid in range(1, 301)
     }
     received: list[bytes] = []
+    caps = b"IMAP4rev1 UIDPLUS LITERAL+" + (b" CONDSTORE" if condstore else b"")
 
     async def serve(peer: Peer) -> None:
         try:
-            await _serve_box(peer, b"IMAP4rev1 UIDPLUS LITERAL+", box)
+            await _serve_box(peer, caps, box)
         finally:
             received.extend(peer.received)
 
@@ -1197,7 +1202,10 @@ async def test_a_page_costs_one_search_and_one_fetch_of_that_page() -> None:
     searches = [c for c in commands if c.startswith(b"UID SEARCH")]
     fetches = [c.split()[2] for c in commands if c.startswith(b"UID FETCH")]
     assert len(searches) == 2 and searches[1].split()[2:4] == [b"UID", b"1:297"]
-    assert fetches == [b"298:300", b"295:297"]  # the page's UIDs only, never 1:*
+    if condstore:  # the sync state comes with SELECT
+        assert fetches == [b"298:300", b"295:297"]  # the page's UIDs only, never 1:*
+    else:  # the first page's state needs a digest of every message's flags (documented)
+        assert fetches == [b"1:300", b"298:300", b"295:297"]
 
 
 @pytest.mark.parametrize(

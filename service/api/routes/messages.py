@@ -29,7 +29,6 @@ from service.errors import (
     ValidationFailed,
 )
 from service.ids import ImapRef, MessageRef, Pop3Ref, decode_id
-from service.mime import PartDecoder
 from service.models.message import (
     DeleteRequest,
     DeleteResult,
@@ -200,6 +199,7 @@ def _commit_response(
 
 @router.get(
     "/messages",
+    operation_id="listMessages",
     response_model=MessagePage,
     response_model_by_alias=True,
     summary="List message summaries, newest first",
@@ -212,7 +212,11 @@ def _commit_response(
         "header) read each message's header until the page is full; unseen, flagged and text "
         "answer 422 not-supported (POP3 has no flags and no search). A cursor that can no "
         "longer be placed answers 410 stale-id (list again): IMAP when the folder's "
-        "UIDVALIDITY changed, POP3 when the page and every message around it were deleted."
+        "UIDVALIDITY changed, POP3 when the page and every message around it were deleted. "
+        "Subjects and names are decoded by the same function as the parsed fetch, so both "
+        "views agree; raw 8-bit header bytes of a multipart that are not UTF-8 are read in "
+        "the charset its parts declare (IMAP: from BODYSTRUCTURE; POP3: looked for in the "
+        "first 200 body lines)."
     ),
     responses=problem_responses(*_ERRS),
 )
@@ -268,11 +272,21 @@ async def list_messages(
 
 @router.get(
     "/messages/{id}",
+    operation_id="getMessage",
     response_model=ParsedMessage,
     summary="Fetch one message parsed to JSON",
     description=(
         "Encoded words and charsets are decoded; a defective message is still returned with "
-        "`defects`. Messages over MAILGATE_MAX_MESSAGE_BYTES answer 413 (use /raw). "
+        "`defects`. Header fields are decoded as in the listing (one decoder): raw 8-bit "
+        "bytes as UTF-8 when valid, else in the charset the message declares (its first "
+        "Content-Type charset other than US-ASCII/UTF-8), else windows-1252, with a "
+        "defect; line breaks from encoded words become spaces, and display names hold no "
+        "control characters. Parts are cut from the server's bytes (an attachment's `size` "
+        "is its decoded length). Parsing has budgets: MAILGATE_MIME_MAX_PARTS parts "
+        "(default 10,000, Dovecot's own; the part at the limit holds the rest of the "
+        "message) and MAILGATE_MIME_MAX_DEPTH nested multiparts (default 50; deeper is one "
+        "part); past either, the headers are still read and a defect says so. Messages "
+        "over MAILGATE_MAX_MESSAGE_BYTES answer 413 (use /raw). "
         "`removed: true` means the message is deleted once this response has been fully "
         "written (mode=remove)."
     ),
@@ -290,8 +304,9 @@ async def get_message(
     async with _answering(msg, mode_):
         raw = await msg.read(ctx.settings.max_message_bytes)
         parsed = await _cpu(
-            mime.parse_message, raw, id=id, folder=msg.folder, flags=msg.flags, size=msg.size
-        )
+            mime.parse_message, raw, id=id, folder=msg.folder, flags=msg.flags, size=msg.size,
+            limits=ctx.settings.mime_limits,
+        )  # fmt: skip
         parsed.removed = mode_ == "remove"
         body = json.dumps(parsed.model_dump(mode="json", by_alias=True)).encode()
         return _commit_response(
@@ -302,6 +317,7 @@ async def get_message(
 
 @router.get(
     "/messages/{id}/raw",
+    operation_id="getRawMessage",
     summary="The exact RFC 5322 bytes, streamed",
     description=(
         "Streamed in bounded chunks (IMAP partial fetches, POP3 RETR as it arrives), so a "
@@ -385,8 +401,20 @@ def content_disposition(filename: str | None, kind: str | None = "attachment") -
 
 @router.get(
     "/messages/{id}/attachments/{attachment_id}",
+    operation_id="getAttachment",
     summary="One attachment, decoded, streamed",
-    description="`attachment_id` is the MIME part number listed by the parsed fetch.",
+    description=(
+        "`attachment_id` is the MIME part number (IMAP section) listed by the parsed fetch; "
+        "the section of the text or HTML body works too. The bytes are the server's bytes "
+        "of that part (IMAP `BODY[section]`: an attached `message/rfc822` comes whole and "
+        "exact), decoded only by its Content-Transfer-Encoding (base64 made of several "
+        "blocks is decoded whole), the same for any message size and on IMAP and POP3. "
+        "Streamed (chunked): IMAP fetches the part alone by its section from the server's "
+        "BODYSTRUCTURE, POP3 reads the message once and stops after the part, so no size "
+        "limit applies. 404 for a section that is not a leaf part of the message (a "
+        "multipart with parts, a part inside an attached message). A multipart nested "
+        "deeper than MAILGATE_MIME_MAX_DEPTH is one part (its body, boundaries included)."
+    ),
     response_class=Response,
     responses={
         200: {
@@ -404,84 +432,30 @@ async def get_attachment(
         str,
         Path(
             description="MIME part number (e.g. `2` or `1.2`); anything else is 400 invalid-id.",
-            json_schema_extra={"pattern": _PART_PATTERN, "maxLength": 100},
+            json_schema_extra={"pattern": _PART_PATTERN, "maxLength": 2000},
         ),
     ],
     protocol: ProtocolQuery = None,
     mode: ModeQuery = None,
     mark_seen: MarkSeenQuery = False,
 ) -> Response:
-    if len(attachment_id) > 100 or not re.fullmatch(_PART_PATTERN, attachment_id):
+    if len(attachment_id) > 2000 or not re.fullmatch(_PART_PATTERN, attachment_id):
         raise InvalidId("The attachment id is malformed: a MIME part number such as 2 or 1.2.")
     mode_ = mode or ctx.settings.default_mode
     msg, proto = await _open(ctx, id, protocol, mode_)
     async with _answering(msg, mode_):
-        if msg.size > ctx.settings.max_message_bytes:
-            return await _large_attachment(
-                msg, attachment_id, mode_, mark_seen, proto, ctx.settings
-            )
-        raw = await msg.read(ctx.settings.max_message_bytes)
-        found = await _cpu(mime.find_attachment, raw, attachment_id)
+        found = await msg.open_part(attachment_id)
         if found is None:
-            raise NotFound(f"The message has no attachment {attachment_id!r}.")
-        info, data = found
-        del raw
-        chunk = ctx.settings.fetch_chunk_bytes
-
-        async def pieces() -> AsyncIterator[bytes]:
-            for i in range(0, len(data), chunk):
-                yield data[i : i + chunk]
-
+            raise NotFound(f"The message has no attachment or body part {attachment_id!r}.")
+        info, pieces = found
         return _commit_response(
-            msg, pieces(), mode=mode_, mark_seen=mark_seen, protocol=proto,
+            msg, pieces, mode=mode_, mark_seen=mark_seen, protocol=proto,
             settings=ctx.settings, media_type=_media_type(info.content_type),
             headers={
-                "Content-Length": str(len(data)),
                 "Content-Disposition": content_disposition(info.filename, info.disposition),
                 "X-Content-Type-Options": "nosniff",
             },
         )  # fmt: skip
-
-
-async def _large_attachment(
-    msg: OpenedMessage,
-    section: str,
-    mode: Mode,
-    mark_seen: bool,
-    proto: Protocol,
-    settings: Settings,
-) -> Response:
-    """A message too large to parse whole: fetch the one part and decode it as it comes
-    (IMAP). The decoded length is not known in advance: the answer is chunked."""
-    found = await msg.open_part(section)
-    if found is None:
-        raise NotFound(f"The message has no attachment {section!r}.")
-    header, encoded = found
-    info = mime.part_info(header)
-    if info is None or (
-        info.content_type in ("text/plain", "text/html")
-        and info.filename is None
-        and info.disposition != "attachment"
-        and section.rsplit(".", 1)[-1] == "1"
-    ):
-        raise NotFound(f"Part {section!r} is not an attachment (a multipart or the body).")
-    decoder = PartDecoder(info.encoding)
-
-    async def pieces() -> AsyncIterator[bytes]:
-        async for piece in encoded:
-            if out := decoder.feed(piece):
-                yield out
-        if out := decoder.flush():
-            yield out
-
-    return _commit_response(
-        msg, pieces(), mode=mode, mark_seen=mark_seen, protocol=proto,
-        settings=settings, media_type=_media_type(info.content_type),
-        headers={
-            "Content-Disposition": content_disposition(info.filename, info.disposition),
-            "X-Content-Type-Options": "nosniff",
-        },
-    )  # fmt: skip
 
 
 _DETAILS = {
@@ -502,6 +476,7 @@ def _raise_for(result: DeleteResult) -> None:
 
 @router.delete(
     "/messages/{id}",
+    operation_id="deleteMessage",
     status_code=204,
     response_class=Response,
     summary="Delete one message",
@@ -527,6 +502,7 @@ async def delete_message(
 
 @router.post(
     "/messages/delete",
+    operation_id="deleteMessages",
     response_model=DeleteResults,
     summary="Delete several messages (at most 200)",
     description=(
@@ -569,6 +545,7 @@ async def delete_many(
 
 @router.patch(
     "/messages/{id}",
+    operation_id="updateMessage",
     status_code=204,
     response_class=Response,
     summary="Set seen/flagged, or move to another folder (IMAP)",

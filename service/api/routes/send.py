@@ -157,13 +157,18 @@ async def _multipart(request: Request, limit: int) -> tuple[Draft, list[mime.Out
 
 @router.post(
     "/send",
+    operation_id="sendMessage",
     response_model=SendResult,
     summary="Send one message over SMTP",
     description=(
         "Accepts a JSON draft, multipart/form-data (a `message` part with the JSON draft and "
         "`attachments` file parts) or a raw `message/rfc822`. Bcc is delivered but never "
         "transmitted in headers. A header value or address with CR or LF is refused (422) "
-        "before anything reaches the SMTP server. `Idempotency-Key`: the same key with the "
+        "before anything reaches the SMTP server. A non-ASCII domain is sent in its IDNA "
+        "2008 form with the UTS #46 mapping, non-transitional (`straße.test` is "
+        "`xn--strae-oqa.test`, never IDNA 2003's `strasse.test`); a domain IDNA 2008 does "
+        "not allow is refused (422). A non-ASCII local part needs SMTPUTF8 and is refused "
+        "(422). `Idempotency-Key`: the same key with the "
         "same body within 24 h replays the first successful answer "
         "(`Idempotent-Replayed: true`) without sending; with another body, 409. A key "
         "belongs to the caller's provider, user and secret: other credentials never see its "
