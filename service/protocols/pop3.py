@@ -275,7 +275,11 @@ class Pop3Reader:
         cursor = _make_cursor(page, uidls) if more else None
         return MessagePage(items=items, next_cursor=cursor, total=total, state=state.encode())
 
-    async def open(self, ref: MessageRef) -> Pop3Message:
+    async def open(
+        self, ref: MessageRef, *, prefetch: Literal["body", "structure", "none"] = "body"
+    ) -> Pop3Message:
+        """Open one message on a session of its own (held until release: a POP3 read
+        cannot resume); ``prefetch`` changes nothing here."""
         uidl = _pop3_ref(ref).uidl
         slot = await self.connect()
         client = slot.value
