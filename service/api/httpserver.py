@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import uuid
 
 import h11
 from uvicorn.protocols.http.h11_impl import H11Protocol
@@ -16,6 +17,7 @@ class ProblemH11Protocol(H11Protocol):
     other error of the gateway, instead of a plain-text line."""
 
     def send_400_response(self, msg: str) -> None:
+        request_id = uuid.uuid4().hex  # the request could not be read: a new id
         body = json.dumps(
             {
                 "type": PROBLEM_TYPE_BASE + "bad-request",
@@ -23,12 +25,14 @@ class ProblemH11Protocol(H11Protocol):
                 "status": 400,
                 "detail": "The HTTP request cannot be read.",
                 "code": "bad-request",
+                "request_id": request_id,
             }
         ).encode()
         headers = [
             (b"content-type", b"application/problem+json"),
             (b"content-length", str(len(body)).encode()),
             (b"connection", b"close"),
+            (b"x-request-id", request_id.encode()),
         ]
         for event in (
             h11.Response(status_code=400, headers=headers, reason=b"Bad Request"),

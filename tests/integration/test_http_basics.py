@@ -231,3 +231,4 @@ async def test_unreadable_http_is_a_problem_too(settings: Any) -> None:
         assert b"content-type: application/problem+json" in head.lower()
         problem = json.loads(body)
         assert problem["status"] == 400 and problem["code"] == "bad-request"
+        assert f"x-request-id: {problem['request_id']}".encode() in head.lower()
