@@ -21,3 +21,11 @@ def problem_json(ctx: Any, response: Any, case: Any) -> bool | None:
     if missing or body["status"] != response.status_code:
         raise AssertionError(f"not a complete problem document: {body!r}")
     return True
+
+
+@schemathesis.serializer("message/rfc822")
+def rfc822(ctx: Any, value: Any) -> bytes:
+    """Raw messages go as their bytes (generated strings are encoded as UTF-8)."""
+    if isinstance(value, bytes):
+        return value
+    return str(value).encode("utf-8", "surrogatepass")
