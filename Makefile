@@ -93,5 +93,7 @@ bench: venv mailstack
 	$(BIN)/python bench/raw_memory.py
 	$(BIN)/python bench/mime_budgets.py
 	$(BIN)/python bench/changes_cost.py
+	$(BIN)/python bench/remove_mode_loss.py
+	$(BIN)/python bench/mailbox_load.py
 	$(BIN)/python bench/upload_memory.py
 	$(BIN)/python bench/lockout.py
