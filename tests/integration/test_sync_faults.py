@@ -192,3 +192,23 @@ async def test_a_listing_never_holds_a_message_newer_than_its_state(
             copy -= set(body["destroyed"])
             listed = await gw.get("/v1/messages", params=params, headers=mailbox.auth)
             assert copy == {i["id"] for i in listed.json()["items"]}  # no phantom
+
+
+async def test_the_document_lists_409_where_a_locked_pop3_maildrop_answers_it(
+    make_client: Any, mailbox: Mailbox
+) -> None:
+    # /changes and /events over POP3 answer 409 conflict while another session holds the
+    # maildrop's lock (RFC 2449 [IN-USE]); the OpenAPI document did not list 409 there.
+    from test_pop3_api import fake_pop3
+
+    since = Pop3State(0, uidl_digest([])).encode()
+    async with fake_pop3("ok", pass_reply=b"-ERR [IN-USE] locked\r\n") as (port, _):
+        async with make_client(pop3_url=f"pop3+plain://127.0.0.1:{port}") as gw:
+            r = await gw.get("/v1/changes", params={"protocol": "pop3", "since": since},
+                             headers=mailbox.auth)  # fmt: skip
+            assert r.status_code == 409, r.text
+            r = await gw.get("/v1/events", params={"protocol": "pop3"}, headers=mailbox.auth)
+            assert r.status_code == 409, r.text
+            doc = (await gw.get("/openapi.json")).json()
+    assert "409" in doc["paths"]["/v1/changes"]["get"]["responses"]
+    assert "409" in doc["paths"]["/v1/events"]["get"]["responses"]
