@@ -39,6 +39,8 @@ def main(argv: list[str] | None = None) -> int:
 
     import uvicorn
 
+    from service.serving import uvicorn_options
+
     for key, value in overrides.items():  # let worker processes see the flags
         os.environ[f"MAILGATE_{key.upper()}"] = str(value)
     uvicorn.run(
@@ -48,8 +50,7 @@ def main(argv: list[str] | None = None) -> int:
         port=settings.port,
         workers=settings.workers,
         log_level=settings.log_level,
-        proxy_headers=True,
-        server_header=False,
+        **uvicorn_options(),
     )
     return 0
 

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import re
 import subprocess
 import sys
 from pathlib import Path
+
+from service.serving import uvicorn_options
 
 ROOT = Path(__file__).resolve().parents[2]
 MAILGATE = str(Path(sys.executable).parent / "mailgate")
@@ -44,3 +47,10 @@ def test_dockerfile_entrypoint_is_the_installed_command() -> None:
     assert re.search(r"^USER \d+$", text, re.M)  # never root
     pyproject = (ROOT / "pyproject.toml").read_text()
     assert 'mailgate = "service.cli:main"' in pyproject
+
+
+async def test_the_tests_run_on_the_event_loop_of_mailgate_serve() -> None:
+    """`mailgate serve` runs on uvloop with httptools; so does every async test."""
+    options = uvicorn_options()
+    assert (options["loop"], options["http"]) == ("uvloop", "httptools")
+    assert type(asyncio.get_running_loop()).__module__.split(".")[0] == "uvloop"
