@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import json
 import re
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
@@ -12,7 +11,6 @@ from typing import Annotated, Any, Literal, TypeVar
 from urllib.parse import quote
 
 from fastapi import APIRouter, Header, Path, Query, Response
-from starlette.responses import JSONResponse
 
 from service import mime
 from service.api.readers import ContextDep, MailContext
@@ -196,7 +194,7 @@ async def list_messages(
     subject: Annotated[str | None, Query(max_length=500)] = None,
     text: Annotated[str | None, Query(max_length=500)] = None,
     count: Annotated[bool, Query(description="Also return `total` (one more count).")] = False,
-) -> JSONResponse:
+) -> Response:
     for value in (from_, to, subject, text):
         if value is not None and any(ord(c) < 32 for c in value):
             raise ValidationFailed("Search strings must not contain control characters.")
@@ -210,13 +208,13 @@ async def list_messages(
     proto = protocol or ctx.settings.default_protocol
     reader = ctx.reader(proto)
     page = await reader.list_messages(folder, query)
-    body = page.model_dump(mode="json", by_alias=True)
+    # One pass from the models to JSON bytes (pydantic-core), without the other
+    # protocol's key, and `total` only when asked for.
+    exclude: dict[str, Any] = {"items": {"__all__": {"uidl" if proto == "imap" else "uid"}}}
     if not count:
-        body.pop("total", None)
-    other = "uidl" if proto == "imap" else "uid"
-    for item in body["items"]:
-        item.pop(other, None)
-    return JSONResponse(body)
+        exclude["total"] = True
+    return Response(page.model_dump_json(by_alias=True, exclude=exclude),
+                    media_type="application/json")  # fmt: skip
 
 
 @router.get(
@@ -246,7 +244,7 @@ async def get_message(
             mime.parse_message, raw, id=id, folder=msg.folder, flags=msg.flags, size=msg.size
         )
         parsed.removed = mode_ == "remove"
-        body = json.dumps(parsed.model_dump(mode="json", by_alias=True)).encode()
+        body = parsed.model_dump_json(by_alias=True).encode()
         return _commit_response(
             msg, one_chunk(body), mode=mode_, mark_seen=mark_seen, protocol=proto,
             stall_timeout=ctx.settings.stall_timeout, media_type="application/json",
