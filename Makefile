@@ -45,6 +45,7 @@ run: venv mailstack
 	  exec $(BIN)/mailgate serve
 
 bench: venv mailstack
+	$(BIN)/python bench/run.py
 	$(BIN)/python bench/list_throughput.py
 	$(BIN)/python bench/send_throughput.py
 	$(BIN)/python bench/raw_memory.py
