@@ -135,7 +135,14 @@ class Settings(BaseSettings):
         default=60.0, gt=0, le=3600, description="a client that reads nothing this long is cut"
     )
     ready_timeout: float = Field(default=2.0, gt=0, le=60)
-    pool_size_per_user: int = Field(default=8, ge=1, le=9)
+    pool_size_per_user: int = Field(
+        default=8,
+        ge=1,
+        le=100,
+        description="connections per mailbox and protocol (IMAP, POP3) and pod, shared by the "
+        "workers; keep it below the server's per-user limit (Dovecot: 10 per user, IP and "
+        "protocol) so the user's own mail apps get in too",
+    )
     pool_idle_seconds: float = Field(default=30.0, ge=0, le=3600)
     pool_max_sessions: int = Field(default=512, ge=1)
     summary_cache_entries: int = Field(

@@ -24,7 +24,7 @@ from service.metrics import Metrics, MetricsMiddleware
 from service.models.problem import Problem
 from service.models.send import Draft
 from service.protocols.imap import new_imap_pool
-from service.protocols.pool import SessionPool
+from service.protocols.pool import PooledSession, SessionPool
 from service.protocols.smtp import SmtpSession
 from service.protocols.summary_cache import SummaryCache
 from service.ratelimit import FailedLoginLimiter
@@ -53,10 +53,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         app.state.imap_pool = new_imap_pool(settings)
         app.state.smtp_pool = SessionPool[SmtpSession](settings)
+        app.state.pop3_pool = SessionPool[PooledSession](settings)  # a budget of slots only
         try:
             yield
         finally:
             await app.state.imap_pool.close_all()
+            await app.state.pop3_pool.close_all()
             await app.state.smtp_pool.close_all()
 
     app = FastAPI(

@@ -51,7 +51,9 @@ class MailContext:
             )
         if self.provider.pop3 is None:
             raise NotSupported(f"Provider {self.provider.name!r} has no POP3 server.")
-        return Pop3Reader(self.settings, self.provider, self.creds)
+        return Pop3Reader(
+            self.settings, self.provider, self.creds, self.request.app.state.pop3_pool
+        )
 
 
 async def get_context(

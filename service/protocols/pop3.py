@@ -1,6 +1,10 @@
 """POP3 adapter: the read endpoints over one short POP3 session per request.
 
-POP3 sessions are not pooled. DELE marks take effect only at QUIT, so QUIT is sent
+POP3 sessions are not reused (a session's view of the maildrop is fixed at login), but
+every one counts against the mailbox's connection budget (:class:`SessionPool`
+``acquire_slot``): at most ``pool_size_per_user`` per user and pod, waiting a bounded time
+for room, so concurrent requests never exceed the server's per-user limit (Dovecot: 10
+per user, IP and protocol). DELE marks take effect only at QUIT, so QUIT is sent
 only to commit a DELE: by ``Pop3Message.remove()`` (mode=remove, once the response was
 written) and by ``delete()``. Every other session (listing, folders, keep-mode reads, a
 message released without removal) ends without QUIT: with nothing to commit, RFC 1939's
@@ -63,6 +67,7 @@ from service.models.message import (
     MessageSummary,
 )
 from service.protocols.base import Credentials, ListQuery
+from service.protocols.pool import PooledSession, SessionPool, Slot, is_connection_limit
 from service.protocols.pop3client import (
     Pop3AuthError,
     Pop3Client,
@@ -90,6 +95,15 @@ _LEGACY_CURSOR_UIDLS = 10  # the UIDLs a cursor of the earlier form (p=1) carrie
 def translate(exc: Pop3Error, secrets: tuple[str, ...] = ()) -> MailGatewayError:
     """Map the POP3 client's errors to the gateway's tree, once."""
     up = Upstream("pop3", scrub(exc.reply, secrets)) if exc.reply else None
+    if isinstance(exc, Pop3InUseError | Pop3TempError) and is_connection_limit(
+        UpstreamUnavailable(upstream=up)
+    ):
+        return UpstreamUnavailable(
+            "The POP3 server refused one more connection for this user (its per-user "
+            "limit is taken by the user's other clients).",
+            upstream=up,
+            retry_after=2,
+        )
     if isinstance(exc, Pop3InUseError):
         return MailboxInUse("The maildrop is locked by another POP3 session.", upstream=up)
     if isinstance(exc, Pop3AuthError):
@@ -110,21 +124,25 @@ def translate(exc: Pop3Error, secrets: tuple[str, ...] = ()) -> MailGatewayError
 
 
 class _Session:
-    """Context manager: a logged-in client; errors translated. It never sends QUIT: a
-    caller that must commit DELE marks calls ``client.quit()`` itself."""
+    """Context manager: a logged-in client in a slot of the mailbox's budget; errors
+    translated. It never sends QUIT: a caller that must commit DELE marks calls
+    ``client.quit()`` itself."""
 
     def __init__(self, reader: Pop3Reader) -> None:
         self._reader = reader
-        self.client: Pop3Client | None = None
+        self._slot: Slot[Pop3Client] | None = None
 
     async def __aenter__(self) -> Pop3Client:
-        self.client = await self._reader.connect()
-        return self.client
+        self._slot = await self._reader.connect()
+        return self._slot.value
 
     async def __aexit__(self, exc_type: object, exc: BaseException | None, tb: object) -> None:
-        if self.client is None:
+        if self._slot is None:
             return
-        await self.client.aclose_without_quit()  # after quit(): already closed
+        try:
+            await self._slot.value.aclose_without_quit()  # after quit(): already closed
+        finally:
+            self._reader.pool.release_slot(self._slot)
         if isinstance(exc, Pop3Error):
             raise translate(exc, self._reader.secrets) from None
 
@@ -134,7 +152,13 @@ class Pop3Reader:
 
     protocol: Literal["pop3"] = "pop3"
 
-    def __init__(self, settings: Settings, provider: Provider, creds: Credentials) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        provider: Provider,
+        creds: Credentials,
+        pool: SessionPool[PooledSession],
+    ) -> None:
         if provider.pop3 is None:
             raise NotSupported(f"Provider {provider.name!r} has no POP3 server.")
         self._settings = settings
@@ -142,18 +166,24 @@ class Pop3Reader:
         self._ssl = settings.ssl_context(provider)
         self._creds = creds
         self.secrets = (creds.secret,)
+        self.pool = pool
+        self._key = creds.pool_key(provider.name, "pop3")
 
-    async def connect(self) -> Pop3Client:
-        """A logged-in session; a locked maildrop is retried briefly, then 409."""
+    async def connect(self) -> Slot[Pop3Client]:
+        """A logged-in session in a slot of the mailbox's connection budget (give it back
+        with ``pool.release_slot`` once the session is closed). A locked maildrop is
+        retried briefly, then 409; no room in the budget within the wait: 503."""
+        return await self.pool.acquire_slot(self._key, self._login_retrying_lock)
+
+    async def _login_retrying_lock(self) -> Pop3Client:
         for delay in (*_IN_USE_RETRIES, None):
             try:
                 return await self._connect_once()
-            except Pop3InUseError as exc:
-                if delay is None:
-                    raise translate(exc) from None
-                await asyncio.sleep(delay)
             except Pop3Error as exc:
-                raise translate(exc, self.secrets) from None
+                error = translate(exc, self.secrets)
+                if not isinstance(error, MailboxInUse) or delay is None:
+                    raise error from None
+                await asyncio.sleep(delay)
         raise AssertionError("unreachable")
 
     async def _connect_once(self) -> Pop3Client:
@@ -231,7 +261,8 @@ class Pop3Reader:
 
     async def open(self, ref: MessageRef) -> Pop3Message:
         uidl = _pop3_ref(ref).uidl
-        client = await self.connect()
+        slot = await self.connect()
+        client = slot.value
         try:
             n = _number_of(uidl, await client.uidl())
             # Not "LIST n": some servers (Mailpit) answer it with the whole listing.
@@ -239,11 +270,16 @@ class Pop3Reader:
             if size is None:
                 raise UpstreamError("The POP3 server's LIST lacks a message that UIDL has.")
         except BaseException as exc:
-            await client.aclose_without_quit()
+            try:
+                await client.aclose_without_quit()
+            finally:
+                self.pool.release_slot(slot)
             if isinstance(exc, Pop3Error):
                 raise translate(exc, self.secrets) from None
             raise
-        return Pop3Message(client, ref, uidl, n, size, by_top=_reads_by_top(client.capabilities))
+        return Pop3Message(
+            self.pool, slot, ref, uidl, n, size, by_top=_reads_by_top(client.capabilities)
+        )
 
     async def delete(self, refs: list[MessageRef]) -> list[DeleteResult]:
         """One result per ref, in order. Each UIDL is DELE'd once (duplicates share its
@@ -297,7 +333,8 @@ class Pop3Message:
 
     def __init__(
         self,
-        client: Pop3Client,
+        pool: SessionPool[PooledSession],
+        slot: Slot[Pop3Client],
         ref: MessageRef,
         uidl: str,
         number: int,
@@ -305,7 +342,9 @@ class Pop3Message:
         *,
         by_top: bool,
     ) -> None:
-        self._client = client
+        self._pool = pool
+        self._slot = slot
+        self._client = slot.value
         self._uidl = uidl
         self._number = number
         self._by_top = by_top
@@ -406,13 +445,18 @@ class Pop3Message:
             if isinstance(exc, Pop3Error):
                 raise translate(exc) from None
             raise
+        finally:
+            self._pool.release_slot(self._slot)
 
     async def release(self, *, healthy: bool) -> None:
         """End the session without QUIT: no DELE was sent, nothing is to be committed."""
         if self._done:
             return
         self._done = True
-        await self._client.aclose_without_quit()
+        try:
+            await self._client.aclose_without_quit()
+        finally:
+            self._pool.release_slot(self._slot)
 
 
 class _Heads:

@@ -18,6 +18,7 @@ from service.config import Settings
 from service.errors import AuthFailed
 from service.ids import Pop3Ref
 from service.protocols.base import Credentials, ListQuery
+from service.protocols.pool import PooledSession, SessionPool
 from service.protocols.pop3 import Pop3Reader
 
 pytestmark = pytest.mark.mailstack
@@ -464,12 +465,15 @@ async def test_credentials_pop3_cannot_carry_are_auth_failed_not_500(
     kind: Literal["basic", "xoauth2"], bad: str, settings: Settings, mailbox: Mailbox
 ) -> None:
     creds = Credentials(mailbox.address, bad, kind)
-    reader = Pop3Reader(settings, settings.providers["default"], creds)
+    pool = SessionPool[PooledSession](settings)
+    reader = Pop3Reader(settings, settings.providers["default"], creds, pool)
     with pytest.raises(AuthFailed) as info:
         await reader.list_messages("INBOX", ListQuery())
     assert "sec" not in str(info.value) and "ret" not in str(info.value)
     with pytest.raises(AuthFailed):
         await reader.open(Pop3Ref("uid-one"))
+    assert pool.stats().open == 0  # refused logins give their budget back
+    await pool.close_all()
 
 
 # -- DELE: by the number of now, once per message, QUIT only to commit ---------------------------

@@ -65,7 +65,7 @@ def test_bad_setting_names_the_variable(monkeypatch: pytest.MonkeyPatch) -> None
     with pytest.raises(SettingsError, match="MAILGATE_IMAP_URL"):
         load_settings()
     monkeypatch.setenv("MAILGATE_IMAP_URL", "imaps://mail.example.com")
-    monkeypatch.setenv("MAILGATE_POOL_SIZE_PER_USER", "50")
+    monkeypatch.setenv("MAILGATE_POOL_SIZE_PER_USER", "500")
     with pytest.raises(SettingsError, match="MAILGATE_POOL_SIZE_PER_USER"):
         load_settings()
     monkeypatch.delenv("MAILGATE_POOL_SIZE_PER_USER")

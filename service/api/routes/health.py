@@ -61,5 +61,5 @@ async def readyz(settings: SettingsDep) -> JSONResponse:
 @router.get("/metrics", summary="Prometheus metrics", response_class=PlainTextResponse)
 async def metrics(request: Request) -> PlainTextResponse:
     state = request.app.state
-    pools = {name: getattr(state, f"{name}_pool").stats() for name in ("imap", "smtp")}
+    pools = {name: getattr(state, f"{name}_pool").stats() for name in ("imap", "pop3", "smtp")}
     return PlainTextResponse(state.metrics.render(pools), media_type="text/plain; version=0.0.4")

@@ -1,0 +1,107 @@
+"""The connection budget against the real Dovecot (10 connections per user, IP and
+protocol): concurrent IMAP and POP3 requests of one mailbox never exceed it, and the
+user's own mail apps keep their connections."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from pathlib import Path
+from typing import Any
+
+import pytest
+from mailboxes import Mailbox
+
+pytestmark = pytest.mark.mailstack
+
+
+def raw(subject: str) -> bytes:
+    return (f"From: a@example.test\r\nTo: b@example.test\r\nSubject: {subject}\r\n\r\n"
+            "body\r\n").encode()  # fmt: skip
+
+
+def refusals_for(stack: dict[str, str], user: str) -> int:
+    """Dovecot's log lines refusing a login of ``user`` for its connection limit."""
+    log = Path(stack["MAILSTACK_DIR"]) / "log" / "dovecot.log"
+    return sum(
+        1
+        for line in log.read_text(errors="replace").splitlines()
+        if "Maximum number of connections" in line and f"user=<{user}>" in line
+    )
+
+
+async def test_concurrent_imap_and_pop3_reads_stay_under_the_servers_limit(
+    client: Any, stack: dict[str, str], mailbox: Mailbox
+) -> None:
+    for i in range(3):
+        mailbox.append(stack, raw(f"m{i}"))
+
+    async def one(proto: str) -> Any:
+        return await client.get("/v1/messages", params={"protocol": proto}, headers=mailbox.auth)
+
+    results = await asyncio.gather(*(one(("imap", "pop3")[i % 2]) for i in range(60)))
+    assert [r.status_code for r in results] == [200] * 60, results[0].text
+    assert all(len(r.json()["items"]) == 3 for r in results)
+    # The read of a message holds its POP3 session until the answer is written.
+    [first] = (await one("pop3")).json()["items"][:1]
+    reads = await asyncio.gather(
+        *(client.get(f"/v1/messages/{first['id']}/raw", headers=mailbox.auth) for _ in range(30))
+    )
+    assert {r.status_code for r in reads} == {200}
+    assert all(r.content.endswith(b"body\r\n") for r in reads)
+    assert refusals_for(stack, mailbox.address) == 0
+
+
+async def test_pop3_queues_behind_the_users_own_clients(
+    client: Any, stack: dict[str, str], mailbox: Mailbox
+) -> None:
+    """The user's mail app holds 8 POP3 connections: the gateway lives with the other 2."""
+    mailbox.append(stack, raw("hello"))
+    others = [mailbox.pop3(stack) for _ in range(8)]
+    try:
+        results = await asyncio.gather(
+            *(
+                client.get("/v1/messages", params={"protocol": "pop3"}, headers=mailbox.auth)
+                for _ in range(12)
+            )  # fmt: skip
+        )
+    finally:
+        for conn in others:
+            conn.quit()
+    assert [r.status_code for r in results] == [200] * 12, results[0].text
+    assert all(r.json()["items"][0]["subject"] == "hello" for r in results)
+
+
+@pytest.mark.parametrize("proto", ["imap", "pop3"])
+async def test_all_connections_taken_by_the_user_waits_then_answers_503(
+    proto: str, make_client: Any, stack: dict[str, str], mailbox: Mailbox
+) -> None:
+    """The user's own clients hold all 10: the gateway retries within its wait (and gets
+    in when one of them leaves), else answers 503 with Retry-After; never a 502."""
+    mailbox.append(stack, raw("full"))
+    opener = mailbox.imap if proto == "imap" else mailbox.pop3
+    others = [opener(stack) for _ in range(10)]
+
+    def bye(conn: Any) -> None:
+        if proto == "imap":
+            conn.logout()
+        else:
+            conn.quit()
+
+    try:
+        async with make_client(command_timeout=1.5) as c:
+            r = await c.get("/v1/messages", params={"protocol": proto}, headers=mailbox.auth)
+            assert r.status_code == 503, r.text
+            assert r.headers["content-type"].startswith("application/problem+json")
+            assert int(r.headers["retry-after"]) >= 1
+            assert r.json()["code"] == "upstream-unavailable"
+        async with make_client(command_timeout=10) as c:
+            timer = threading.Timer(0.5, bye, (others.pop(),))
+            timer.start()
+            r = await c.get("/v1/messages", params={"protocol": proto}, headers=mailbox.auth)
+            timer.join()
+            assert r.status_code == 200, r.text
+            assert [i["subject"] for i in r.json()["items"]] == ["full"]
+    finally:
+        for conn in others:
+            bye(conn)
