@@ -88,6 +88,7 @@ from service.protocols.imapwire import (
     parse_status,
     quote,
     response_code,
+    track_exists,
 )
 from service.protocols.transport import abort_transport
 
@@ -383,6 +384,7 @@ class ImapSession:
         self.selected: str | None = None
         self.read_only = False  # the selected folder was opened [READ-ONLY]
         self.uidvalidity: int | None = None
+        self.exists: int | None = None  # messages in the selected folder, as this view has it
         self.leases = 0  # how often a reader has leased it (0: brand new)
         self.commands_in_lease = 0
         self._synced_this_lease = False
@@ -575,6 +577,7 @@ class ImapSession:
             self._broken = True
             raise
         raw = (bytes(lines.pop()) if lines else b"").decode("utf-8", "replace")
+        self.exists = track_exists(lines, self.exists)
         reply = Reply(result, scrub(raw, self._secrets + extra_secrets), lines, raw)
         if result not in ("OK", "NO"):
             self._broken = True
@@ -644,7 +647,7 @@ class ImapSession:
                 self._synced_this_lease = True
                 return self.uidvalidity
         arg = mailbox_arg(folder)
-        self.selected = self.uidvalidity = None
+        self.selected = self.uidvalidity = self.exists = None
         reply = await self.command("SELECT", [arg])
         if not reply.ok:
             if reply.code in _UNAVAILABLE:
@@ -677,6 +680,24 @@ class ImapSession:
                 raise NotSupported("The IMAP server cannot search non-ASCII text.")
             self._expect_ok(reply, "SEARCH")
         return parse_search(reply.lines)
+
+    async def search_max_number(self, criteria: Sequence[Word]) -> int:
+        """The highest sequence number matching ``criteria``, 0 for none: ``SEARCH RETURN
+        (MAX)`` (RFC 4731 3.1) when ESEARCH is offered, else the highest of a plain SEARCH."""
+        if "ESEARCH" in self.capabilities:
+            reply = await self.command("SEARCH RETURN (MAX)", criteria)
+        else:
+            reply = await self.command("SEARCH", criteria)
+        self._expect_ok(reply, "SEARCH")
+        return parse_search(reply.lines).maximum or 0
+
+    async def fetch_numbers(self, numbers: str, items: str) -> dict[int, FetchItem]:
+        """FETCH by message sequence numbers (RFC 3501 6.4.5), by UID, each with its
+        ``seq``. The server may not send EXPUNGE while a non-UID FETCH runs (7.4.1), so the
+        numbers hold for the command; keep them within :attr:`exists`."""
+        reply = await self.command("FETCH", [numbers, items], fetch=True)
+        self._expect_ok(reply, "FETCH")
+        return parse_fetch(reply.lines)
 
     async def uid_fetch(self, uids: str, items: str) -> dict[int, FetchItem]:
         """UID FETCH; keep ``uids`` to one page (the library buffers the whole reply)."""

@@ -871,6 +871,8 @@ async def _serve(peer: Peer, caps: bytes, *, hang_up_on: bytes | None = None) ->
             out += header + b")\r\n"
         elif name == b"UID FETCH":
             out = b"* 1 FETCH (UID 7 FLAGS (\\Seen) RFC822.SIZE 30)\r\n"
+        elif name == b"FETCH":
+            out = b"* 1 FETCH (UID 7 FLAGS ())\r\n"
         elif name == b"LOGOUT":
             await peer.send(b"* BYE bye\r\n" + tag + b" OK bye\r\n")
             return
@@ -944,6 +946,8 @@ async def _serve_box(
                 found = [u for u, (_, f) in box.items() if "\\Deleted" in f]
             else:
                 crit = rest.split(b" ", 2)[2].split()
+                if crit[:1] == [b"RETURN"]:  # ESEARCH: answered the RFC 3501 way
+                    crit = crit[2:]
                 if crit[:1] == [b"UID"]:
                     span = parse_sequence_set(crit[1].decode())
                     found = [u for u in box if any(lo <= u <= hi for lo, hi in span)]
@@ -960,6 +964,17 @@ async def _serve_box(
                               reverse=True):  # fmt: skip
                 out += b"* %d EXPUNGE\r\n" % seqs[uid]
                 del box[uid]
+        elif name == b"FETCH":  # by sequence numbers: what a listing asks (UID FLAGS)
+            span = parse_sequence_set(rest.split()[1].decode())
+            for uid, n in seqs.items():
+                if any(lo <= n <= hi for lo, hi in span):
+                    flags = " ".join(sorted(box[uid][1])).encode()
+                    out += b"* %d FETCH (UID %d FLAGS (%s))\r\n" % (n, uid, flags)
+        elif name == b"SEARCH":  # SEARCH RETURN (MAX) UID a:b, by sequence numbers
+            span = parse_sequence_set(rest.split()[-1].decode())
+            found = [n for uid, n in seqs.items() if any(lo <= uid <= hi for lo, hi in span)]
+            out = b'* ESEARCH (TAG "%s")' % tag + (b" MAX %d" % max(found) if found else b"")
+            out += b"\r\n"
         elif name == b"UID FETCH":
             wanted = {
                 u
@@ -1172,28 +1187,146 @@ def test_summary_fetch_fast_path_matches_the_general_parser(
     assert fast[7] == (["\\Seen", "$Junk"], 300, {"BODY[HEADER.FIELDS (SUBJECT FROM)]": head})
 
 
-async def test_a_page_costs_one_search_and_one_fetch_of_that_page() -> None:
-    box: dict[int, list[Any]] = {
-        uid: [b"Subject: m%d\r\n\r\nbody\r\n" % uid, set()] for uid in range(1, 301)
-    }
+def _hundreds() -> dict[int, list[Any]]:
+    return {uid: [b"Subject: m%d\r\n\r\nbody\r\n" % uid, set()] for uid in range(1, 301)}
+
+
+async def _pages(box: dict[int, list[Any]], *queries: Any) -> tuple[list[Any], list[bytes]]:
+    """Each query's page in turn (a callable query gets the previous page) on one pooled
+    session of a scripted server; the pages and the commands the server received."""
     received: list[bytes] = []
 
     async def serve(peer: Peer) -> None:
         try:
-            await _serve_box(peer, b"IMAP4rev1 UIDPLUS LITERAL+", box)
+            await _serve_box(peer, b"IMAP4rev1 UIDPLUS ESEARCH LITERAL+", box)
         finally:
             received.extend(peer.received)
 
+    pages: list[Any] = []
     pool = SessionPool[ImapSession](Settings())
     async with scripted(serve) as (port, errors):
         reader = _reader(port, pool)
-        page = await reader.list_messages("INBOX", ListQuery(limit=3))
-        assert [i.subject for i in page.items] == ["m300", "m299", "m298"]
-        await reader.list_messages("INBOX", ListQuery(limit=3, cursor=page.next_cursor))
+        for query in queries:
+            query = query(pages[-1]) if callable(query) else query
+            pages.append(await reader.list_messages("INBOX", query))
         await pool.close_all()
     assert not errors
-    commands = [line.split(b" ", 1)[1] for line in received if b" UID " in line]
+    commands = [line.split(b" ", 1)[1] for line in received]
+    return pages, [c for c in commands if c.split(b" ", 1)[0] in (b"UID", b"FETCH", b"SEARCH")]
+
+
+async def test_a_page_costs_one_fetch_of_numbers_and_one_of_its_summaries() -> None:
+    """No SEARCH for an unfiltered listing: the newest page by sequence numbers from
+    EXISTS, the next one by a window of numbers under the cursor's."""
+    pages, commands = await _pages(
+        _hundreds(), ListQuery(limit=3), lambda p: ListQuery(limit=3, cursor=p.next_cursor)
+    )
+    assert [i.subject for i in pages[0].items] == ["m300", "m299", "m298"]
+    assert [i.subject for i in pages[1].items] == ["m297", "m296", "m295"]
+    assert [c.split()[:2] for c in commands] == [
+        [b"FETCH", b"297:300"],  # the page and one more (is there a next page?)
+        [b"UID", b"FETCH"],
+        [b"FETCH", b"286:298"],  # the cursor's own number, the page, one more, 8 of slack
+        [b"UID", b"FETCH"],
+    ]
+    assert [c.split()[2] for c in commands if c.startswith(b"UID FETCH")] == [
+        b"298:300",
+        b"295:297",
+    ]  # the page's UIDs only, never 1:*
+
+
+async def test_a_cached_page_costs_one_fetch() -> None:
+    from service.protocols.summary_cache import SummaryCache
+
+    box = _hundreds()
+    peers: list[Peer] = []
+
+    async def serve(peer: Peer) -> None:
+        peers.append(peer)
+        await _serve_box(peer, b"IMAP4rev1 UIDPLUS ESEARCH LITERAL+", box)
+
+    pool = SessionPool[ImapSession](Settings())
+    async with scripted(serve) as (port, errors):
+        from service.protocols.imap import imap_reader
+
+        settings = Settings(imap_url=f"imap+plain://127.0.0.1:{port}", command_timeout=2)
+        reader = imap_reader(
+            settings, settings.providers["default"], CREDS, pool, SummaryCache(100)
+        )
+        first = await reader.list_messages("INBOX", ListQuery(limit=3))
+        box[299][1].add("\\Seen")
+        mark = len(peers[0].received)
+        again = await reader.list_messages("INBOX", ListQuery(limit=3))
+        received = peers[0].received[mark:]
+        await pool.close_all()
+    assert not errors
+    assert [i.id for i in again.items] == [i.id for i in first.items]
+    assert [i.seen for i in again.items] == [False, True, False]  # flags are always fresh
+    assert [c.split(b" ", 1)[1].split()[:2] for c in received] == [
+        [b"NOOP"],  # the pooled session's re-sync
+        [b"FETCH", b"297:300"],
+    ]
+
+
+async def test_a_cursor_from_another_view_is_placed_exactly() -> None:
+    """Eight messages below the cursor vanish without the session hearing of it (the
+    script renumbers at once): the number the cursor carries no longer holds a message
+    at or above the cursor's UID, so the position comes from one SEARCH, and the page is
+    still exactly the next older messages."""
+    box = _hundreds()
+
+    def after_expunge(page: Any) -> ListQuery:
+        for uid in range(290, 298):
+            del box[uid]
+        return ListQuery(limit=3, cursor=page.next_cursor)
+
+    pages, commands = await _pages(box, ListQuery(limit=3), after_expunge)
+    assert [i.subject for i in pages[1].items] == ["m289", "m288", "m287"]
+    assert [b"SEARCH", b"RETURN", b"(MAX)", b"UID", b"1:297"] in [c.split() for c in commands]
+
+
+async def test_a_cursor_without_a_number_still_pages() -> None:
+    """Cursors made before numbers were added carry only the UID: placed by one SEARCH."""
+    from service.ids import decode_cursor, encode_cursor
+
+    def old_style(page: Any) -> ListQuery:
+        data = decode_cursor(page.next_cursor)
+        del data["s"]
+        return ListQuery(limit=3, cursor=encode_cursor(data))
+
+    pages, commands = await _pages(_hundreds(), ListQuery(limit=3), old_style)
+    assert [i.subject for i in pages[1].items] == ["m297", "m296", "m295"]
+    assert sum(c.startswith(b"SEARCH") for c in commands) == 1
+
+
+async def test_a_filtered_page_searches_below_the_cursor() -> None:
+    box = _hundreds()
+    pages, commands = await _pages(
+        box,
+        ListQuery(limit=3, subject="m"),
+        lambda p: ListQuery(limit=3, subject="m", cursor=p.next_cursor),
+    )
+    assert [i.subject for i in pages[1].items] == ["m297", "m296", "m295"]
     searches = [c for c in commands if c.startswith(b"UID SEARCH")]
-    fetches = [c.split()[2] for c in commands if c.startswith(b"UID FETCH")]
-    assert len(searches) == 2 and searches[1].split()[2:4] == [b"UID", b"1:297"]
-    assert fetches == [b"298:300", b"295:297"]  # the page's UIDs only, never 1:*
+    assert len(searches) == 2 and b"UID 1:297" in searches[1]
+
+
+def test_the_message_count_follows_exists_expunge_and_vanished() -> None:
+    from service.protocols.imapwire import track_exists
+
+    literal = bytearray(b"9 EXISTS")  # literal data is never a response
+    assert track_exists([b"FLAGS (\\Seen)", b"12 EXISTS", b"0 RECENT"], None) == 12
+    assert track_exists([b"3 EXPUNGE", b"3 expunge", literal], 12) == 10
+    assert track_exists([b"2 FETCH (UID 9 FLAGS ())", b"11 EXISTS"], 10) == 11
+    assert track_exists([b"VANISHED 4:6,9"], 11) == 7
+    assert track_exists([b"VANISHED (EARLIER) 1:3"], 7) == 7  # already gone before
+    assert track_exists([b"3 EXPUNGE"], None) is None  # not known until an EXISTS
+    assert track_exists([b"VANISHED x:y"], 7) is None  # garbled: not known any more
+
+
+def test_esearch_max_and_the_highest_of_a_plain_search() -> None:
+    from service.protocols.imapwire import parse_search
+
+    assert parse_search([b'ESEARCH (TAG "a1") MAX 4711']).maximum == 4711
+    assert parse_search([b"SEARCH 3 9 5"]).maximum == 9
+    assert parse_search([b'ESEARCH (TAG "a1")']).maximum is None
