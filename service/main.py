@@ -8,14 +8,13 @@ from contextlib import asynccontextmanager
 from importlib.resources import files
 from typing import Any
 
-from fastapi import Depends, FastAPI
+from fastapi import FastAPI
 from fastapi.middleware.cors import CORSMiddleware
 from fastapi.openapi.docs import get_redoc_html, get_swagger_ui_html
 from fastapi.responses import HTMLResponse
 from fastapi.staticfiles import StaticFiles
 
 from service import __version__
-from service.api.deps import check_api_key
 from service.api.problems import install_problem_handlers
 from service.api.routes import folders, health, messages, send
 from service.config import Settings, load_settings
@@ -78,9 +77,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         settings.auth_failures_max, settings.auth_failures_window_seconds
     )
     install_problem_handlers(app)
-    v1_deps: list[Any] = [Depends(check_api_key)]
     for router in (send.router, folders.router, messages.router):
-        app.include_router(router, prefix="/v1", dependencies=v1_deps)
+        app.include_router(router, prefix="/v1")  # each route takes the mail context
     app.include_router(health.router)
     app.mount("/static", StaticFiles(directory=_static_dir()), name="static")
 

@@ -1,4 +1,5 @@
-"""FastAPI dependencies: settings, gateway key, mailbox credentials, provider, protocol."""
+"""FastAPI dependencies and the checks they are made of: settings, gateway key, mailbox
+credentials, provider, protocol."""
 
 from __future__ import annotations
 
@@ -23,13 +24,16 @@ async def get_settings(request: Request) -> Settings:
 SettingsDep = Annotated[Settings, Depends(get_settings)]
 
 
-async def check_api_key(
-    settings: SettingsDep,
-    x_api_key: Annotated[
-        str | None,
-        Header(description="Gateway access key; required only when keys are configured."),
-    ] = None,
-) -> None:
+ApiKeyHeader = Annotated[
+    str | None,
+    Header(description="Gateway access key; required only when keys are configured."),
+]
+ProviderHeader = Annotated[
+    str | None, Header(description="A provider named in the providers file.")
+]
+
+
+def check_api_key(settings: Settings, x_api_key: str | None) -> None:
     """403 unless the key's SHA-256 is configured (constant-time compare)."""
     if not settings.api_key_hashes:
         return
@@ -41,7 +45,7 @@ async def check_api_key(
         raise Forbidden("A valid X-API-Key header is required.")
 
 
-async def get_credentials(request: Request) -> Credentials:
+def get_credentials(request: Request) -> Credentials:
     """Mailbox credentials of this request; 401 auth-required when absent or unreadable.
 
     Read from the headers directly (documented as OpenAPI security schemes, so that
@@ -85,25 +89,16 @@ def _check_printable(value: str) -> None:
         raise AuthRequired("Credentials must not contain control characters.")
 
 
-async def check_login_rate(
-    request: Request,
-    creds: Annotated[Credentials, Depends(get_credentials)],
-    provider: Annotated[Provider, Depends(get_provider)],
-) -> Credentials:
+def check_login_rate(request: Request, provider: Provider, creds: Credentials) -> None:
     """429 while this mailbox has too many refused logins; remembers whose login this is."""
     limiter = request.app.state.login_limiter
     key = limiter.key(provider.name, creds.user)
     limiter.check(key)
     request.state.login_key = key
-    return creds
 
 
-async def get_provider(
-    settings: SettingsDep,
-    x_mail_provider: Annotated[
-        str | None, Header(description="A provider named in the providers file.")
-    ] = None,
-) -> Provider:
+def get_provider(settings: Settings, x_mail_provider: str | None) -> Provider:
+    """The provider named by X-Mail-Provider (``default`` without it); 422 if unknown."""
     name = x_mail_provider or "default"
     provider = settings.providers.get(name)
     if provider is None:
@@ -121,6 +116,4 @@ async def get_protocol(
     return protocol or settings.default_protocol
 
 
-CredentialsDep = Annotated[Credentials, Depends(check_login_rate)]
-ProviderDep = Annotated[Provider, Depends(get_provider)]
 ProtocolDep = Annotated[Literal["imap", "pop3"], Depends(get_protocol)]

@@ -8,7 +8,14 @@ from typing import Annotated, Literal
 
 from fastapi import Depends, Request
 
-from service.api.deps import CredentialsDep, ProviderDep, SettingsDep
+from service.api.deps import (
+    ApiKeyHeader,
+    ProviderHeader,
+    check_api_key,
+    check_login_rate,
+    get_credentials,
+    get_provider,
+)
 from service.config import Provider, Settings
 from service.errors import NotSupported
 from service.protocols.base import Credentials, MailboxReader, MessageSender
@@ -57,8 +64,16 @@ class MailContext:
 
 
 async def get_context(
-    request: Request, settings: SettingsDep, provider: ProviderDep, creds: CredentialsDep
+    request: Request, x_api_key: ApiKeyHeader = None, x_mail_provider: ProviderHeader = None
 ) -> MailContext:
+    """The one dependency of every /v1 route: gateway key (403), provider (422), mailbox
+    credentials (401) and the failed-login limit (429), checked in that order. One
+    dependency, not a tree of them: FastAPI's cost is per dependency and parameter."""
+    settings: Settings = request.app.state.settings
+    check_api_key(settings, x_api_key)
+    provider = get_provider(settings, x_mail_provider)
+    creds = get_credentials(request)
+    check_login_rate(request, provider, creds)
     return MailContext(request, settings, provider, creds)
 
 

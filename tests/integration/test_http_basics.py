@@ -75,6 +75,21 @@ async def test_api_keys_when_configured(make_client: Any, mailbox: Mailbox) -> N
         assert (await c.get("/healthz")).status_code == 200
 
 
+async def test_every_v1_route_checks_the_api_key_first(make_client: Any) -> None:
+    """The key is checked by the one mail-context dependency of each /v1 route (not a
+    router-wide one): every operation answers 403 without it, before credentials (401)."""
+    key_hash = hashlib.sha256(b"k").hexdigest()
+    async with make_client(api_key_hashes=[key_hash]) as c:
+        paths = (await c.get("/openapi.json")).json()["paths"]
+        operations = [(m.upper(), p) for p, ops in paths.items() if p.startswith("/v1/")
+                      for m in ops]  # fmt: skip
+        assert len(operations) >= 9
+        for method, template in operations:
+            path = template.replace("{id}", "x").replace("{attachment_id}", "1")
+            r = await c.request(method, path)
+            assert r.status_code == 403, (method, path, r.text)
+
+
 async def test_malformed_credentials_are_401(client: Any) -> None:
     import base64
 

@@ -6,7 +6,6 @@ import asyncio
 import re
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
-from datetime import date
 from typing import Annotated, Any, Literal, TypeVar
 from urllib.parse import quote
 
@@ -30,6 +29,7 @@ from service.models.message import (
     DeleteRequest,
     DeleteResult,
     DeleteResults,
+    ListParams,
     MessagePage,
     MessagePatch,
     ParsedMessage,
@@ -179,39 +179,25 @@ def _commit_response(
     ),
     responses=problem_responses(*_ERRS),
 )
-async def list_messages(
-    ctx: ContextDep,
-    protocol: ProtocolQuery = None,
-    folder: FolderQuery = "INBOX",
-    limit: Annotated[int, Query(ge=1, le=200)] = 50,
-    cursor: Annotated[str | None, Query(max_length=4096)] = None,
-    unseen: bool | None = None,
-    flagged: bool | None = None,
-    since: Annotated[date | None, Query(description="On or after this date (IMAP SINCE).")] = None,
-    before: Annotated[date | None, Query(description="Before this date (IMAP BEFORE).")] = None,
-    from_: Annotated[str | None, Query(alias="from", max_length=500)] = None,
-    to: Annotated[str | None, Query(max_length=500)] = None,
-    subject: Annotated[str | None, Query(max_length=500)] = None,
-    text: Annotated[str | None, Query(max_length=500)] = None,
-    count: Annotated[bool, Query(description="Also return `total` (one more count).")] = False,
-) -> Response:
-    for value in (from_, to, subject, text):
+async def list_messages(ctx: ContextDep, params: Annotated[ListParams, Query()]) -> Response:
+    for value in (params.from_, params.to, params.subject, params.text):
         if value is not None and any(ord(c) < 32 for c in value):
             raise ValidationFailed("Search strings must not contain control characters.")
-    for day in (since, before):
+    for day in (params.since, params.before):
         if day is not None and not 1970 <= day.year <= 9999:
             raise ValidationFailed("since and before must lie between 1970 and 9999.")
     query = ListQuery(
-        limit=limit, cursor=cursor, unseen=unseen, flagged=flagged, since=since,
-        before=before, from_=from_, to=to, subject=subject, text=text, count=count,
+        limit=params.limit, cursor=params.cursor, unseen=params.unseen, flagged=params.flagged,
+        since=params.since, before=params.before, from_=params.from_, to=params.to,
+        subject=params.subject, text=params.text, count=params.count,
     )  # fmt: skip
-    proto = protocol or ctx.settings.default_protocol
+    proto = params.protocol or ctx.settings.default_protocol
     reader = ctx.reader(proto)
-    page = await reader.list_messages(folder, query)
+    page = await reader.list_messages(params.folder, query)
     # One pass from the models to JSON bytes (pydantic-core), without the other
     # protocol's key, and `total` only when asked for.
     exclude: dict[str, Any] = {"items": {"__all__": {"uidl" if proto == "imap" else "uid"}}}
-    if not count:
+    if not params.count:
         exclude["total"] = True
     return Response(page.model_dump_json(by_alias=True, exclude=exclude),
                     media_type="application/json")  # fmt: skip
