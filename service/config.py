@@ -149,6 +149,11 @@ class Settings(BaseSettings):
         default=20_000, ge=0, description="IMAP listing summaries kept (0: none)"
     )
     fetch_chunk_bytes: int = Field(default=1024 * 1024, ge=4096, le=16 * 1024 * 1024)
+    warm_up: bool = Field(
+        default=True,
+        description="pay the first request's one-time costs at start-up (route plans, TLS "
+        "contexts) and freeze start-up objects out of the garbage collector's scans",
+    )
     idempotency_ttl_seconds: int = Field(default=86400, ge=1)
     auth_failures_max: int = Field(default=20, ge=0, description="0 turns the limiter off")
     auth_failures_window_seconds: float = Field(default=60.0, gt=0)

@@ -17,6 +17,7 @@ from fastapi.staticfiles import StaticFiles
 from service import __version__
 from service.api.problems import install_problem_handlers
 from service.api.routes import folders, health, messages, send
+from service.api.warmup import warm_up
 from service.config import Settings, load_settings
 from service.idempotency import IdempotencyStore
 from service.metrics import Metrics, MetricsMiddleware
@@ -53,6 +54,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         app.state.imap_pool = new_imap_pool(settings)
         app.state.smtp_pool = SessionPool[SmtpSession](settings)
         app.state.pop3_pool = SessionPool[PooledSession](settings)  # a budget of slots only
+        if settings.warm_up:
+            await warm_up(app, settings)
         try:
             yield
         finally:

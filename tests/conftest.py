@@ -34,6 +34,7 @@ def make_settings(stack: dict[str, str], **overrides: Any) -> Settings:
         "ca_file": stack["MAILSTACK_CA_FILE"],
         "command_timeout": 10.0,
         "connect_timeout": 5.0,
+        "warm_up": False,  # start-up warm-up has its own test; apps start faster without
     }
     values.update(overrides)
     return Settings(**values)

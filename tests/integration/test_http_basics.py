@@ -129,6 +129,27 @@ async def test_metrics_show_the_pooled_sessions(client: Any, mailbox: Mailbox) -
     assert 'mailgate_requests_total{method="GET",route="/v1/folders",status="200"} 1' in r.text
 
 
+async def test_start_up_warm_up_reaches_no_mail_server_and_counts_nothing(
+    make_client: Any, mailbox: Mailbox
+) -> None:
+    """mailgate serve warms up in its lifespan (the tests' apps skip it to start faster):
+    one request per /v1 operation stops at the missing credentials, no session is opened,
+    no metric counts them, and the start-up objects end up frozen out of the collector."""
+    import gc
+
+    gc.unfreeze()
+    try:
+        async with make_client(warm_up=True) as c:
+            assert gc.get_freeze_count() > 0
+            r = await c.get("/metrics")
+            assert "mailgate_requests_total{" not in r.text
+            assert 'mailgate_pool_sessions{pool="imap",state="open"} 0' in r.text
+            r = await c.get("/v1/messages", headers=mailbox.auth)
+            assert r.status_code == 200 and r.json()["items"] == []
+    finally:
+        gc.unfreeze()
+
+
 async def test_overlong_id_is_invalid_id(client: Any, mailbox: Mailbox) -> None:
     r = await client.get("/v1/messages/i" + "A" * 5000, headers=mailbox.auth)
     assert r.status_code == 400 and r.json()["code"] == "invalid-id"
