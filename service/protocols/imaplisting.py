@@ -30,6 +30,8 @@ Filtered listings need the server to decide which messages match: ``UID SEARCH``
 Summaries of immutable messages (same UIDVALIDITY and UID) come from the
 :class:`~service.protocols.summary_cache.SummaryCache`; only the uncached ones are
 fetched with their header fields, the others take the flags the window brought.
+When nothing of the folder is cached (a first listing), the window itself asks for
+the header fields, so that the page costs one FETCH.
 """
 
 from __future__ import annotations
@@ -229,7 +231,12 @@ async def read_page(
         if req.count:
             total = (await session.uid_search(req.criteria or ["ALL"], count=True)).count
     else:
-        known = await _highest_by_number(session, pos, want)
+        # Nothing of this folder cached (a first listing): the window brings the header
+        # fields too, and the page costs one FETCH.
+        cold = cache is None or not cache.holds_any(cache_key, req.folder, uidvalidity)
+        known = await _highest_by_number(
+            session, pos, want, SUMMARY_ITEMS if cold else "(UID FLAGS)"
+        )
         uids = list(known)
         if req.count:
             total = session.exists
@@ -256,7 +263,7 @@ async def _search_highest(
 
 
 async def _highest_by_number(
-    session: ImapSession, pos: Position | None, want: int
+    session: ImapSession, pos: Position | None, want: int, items: str = "(UID FLAGS)"
 ) -> dict[int, FetchItem]:
     """Up to ``want`` messages below the cursor (all, without one), highest UID first, as
     ``{uid: item}`` with their flags and sequence numbers, by windows of numbers."""
@@ -275,18 +282,18 @@ async def _highest_by_number(
         if top < 1:
             return found
         low = max(1, top - span + 1)
-        fetched = await session.fetch_numbers(f"{low}:{top}", "(UID FLAGS)")
+        fetched = await session.fetch_numbers(f"{low}:{top}", items)
         # by number, highest first (an unsolicited FETCH of another number is left out)
-        items = sorted(
+        window = sorted(
             (i for i in fetched.values() if i.seq is not None and low <= i.seq <= top),
             key=lambda i: i.seq or 0,
             reverse=True,
         )
         if attempt == 0 and pos is not None and pos.seq == top and bound is not None:
-            if not items or items[0].seq != top or items[0].uid < bound:
+            if not window or window[0].seq != top or window[0].uid < bound:
                 # The hint is not from this view: older messages may sit above it.
-                return await _from_exact_number(session, pos, want)
-        for item in items:
+                return await _from_exact_number(session, pos, want, items)
+        for item in window:
             if (bound is None or item.uid < bound) and len(found) < want:
                 found[item.uid] = item
         if len(found) >= want or low == 1:
@@ -301,10 +308,10 @@ async def _highest_by_number(
 
 
 async def _from_exact_number(
-    session: ImapSession, pos: Position, want: int
+    session: ImapSession, pos: Position, want: int, items: str
 ) -> dict[int, FetchItem]:
     exact = Position(pos.uidvalidity, pos.uid, None)
-    return await _highest_by_number(session, exact, want)
+    return await _highest_by_number(session, exact, want, items)
 
 
 async def _number_below(session: ImapSession, uid: int) -> int:
@@ -324,34 +331,43 @@ async def _summaries(
     cache: SummaryCache | None,
     cache_key: str,
 ) -> list[MessageSummary]:
-    """The page's summaries: cached ones with the flags already fetched, the others (and
-    cached ones whose flags are not known yet) by one UID FETCH."""
+    """The page's summaries: from the cache (with the flags the window brought), from
+    the window's own header fields, and the rest by one UID FETCH."""
     if not page:
         return []
-    keys = {uid: (cache_key, folder, uidvalidity, uid) for uid in page}
-    cached = {uid: cache.get(k) for uid, k in keys.items()} if cache is not None else {}
-    missing = [uid for uid in page if cached.get(uid) is None]
-    stale_flags = [uid for uid in page if uid not in missing and known.get(uid, _NO).flags is None]
-    fetched: dict[int, FetchItem] = {}
+    found: dict[int, MessageSummary] = {}
+    flags: dict[int, list[str] | None] = {}
+    for uid in page:
+        item = known.get(uid)
+        flags[uid] = item.flags if item is not None else None
+        summary = cache.get((cache_key, folder, uidvalidity, uid)) if cache is not None else None
+        if summary is None and item is not None and item.size is not None:
+            summary = summary_of(folder, uidvalidity, item)  # the window fetched its fields
+            if cache is not None:
+                cache.put((cache_key, folder, uidvalidity, uid), summary)
+        if summary is not None:
+            found[uid] = summary
+    missing = [uid for uid in page if uid not in found]
+    no_flags = [uid for uid in page if uid in found and flags[uid] is None]
     if missing:
-        fetched = await session.uid_fetch(format_uid_set(missing + stale_flags), SUMMARY_ITEMS)
-    elif stale_flags:
-        fetched = await session.uid_fetch(format_uid_set(stale_flags), "(UID FLAGS)")
+        fetched = await session.uid_fetch(format_uid_set(missing + no_flags), SUMMARY_ITEMS)
+    elif no_flags:
+        fetched = await session.uid_fetch(format_uid_set(no_flags), "(UID FLAGS)")
+    else:
+        fetched = {}
     out: list[MessageSummary] = []
     for uid in page:
-        known_summary = cached.get(uid)
-        item = fetched.get(uid) or known.get(uid)
-        if item is None or (known_summary is None and uid not in fetched):
-            continue  # expunged meanwhile
-        if known_summary is None:
+        item = fetched.get(uid)
+        if uid not in found:
+            if item is None:
+                continue  # expunged meanwhile
             summary = summary_of(folder, uidvalidity, item)
             if cache is not None:
-                cache.put(keys[uid], summary)
+                cache.put((cache_key, folder, uidvalidity, uid), summary)
             out.append(summary)
-        else:
-            flags = visible_flags(item.flags)
-            out.append(known_summary.model_copy(update={"flags": flags, "seen": "\\Seen" in flags}))
+            continue
+        if item is None and flags[uid] is None:
+            continue  # its flags were asked for and it is gone
+        shown = visible_flags(item.flags if item is not None else flags[uid])
+        out.append(found[uid].model_copy(update={"flags": shown, "seen": "\\Seen" in shown}))
     return out
-
-
-_NO = FetchItem(0)

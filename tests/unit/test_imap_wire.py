@@ -964,12 +964,20 @@ async def _serve_box(
                               reverse=True):  # fmt: skip
                 out += b"* %d EXPUNGE\r\n" % seqs[uid]
                 del box[uid]
-        elif name == b"FETCH":  # by sequence numbers: what a listing asks (UID FLAGS)
+        elif name == b"FETCH":  # by sequence numbers: a listing's window
             span = parse_sequence_set(rest.split()[1].decode())
             for uid, n in seqs.items():
                 if any(lo <= n <= hi for lo, hi in span):
                     flags = " ".join(sorted(box[uid][1])).encode()
-                    out += b"* %d FETCH (UID %d FLAGS (%s))\r\n" % (n, uid, flags)
+                    out += b"* %d FETCH (UID %d FLAGS (%s)" % (n, uid, flags)
+                    if b"HEADER.FIELDS" in rest:
+                        fields = box[uid][0].split(b"\r\n\r\n")[0] + b"\r\n\r\n"
+                        out += b" RFC822.SIZE %d BODY[HEADER.FIELDS (SUBJECT)] {%d}\r\n" % (
+                            len(box[uid][0]),
+                            len(fields),
+                        )
+                        out += fields
+                    out += b")\r\n"
         elif name == b"SEARCH":  # SEARCH RETURN (MAX) UID a:b, by sequence numbers
             span = parse_sequence_set(rest.split()[-1].decode())
             found = [n for uid, n in seqs.items() if any(lo <= uid <= hi for lo, hi in span)]
@@ -1191,7 +1199,9 @@ def _hundreds() -> dict[int, list[Any]]:
     return {uid: [b"Subject: m%d\r\n\r\nbody\r\n" % uid, set()] for uid in range(1, 301)}
 
 
-async def _pages(box: dict[int, list[Any]], *queries: Any) -> tuple[list[Any], list[bytes]]:
+async def _pages(
+    box: dict[int, list[Any]], *queries: Any, cache: Any = None
+) -> tuple[list[Any], list[bytes]]:
     """Each query's page in turn (a callable query gets the previous page) on one pooled
     session of a scripted server; the pages and the commands the server received."""
     received: list[bytes] = []
@@ -1206,6 +1216,7 @@ async def _pages(box: dict[int, list[Any]], *queries: Any) -> tuple[list[Any], l
     pool = SessionPool[ImapSession](Settings())
     async with scripted(serve) as (port, errors):
         reader = _reader(port, pool)
+        reader._cache = cache  # noqa: SLF001 - the reader as the app builds it, with its cache
         for query in queries:
             query = query(pages[-1]) if callable(query) else query
             pages.append(await reader.list_messages("INBOX", query))
@@ -1215,24 +1226,32 @@ async def _pages(box: dict[int, list[Any]], *queries: Any) -> tuple[list[Any], l
     return pages, [c for c in commands if c.split(b" ", 1)[0] in (b"UID", b"FETCH", b"SEARCH")]
 
 
-async def test_a_page_costs_one_fetch_of_numbers_and_one_of_its_summaries() -> None:
+@pytest.mark.parametrize("cached", [False, True])
+async def test_a_page_costs_one_fetch_of_numbers_and_at_most_one_of_summaries(
+    cached: bool,
+) -> None:
     """No SEARCH for an unfiltered listing: the newest page by sequence numbers from
-    EXISTS, the next one by a window of numbers under the cursor's."""
+    EXISTS, the next one by a window of numbers under the cursor's. Nothing cached: the
+    window brings the header fields (one FETCH a page); once the folder has cached
+    summaries, the window brings flags and the uncached page's fields follow by UID."""
+    from service.protocols.summary_cache import SummaryCache
+
     pages, commands = await _pages(
-        _hundreds(), ListQuery(limit=3), lambda p: ListQuery(limit=3, cursor=p.next_cursor)
+        _hundreds(),
+        ListQuery(limit=3),
+        lambda p: ListQuery(limit=3, cursor=p.next_cursor),
+        cache=SummaryCache(100) if cached else None,
     )
     assert [i.subject for i in pages[0].items] == ["m300", "m299", "m298"]
     assert [i.subject for i in pages[1].items] == ["m297", "m296", "m295"]
-    assert [c.split()[:2] for c in commands] == [
-        [b"FETCH", b"297:300"],  # the page and one more (is there a next page?)
-        [b"UID", b"FETCH"],
-        [b"FETCH", b"286:298"],  # the cursor's own number, the page, one more, 8 of slack
-        [b"UID", b"FETCH"],
-    ]
-    assert [c.split()[2] for c in commands if c.startswith(b"UID FETCH")] == [
-        b"298:300",
-        b"295:297",
-    ]  # the page's UIDs only, never 1:*
+    shapes = [c.split()[:2] + [b"HEADER.FIELDS" in c] for c in commands]
+    newest = [b"FETCH", b"297:300", True]  # the page and one more (is there a next page?)
+    window = [b"FETCH", b"286:298"]  # the cursor's own number, the page, one more, 8 slack
+    if cached:
+        assert shapes == [newest, [*window, False], [b"UID", b"FETCH", True]]
+        assert commands[-1].split()[2] == b"295:297"  # the page's UIDs only, never 1:*
+    else:
+        assert shapes == [newest, [*window, True]]
 
 
 async def test_a_cached_page_costs_one_fetch() -> None:
@@ -1330,3 +1349,20 @@ def test_esearch_max_and_the_highest_of_a_plain_search() -> None:
     assert parse_search([b'ESEARCH (TAG "a1") MAX 4711']).maximum == 4711
     assert parse_search([b"SEARCH 3 9 5"]).maximum == 9
     assert parse_search([b'ESEARCH (TAG "a1")']).maximum is None
+
+
+def test_the_summary_cache_knows_which_folders_it_holds() -> None:
+    from service.models.message import MessageSummary
+    from service.protocols.summary_cache import SummaryCache
+
+    cache = SummaryCache(2)
+    summary = MessageSummary(id="x", folder="INBOX")
+    assert not cache.holds_any("k", "INBOX", 7)
+    cache.put(("k", "INBOX", 7, 1), summary)
+    cache.put(("k", "INBOX", 7, 1), summary)  # the same key again counts once
+    assert cache.holds_any("k", "INBOX", 7) and not cache.holds_any("k", "INBOX", 8)
+    cache.put(("k", "Sent", 7, 1), summary)
+    cache.put(("other", "INBOX", 7, 1), summary)  # evicts the INBOX entry of "k"
+    assert not cache.holds_any("k", "INBOX", 7)
+    assert cache.holds_any("k", "Sent", 7) and cache.holds_any("other", "INBOX", 7)
+    assert not SummaryCache(0).holds_any("k", "INBOX", 7)
