@@ -300,7 +300,7 @@ async def big_raw(env: dict[str, str], table: Table, rounds: int) -> None:
         await direct.close()
 
 
-async def cold_call(env: dict[str, str], table: Table, rounds: int, starts: int = 4) -> None:
+async def cold_call(env: dict[str, str], table: Table, rounds: int, starts: int = 6) -> None:
     """The first listing of a new gateway process against connect + TLS + LOGIN + SELECT +
     SEARCH + FETCH on a new aioimaplib connection (process start-up not counted)."""
     user = fresh_address("cold")

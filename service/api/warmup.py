@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import gc
 import logging
+from contextlib import AsyncExitStack
 from typing import Any
 
 from fastapi import FastAPI
@@ -85,7 +86,10 @@ async def _request_without_credentials(app: FastAPI, method: str, path: str) -> 
         return None
 
     try:
-        await app.router(scope, receive, send)
+        # FastAPI's own middleware puts this stack in the scope; its handlers require it.
+        async with AsyncExitStack() as stack:
+            scope["fastapi_middleware_astack"] = stack
+            await app.router(scope, receive, send)
     except Exception:  # noqa: S110 - the expected 401/403 is raised past the router here
         pass
 
