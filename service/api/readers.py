@@ -40,7 +40,7 @@ class MailContext:
         return SmtpSender(
             server,
             self.creds,
-            self.settings.ssl_context(self.provider),
+            self.settings.ssl_context(self.provider, "smtp"),
             connect_timeout=self.settings.connect_timeout,
             command_timeout=self.settings.command_timeout,
             deadline=self.settings.send_timeout,

@@ -38,7 +38,8 @@ async def warm_up(app: FastAPI, settings: Settings) -> None:
     view of start-up objects. Never raises: a failed warm-up only costs the first call."""
     try:
         for provider in settings.providers.values():
-            settings.ssl_context(provider)
+            for service in ("imap", "pop3", "smtp"):
+                settings.ssl_context(provider, service)
         for method, path in _operations(app):
             await _request_without_credentials(app, method, path)
         summary_fields(_SAMPLE_HEADER)

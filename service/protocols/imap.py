@@ -321,7 +321,7 @@ class ImapReader:
         self.settings = settings
         self.pool = pool
         self._server = server
-        self._ctx = settings.ssl_context(provider)
+        self._ctx = settings.ssl_context(provider, "imap")
         self._creds = creds
         self._key = creds.pool_key(provider.name, "imap")
         self._cache = cache

@@ -163,7 +163,7 @@ class Pop3Reader:
             raise NotSupported(f"Provider {provider.name!r} has no POP3 server.")
         self._settings = settings
         self._server = provider.pop3
-        self._ssl = settings.ssl_context(provider)
+        self._ssl = settings.ssl_context(provider, "pop3")
         self._creds = creds
         self.secrets = (creds.secret,)
         self.pool = pool
