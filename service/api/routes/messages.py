@@ -9,9 +9,10 @@ from contextlib import asynccontextmanager
 from typing import Annotated, Any, Literal, TypeVar
 from urllib.parse import quote
 
-from fastapi import APIRouter, Header, Path, Query, Response
+from fastapi import APIRouter, Depends, Header, Path, Query, Response
 
 from service import mime
+from service.api.query import QueryModel
 from service.api.readers import ContextDep, MailContext
 from service.api.responses import CommitAfterSendResponse, one_chunk, parse_range
 from service.errors import (
@@ -161,6 +162,9 @@ def _commit_response(
     )
 
 
+_LIST_QUERY = QueryModel(ListParams)
+
+
 @router.get(
     "/messages",
     response_model=MessagePage,
@@ -178,8 +182,11 @@ def _commit_response(
         "UIDVALIDITY changed, POP3 when the page and every message around it were deleted."
     ),
     responses=problem_responses(*_ERRS),
+    openapi_extra={"parameters": _LIST_QUERY.parameters},
 )
-async def list_messages(ctx: ContextDep, params: Annotated[ListParams, Query()]) -> Response:
+async def list_messages(
+    ctx: ContextDep, params: Annotated[ListParams, Depends(_LIST_QUERY)]
+) -> Response:
     for value in (params.from_, params.to, params.subject, params.text):
         if value is not None and any(ord(c) < 32 for c in value):
             raise ValidationFailed("Search strings must not contain control characters.")
