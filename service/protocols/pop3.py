@@ -231,6 +231,8 @@ class Pop3Reader:
             if query.cursor is not None:
                 below = _after_cursor(query.cursor, uidls)
             heads = _Heads(client)
+            if wanted is None:  # the page is known: its headers in one round trip
+                await heads.prefetch(below[: query.limit])
             total: int | None = len(uidls) if query.count and wanted is None else None
             page: list[int] = []
             items: list[MessageSummary] = []
@@ -466,8 +468,17 @@ class _Heads:
     def __init__(self, client: Pop3Client) -> None:
         self._client = client
         self._use_top = not client.capabilities or "TOP" in client.capabilities
+        self._ready: dict[int, bytes] = {}
+
+    async def prefetch(self, numbers: list[int]) -> None:
+        """Read these headers in one go (pipelined where the server offers PIPELINING)."""
+        if self._use_top and len(numbers) > 1:
+            found = await self._client.tops(numbers, max_bytes=_TOP_MAX_BYTES)
+            self._ready.update((n, head) for n, head in found.items() if head is not None)
 
     async def get(self, n: int) -> bytes:
+        if (ready := self._ready.pop(n, None)) is not None:
+            return ready
         if self._use_top:
             try:
                 return await self._client.top(n, 0, max_bytes=_TOP_MAX_BYTES, truncate=True)
