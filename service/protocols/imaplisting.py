@@ -369,5 +369,10 @@ async def _summaries(
         if item is None and flags[uid] is None:
             continue  # its flags were asked for and it is gone
         shown = visible_flags(item.flags if item is not None else flags[uid])
-        out.append(found[uid].model_copy(update={"flags": shown, "seen": "\\Seen" in shown}))
+        summary = found[uid]
+        if summary.flags != shown:  # cached summaries are shared: replaced, never changed
+            summary = summary.model_copy(update={"flags": shown, "seen": "\\Seen" in shown})
+            if cache is not None:
+                cache.put((cache_key, folder, uidvalidity, uid), summary)
+        out.append(summary)
     return out
