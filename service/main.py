@@ -15,6 +15,7 @@ from fastapi.responses import HTMLResponse
 from fastapi.staticfiles import StaticFiles
 
 from service import __version__
+from service.api.deps import CONTEXT_HEADERS
 from service.api.problems import install_problem_handlers
 from service.api.routes import folders, health, messages, send
 from service.api.warmup import warm_up
@@ -143,7 +144,8 @@ SECURITY_SCHEMES = {
 
 
 def _document_security(app: FastAPI) -> None:
-    """Declare the mailbox credentials as security schemes (the docs' Authorize button)."""
+    """Declare the mailbox credentials as security schemes (the docs' Authorize button),
+    and the headers every /v1 operation reads through the mail context."""
 
     def openapi() -> dict[str, Any]:
         if app.openapi_schema is None:
@@ -161,6 +163,7 @@ def _document_security(app: FastAPI) -> None:
             for path, ops in schema["paths"].items():
                 if path.startswith("/v1/"):
                     for op in ops.values():
+                        op["parameters"] = [*op.get("parameters", []), *CONTEXT_HEADERS]
                         op["security"] = [{"mailboxBasic": []},
                                           {"mailboxBearer": [], "mailUser": []}]  # fmt: skip
             app.openapi_schema = schema

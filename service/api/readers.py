@@ -9,8 +9,6 @@ from typing import Annotated, Literal
 from fastapi import Depends, Request
 
 from service.api.deps import (
-    ApiKeyHeader,
-    ProviderHeader,
     check_api_key,
     check_login_rate,
     get_credentials,
@@ -63,15 +61,16 @@ class MailContext:
         )
 
 
-async def get_context(
-    request: Request, x_api_key: ApiKeyHeader = None, x_mail_provider: ProviderHeader = None
-) -> MailContext:
+async def get_context(request: Request) -> MailContext:
     """The one dependency of every /v1 route: gateway key (403), provider (422), mailbox
     credentials (401) and the failed-login limit (429), checked in that order. One
-    dependency, not a tree of them: FastAPI's cost is per dependency and parameter."""
+    dependency reading its headers itself, not a tree of dependencies and parameters:
+    FastAPI's cost is per dependency and parameter (the headers are documented by
+    ``CONTEXT_HEADERS``)."""
     settings: Settings = request.app.state.settings
-    check_api_key(settings, x_api_key)
-    provider = get_provider(settings, x_mail_provider)
+    headers = request.headers
+    check_api_key(settings, headers.get("x-api-key"))
+    provider = get_provider(settings, headers.get("x-mail-provider"))
     creds = get_credentials(request)
     check_login_rate(request, provider, creds)
     return MailContext(request, settings, provider, creds)

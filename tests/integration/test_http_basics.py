@@ -84,6 +84,9 @@ async def test_every_v1_route_checks_the_api_key_first(make_client: Any) -> None
         operations = [(m.upper(), p) for p, ops in paths.items() if p.startswith("/v1/")
                       for m in ops]  # fmt: skip
         assert len(operations) >= 9
+        for method, template in operations:  # documented, although read by the context
+            names = {p["name"] for p in paths[template][method.lower()]["parameters"]}
+            assert {"x-api-key", "x-mail-provider"} <= names, (method, template)
         for method, template in operations:
             path = template.replace("{id}", "x").replace("{attachment_id}", "1")
             r = await c.request(method, path)
