@@ -43,15 +43,23 @@ class ResumingContext(ssl.SSLContext):
             return super().wrap_bio(incoming, outgoing, server_side, server_hostname, session)
         if session is None:
             session = self.session_for(name)
-        obj = super().wrap_bio(incoming, outgoing, server_side, server_hostname, session)
+        try:
+            obj = super().wrap_bio(incoming, outgoing, server_side, server_hostname, session)
+        except ValueError:  # a session the ssl module cannot copy: connect without it
+            self._sessions.pop(name, None)
+            obj = super().wrap_bio(incoming, outgoing, server_side, server_hostname)
         self._latest[name] = obj
         return obj
 
     def session_for(self, name: str) -> ssl.SSLSession | None:
-        """The session to offer ``name`` next: its latest connection's, once it has one."""
+        """The session to offer ``name`` next: its latest connection's once that one holds
+        a ticket (so its handshake is complete), else the one offered before."""
         latest = self._latest.get(name)
-        found: Any = getattr(latest, "session", None) if latest is not None else None
-        if isinstance(found, ssl.SSLSession):
+        try:
+            found: Any = latest.session if latest is not None else None
+        except (ValueError, ssl.SSLError):
+            found = None
+        if isinstance(found, ssl.SSLSession) and found.has_ticket:
             self._sessions[name] = found
         return self._sessions.get(name)
 

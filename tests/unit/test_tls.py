@@ -4,6 +4,7 @@ certificates: the test stack's Dovecot, one login process per connection, declin
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import ssl
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -87,3 +88,39 @@ def test_one_verifying_context_per_ca_file_and_service() -> None:
     assert imap is not settings.ssl_context(provider, "pop3")
     assert imap.verify_mode == ssl.CERT_REQUIRED and imap.check_hostname
     assert imap.minimum_version == ssl.TLSVersion.TLSv1_2
+
+
+async def test_a_connection_still_in_its_handshake_lends_no_session() -> None:
+    """The latest connection to a name may not have finished its handshake (its session
+    cannot be copied yet): the next connection goes ahead without one."""
+    ca = trustme.CA()
+    client = client_context(None)
+    ca.configure_trust(client)
+    release = asyncio.Event()
+
+    async def silent(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await release.wait()  # never answers the ClientHello; hangs up when told
+        writer.close()
+
+    mute = await asyncio.start_server(silent, "127.0.0.1", 0)
+    stuck = asyncio.create_task(
+        asyncio.open_connection(
+            "127.0.0.1",
+            mute.sockets[0].getsockname()[1],
+            ssl=client,
+            server_hostname="localhost",
+        )  # fmt: skip
+    )
+    await asyncio.sleep(0.1)  # its SSLObject exists, mid-handshake
+    reused: list[bool] = []
+    try:
+        async with _greeting_server(_server_context(ca), reused) as port:
+            assert await _greet(port, client) == b"* OK ready\r\n"
+            assert await _greet(port, client) == b"* OK ready\r\n"
+    finally:
+        release.set()
+        with contextlib.suppress(OSError, ssl.SSLError):
+            await stuck
+        mute.close()
+        await mute.wait_closed()
+    assert reused == [False, True]
