@@ -49,3 +49,4 @@ bench: venv mailstack
 	$(BIN)/python bench/list_throughput.py
 	$(BIN)/python bench/send_throughput.py
 	$(BIN)/python bench/raw_memory.py
+	$(BIN)/python bench/mime_budgets.py

@@ -15,6 +15,7 @@ from urllib.parse import urlsplit
 from pydantic import Field, ValidationError, ValidationInfo, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+from service.mime.structure import Limits
 from service.tls import client_context
 
 Security = Literal["implicit", "starttls", "plain"]
@@ -136,6 +137,13 @@ class Settings(BaseSettings):
     stall_timeout: float = Field(
         default=60.0, gt=0, le=3600, description="a client that reads nothing this long is cut"
     )
+    remove_linger_seconds: float = Field(
+        default=0.5,
+        ge=0,
+        le=30,
+        description="mode=remove: after the peer acknowledged every byte, how long a reset of "
+        "the connection (a client that hung up before reading it all) still cancels the removal",
+    )
     ready_timeout: float = Field(default=2.0, gt=0, le=60)
     pool_size_per_user: int = Field(
         default=8,
@@ -156,6 +164,19 @@ class Settings(BaseSettings):
         description="pay the first request's one-time costs at start-up (route plans, TLS "
         "contexts) and freeze start-up objects out of the garbage collector's scans",
     )
+    mime_max_parts: int = Field(
+        default=10_000,
+        ge=2,
+        le=1_000_000,
+        description="MIME parts read per message, the message itself included (Dovecot's "
+        "limit too); past it the part being read holds the rest of the message",
+    )
+    mime_max_depth: int = Field(
+        default=50,
+        ge=1,
+        le=200,
+        description="multipart nesting read per message; a deeper multipart is one part",
+    )
     idempotency_ttl_seconds: int = Field(default=86400, ge=1)
     auth_failures_max: int = Field(default=20, ge=0, description="0 turns the limiter off")
     auth_failures_window_seconds: float = Field(default=60.0, gt=0)
@@ -165,6 +186,11 @@ class Settings(BaseSettings):
     log_level: Literal["debug", "info", "warning", "error"] = "info"
 
     _split = field_validator("api_key_hashes", "cors_origins", mode="before")(_csv)
+
+    @property
+    def mime_limits(self) -> Limits:
+        """The MIME parsing budgets (parts, depth) for the parser and part downloads."""
+        return Limits(max_parts=self.mime_max_parts, max_depth=self.mime_max_depth)
 
     @field_validator("api_key_hashes")
     @classmethod

@@ -13,9 +13,11 @@ from fastapi.middleware.cors import CORSMiddleware
 from fastapi.openapi.docs import get_redoc_html, get_swagger_ui_html
 from fastapi.responses import HTMLResponse
 from fastapi.staticfiles import StaticFiles
+from starlette.types import Receive, Scope, Send
 
 from service import __version__
 from service.api.deps import CONTEXT_HEADERS
+from service.api.peer import attach_peer
 from service.api.problems import install_problem_handlers
 from service.api.routes import folders, health, messages, send
 from service.api.warmup import warm_up
@@ -36,7 +38,10 @@ mailbox credentials travel with every request (`Authorization: Basic` for
 LOGIN/AUTH PLAIN/USER-PASS, or `Bearer` + `X-Mail-User` for XOAUTH2).
 
 **Mode flag** on fetch, raw and attachment: `keep` leaves the server's copy;
-`remove` deletes it only after the whole response has been written.
+`remove` deletes it only once the peer's TCP has acknowledged every byte of the
+answer and did not reset the connection right after (see the `mode` parameter:
+behind a proxy the peer is the proxy; for an application-level receipt use `keep`,
+then `DELETE`).
 
 Errors are `application/problem+json` (RFC 9457) with a stable `code`.
 """
@@ -44,6 +49,16 @@ Errors are `application/problem+json` (RFC 9457) with a stable `code`.
 
 def _static_dir() -> str:
     return str(files("fastapi_offline") / "static")
+
+
+class MailgateApp(FastAPI):
+    """FastAPI, plus the one thing the server knows and the app needs: the connection's
+    transport, for mode=remove's delivery check (:mod:`service.api.peer`)."""
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http":
+            attach_peer(scope, send)  # the server's own send, before any middleware
+        await super().__call__(scope, receive, send)
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
@@ -64,7 +79,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             await app.state.pop3_pool.close_all()
             await app.state.smtp_pool.close_all()
 
-    app = FastAPI(
+    app = MailgateApp(
         title="mailgate",
         version=__version__,
         description=DESCRIPTION,

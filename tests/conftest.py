@@ -47,13 +47,22 @@ def settings(stack: dict[str, str]) -> Settings:
 
 @pytest.fixture
 def make_client(
-    stack: dict[str, str],
+    stack: dict[str, str], make_live_gateway: Callable[..., Any]
 ) -> Iterator[Callable[..., Any]]:
-    """Factory: an httpx client on a fresh app built with settings overrides."""
+    """Factory: an httpx client on a fresh app built with settings overrides; in process
+    (ASGI), or with ``live=True`` over TCP to a real uvicorn (what mode=remove needs: it
+    must see the socket to know what the peer acknowledged)."""
     from contextlib import asynccontextmanager
 
     @asynccontextmanager
-    async def factory(**overrides: Any) -> AsyncIterator[httpx.AsyncClient]:
+    async def factory(live: bool = False, **overrides: Any) -> AsyncIterator[httpx.AsyncClient]:
+        if live:
+            async with (
+                make_live_gateway(**overrides) as base,
+                httpx.AsyncClient(base_url=base, timeout=60) as client,
+            ):
+                yield client
+            return
         app = create_app(make_settings(stack, **overrides))
         async with app.router.lifespan_context(app):
             transport = httpx.ASGITransport(app=app)
@@ -68,6 +77,13 @@ def make_client(
 @pytest.fixture
 async def client(make_client: Callable[..., Any]) -> AsyncIterator[httpx.AsyncClient]:
     async with make_client() as c:
+        yield c
+
+
+@pytest.fixture
+async def live_client(make_client: Callable[..., Any]) -> AsyncIterator[httpx.AsyncClient]:
+    """A client of a real uvicorn on a free loopback port (for mode=remove)."""
+    async with make_client(live=True) as c:
         yield c
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import imaplib
 import poplib
@@ -59,9 +60,12 @@ class Mailbox:
             for uid in uids:
                 typ, got = conn.uid("FETCH", str(uid), "(FLAGS BODY.PEEK[])")
                 assert typ == "OK"
-                head = got[0][0].decode()
+                found = [part for part in got if isinstance(part, tuple)]
+                if not found:  # expunged by another session since the SEARCH
+                    continue
+                head = found[0][0].decode()
                 flags = head[head.find("FLAGS (") + 7 :].split(")")[0]
-                out.append((uid, got[0][1], flags))
+                out.append((uid, found[0][1], flags))
             return out
         finally:
             conn.logout()
@@ -75,3 +79,16 @@ class Mailbox:
             if len(got) >= count or time.monotonic() > deadline:
                 return got
             time.sleep(0.05)
+
+    async def after_removal(self, stack: dict[str, str], count: int, within: float = 5.0,
+                            folder: str = "INBOX") -> list[tuple[int, bytes, str]]:  # fmt: skip
+        """The messages once the mailbox holds ``count`` or fewer (mode=remove commits
+        after the peer acknowledged the answer, a moment after the client has it); what
+        is there after ``within`` seconds otherwise. Async: a live gateway in this event loop
+        must go on running meanwhile."""
+        deadline = time.monotonic() + within
+        while True:
+            got = await asyncio.to_thread(self.messages, stack, folder)
+            if len(got) <= count or time.monotonic() > deadline:
+                return got
+            await asyncio.sleep(0.05)

@@ -10,6 +10,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from starlette.responses import Response
 from starlette.types import Message, Receive, Scope, Send
 
+from service.api.peer import peer_of
 from service.errors import BadRequest, MailGatewayError, RangeNotSatisfiable
 
 log = logging.getLogger("mailgate")
@@ -20,13 +21,17 @@ class _ClientGone(Exception):
 
 
 class CommitAfterSendResponse(Response):
-    """Streams ``chunks``; then, only if every byte was handed to the server, commits.
+    """Streams ``chunks``; then, only if the peer has every byte, commits.
 
-    ``on_complete`` (the deletion of mode=remove) runs after the final body
-    message was sent and no disconnect was seen. ``on_finish(ok)`` always runs
-    last (it releases the mail session; ``ok`` false discards it without
-    committing anything). A client that disconnects, or an error while
-    reading from the mail server, skips ``on_complete``.
+    ``on_complete`` (the deletion of mode=remove, or keep mode's ``\\Seen``) runs only
+    when every chunk was handed to the server and no disconnect was seen; with
+    ``confirm_delivery`` (mode=remove) also only once the kernel reports that the peer
+    acknowledged every byte, and the connection was not reset within
+    ``linger`` seconds after that (:meth:`service.api.peer.PeerSocket.acknowledged`).
+    ``on_finish(streamed)`` always runs last (it releases the mail session; ``streamed``
+    false, when the stream stopped in the middle, discards it). Anything that skips the
+    commit is logged with its reason. A client that reads nothing for
+    ``stall_timeout`` seconds is cut: one timer per response, moved on at each write.
     """
 
     def __init__(
@@ -39,6 +44,8 @@ class CommitAfterSendResponse(Response):
         on_complete: Callable[[], Awaitable[None]] | None = None,
         on_finish: Callable[[bool], Awaitable[None]] | None = None,
         stall_timeout: float = 60.0,
+        confirm_delivery: bool = False,
+        linger: float = 0.5,
     ) -> None:
         self.chunks = chunks
         self.status_code = status_code
@@ -47,6 +54,8 @@ class CommitAfterSendResponse(Response):
         self.on_complete = on_complete
         self.on_finish = on_finish
         self.stall_timeout = stall_timeout
+        self.confirm_delivery = confirm_delivery
+        self.linger = linger
         self.init_headers(headers)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -59,59 +68,81 @@ class CommitAfterSendResponse(Response):
                     gone.set()
                     return
 
-        async def write(message: Message) -> None:
-            # A client that stops reading must not hold a mail session for ever.
-            async with asyncio.timeout(self.stall_timeout):
-                await send(message)
-
+        loop = asyncio.get_running_loop()
+        # Taken before the first byte: the server may close its own descriptor after
+        # the last one (Connection: close), the kernel's counters must stay readable.
+        peer = peer_of(scope) if self.confirm_delivery else None
         watcher = asyncio.create_task(watch())
-        ok = False
+        streamed = False
+        why: str | None = None
+        # A lower bound of the answer's size on the wire: status line, headers, body.
+        wire = len("HTTP/1.1 200 \r\n\r\n") + sum(len(k) + len(v) + 4 for k, v in self.raw_headers)
         try:
-            await write(
-                {"type": "http.response.start", "status": self.status_code,
-                 "headers": self.raw_headers}
-            )  # fmt: skip
-            async for chunk in self.chunks:
+            async with asyncio.timeout(None) as timer:
+
+                async def write(message: Message) -> None:
+                    timer.reschedule(loop.time() + self.stall_timeout)
+                    await send(message)
+
+                await write(
+                    {"type": "http.response.start", "status": self.status_code,
+                     "headers": self.raw_headers}
+                )  # fmt: skip
+                async for chunk in self.chunks:
+                    if gone.is_set():
+                        raise _ClientGone
+                    await write({"type": "http.response.body", "body": chunk, "more_body": True})
+                    wire += len(chunk)
+                streamed = True
+                await asyncio.sleep(0)  # let the watcher see a disconnect that already happened
                 if gone.is_set():
                     raise _ClientGone
-                await write({"type": "http.response.body", "body": chunk, "more_body": True})
-            await asyncio.sleep(0)  # let the watcher see a disconnect that already happened
-            if gone.is_set():
-                raise _ClientGone
-            watcher.cancel()
-            await write({"type": "http.response.body", "body": b"", "more_body": False})
-            ok = True
+                watcher.cancel()
+                await write({"type": "http.response.body", "body": b"", "more_body": False})
+                timer.reschedule(None)
+            if self.confirm_delivery:
+                why = "the server cannot tell what the peer acknowledged"
+                if peer is not None:
+                    why = await peer.acknowledged(
+                        wire, stall_timeout=self.stall_timeout, linger=self.linger
+                    )
         except (_ClientGone, OSError):
-            log.info("client went away before the end of %s; nothing committed", scope["path"])
+            why = "the client went away before the end"
         except TimeoutError:
-            log.info("client stopped reading %s; connection dropped, nothing committed",
-                     scope["path"])  # fmt: skip
+            why = "the client stopped reading; connection dropped"
         except MailGatewayError as exc:
             # The status line is gone already: the connection is cut (uvicorn closes
             # it when the response is left incomplete), so the client sees a failure.
+            streamed = False
+            why = f"the mail server failed in the middle ({exc.code})"
             log.warning("mail server failed in the middle of %s: %s %s", scope["path"],
                         exc.code, exc.detail)  # fmt: skip
         finally:
             watcher.cancel()
+            if peer is not None:
+                peer.close()
             aclose = getattr(self.chunks, "aclose", None)
-            if aclose is not None and not ok:
+            if aclose is not None and not streamed:
                 try:
                     await aclose()
                 except Exception:  # noqa: S110 - the session is discarded below anyway
                     pass
             try:
-                if ok and self.on_complete is not None:
+                if why is not None:
+                    if self.on_complete is not None:
+                        log.info("nothing committed for %s: %s", scope["path"], why)
+                elif self.on_complete is not None:
                     try:
                         await self.on_complete()
                     except Exception as exc:
-                        ok = False
+                        streamed = False
                         log.warning(
                             "commit after response failed on %s: %s", scope["path"],
                             type(exc).__name__,
                         )  # fmt: skip
             finally:
                 if self.on_finish is not None:
-                    await self.on_finish(ok)
+                    await self.on_finish(streamed)
 
 
 async def one_chunk(data: bytes) -> AsyncIterator[bytes]:

@@ -23,8 +23,10 @@ from email.policy import EmailPolicy
 from email.utils import format_datetime, make_msgid
 from typing import Any
 
+import idna
+
 from service.errors import ValidationFailed
-from service.mime._shared import _message_id, _parse_addresses
+from service.mime import headers
 from service.models.common import Address
 from service.models.send import Draft
 
@@ -220,9 +222,17 @@ def _bracketed(value: str, what: str) -> str:
 
 
 def _smtp_domain(domain: str, what: str) -> str:
+    """The ASCII form of a domain for SMTP and headers. A non-ASCII domain is converted
+    with IDNA 2008 and the UTS #46 mapping, non-transitional (RFC 5891, UTS #46 section 4),
+    so ``ß`` and final ``ς`` stay themselves (``straße.test`` → ``xn--strae-oqa.test``,
+    never IDNA 2003's ``strasse.test``, another domain); what IDNA 2008 does not allow
+    raises ValidationFailed (422) rather than going to a different domain."""
     try:
-        ascii_domain = domain if domain.isascii() else domain.encode("idna").decode("ascii")
-    except UnicodeError as exc:
+        ascii_domain = (
+            domain if domain.isascii()
+            else idna.encode(domain, uts46=True, transitional=False).decode("ascii")
+        )  # fmt: skip
+    except (idna.IDNAError, UnicodeError) as exc:
         raise ValidationFailed(f"{what}: invalid domain {domain[:100]!r}") from exc
     if not (_DOMAIN.fullmatch(ascii_domain) or re.fullmatch(r"\[[!-Z^-~]+\]", ascii_domain)):
         raise ValidationFailed(f"{what}: invalid domain {domain[:100]!r}")
@@ -395,7 +405,8 @@ def prepare_raw(
     if not rcpts:
         raise ValidationFailed("no recipients: give rcpt_to or To, Cc or Bcc headers")
     ids = [v for n, v in values if n == "message-id"]
-    return kept + data[end + 2 :], sender, rcpts, _message_id(ids[0]) if ids else None
+    message_id = headers.message_id(ids[0].encode("ascii", "surrogateescape")) if ids else None
+    return kept + data[end + 2 :], sender, rcpts, message_id
 
 
 def _crlf(data: bytes) -> bytes:
@@ -420,7 +431,8 @@ def _header_fields(head: bytes) -> list[tuple[str, bytes]]:
 
 
 def _field_addresses(values: list[tuple[str, str]], *names: str) -> list[str]:
-    return [a.address for n, v in values if n in names for a in _parse_addresses(n, v)]
+    raw = [v.encode("ascii", "surrogateescape") for n, v in values if n in names]
+    return [a.address for a in headers.addresses(raw)]
 
 
 def _resent_block(values: list[tuple[str, str]]) -> list[tuple[str, str]]:

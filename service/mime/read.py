@@ -1,61 +1,52 @@
-"""Messages parsed to the fetch shape, attachments found by IMAP section number; never raises."""
+"""Messages parsed to the fetch shape, and single parts cut out by IMAP section number;
+never raises, however broken the message."""
 
 from __future__ import annotations
 
-import io
-from collections.abc import Iterator
 from dataclasses import dataclass
-from email import policy
-from email.generator import BytesGenerator
-from email.headerregistry import (
-    ParameterizedMIMEHeader,
-)
-from email.message import Message
-from email.parser import BytesParser
 from typing import Any, Literal
 
-from service.mime._shared import (
-    _MSGID,
-    _READ,
-    _addresses_of,
-    _clean,
-    _content_type,
-    _decode_header,
-    _first,
-    _iso_date,
-    _message_id,
-    _raw_headers,
-    _unfold,
-)
-from service.models.common import Address
+from service.mime import headers
+from service.mime.cut import PartCutter, is_leaf, leaf_section
+from service.mime.params import media_field
+from service.mime.stream import decode_part
+from service.mime.structure import Limits, Part, scan
 from service.models.message import AttachmentInfo, ParsedMessage
 
-# ---------------------------------------------------------------- parsing
+__all__ = [
+    "PartInfo",
+    "cut_info",
+    "declared_charset",
+    "find_attachment",
+    "parse_message",
+    "part_info",
+]
+
+_TEXT_BODIES = ("text/plain", "text/html")
 
 
-_REGEN = policy.default.clone(linesep="\r\n", refold_source="none", max_line_length=0)
-_MAX_DEPTH = 40  # deeper multipart nesting is listed as one leaf, not walked
+@dataclass(frozen=True)
+class PartInfo:
+    """What one leaf part's MIME header says about it."""
 
-
-@dataclass
-class _Leaf:
-    section: str  # IMAP (RFC 3501) section number
-    part: Message
+    section: str
     content_type: str
-    disposition: Literal["attachment", "inline"] | None
+    encoding: str | None
     filename: str | None
+    disposition: Literal["attachment", "inline"] | None
     content_id: str | None
 
     @property
     def body_candidate(self) -> bool:
+        """Could be the message's text or HTML body (not an attachment of any kind)."""
         return (
-            self.content_type in ("text/plain", "text/html")
+            self.content_type in _TEXT_BODIES
             and self.filename is None
             and self.disposition != "attachment"
             and not (self.disposition == "inline" and self.content_id)
         )
 
-    def info(self, size: int) -> AttachmentInfo:
+    def attachment(self, size: int) -> AttachmentInfo:
         return AttachmentInfo(
             id=self.section,
             filename=self.filename,
@@ -66,246 +57,215 @@ class _Leaf:
         )
 
 
-def _parse(raw: bytes, headersonly: bool = False) -> tuple[Message, list[str]]:
-    try:
-        return BytesParser(policy=_READ).parsebytes(raw, headersonly), []
-    except Exception as exc:  # fall back to the lenient legacy policy
-        defect = f"ParserError ({type(exc).__name__})"
-        try:
-            return BytesParser(policy=policy.compat32).parsebytes(raw, headersonly), [defect]
-        except Exception:
-            return Message(), [defect]
+def part_info(part: Part, *, assumed: str | None = None, defects: list[str] | None = None
+              ) -> PartInfo:  # fmt: skip
+    """Describe a leaf part from its header. A multipart that is one leaf keeps its
+    type, except one without parts (no boundary found): that one is text, as IMAP
+    servers show it. ``assumed``: the charset for raw 8-bit bytes in its header."""
+    where = part.where()
+    own = part.charset() or assumed
+    ctype = part.content_type
+    if ctype.startswith("multipart/") and part.cut != "depth":
+        ctype = "text/plain"
+    kind = media_field(part.header.first("content-disposition"), name="content-disposition",
+                       assumed=own, where=where, defects=defects)  # fmt: skip
+    disposition: Literal["attachment", "inline"] | None = None
+    if kind is not None and kind.value in ("attachment", "inline"):
+        disposition = "attachment" if kind.value == "attachment" else "inline"
+    filename = (kind.params.get("filename") if kind else None) or (
+        part.ctype.params.get("name") if part.ctype else None
+    )
+    cid = headers.text(part.header.first("content-id"), assumed=own, where=where)
+    cid = (cid or "").removeprefix("<").removesuffix(">").strip()
+    return PartInfo(
+        section=leaf_section(part),
+        content_type=ctype,
+        encoding=part.encoding,
+        filename=headers.display_name(filename) if filename else None,
+        disposition=disposition,
+        content_id=cid or None,
+    )
 
 
-def _is_container(part: Message) -> bool:
-    try:
-        return part.is_multipart() and part.get_content_maintype() == "multipart"
-    except Exception:
-        return False
+def _leaves(root: Part) -> list[Part]:
+    """The leaf parts in IMAP section order; an attached message is one leaf."""
+    out: list[Part] = []
+    stack = [root]
+    while stack:
+        part = stack.pop()
+        if is_leaf(part):
+            out.append(part)
+        else:
+            stack.extend(reversed(part.children))
+    return out
 
 
-def _walk(part: Message, section: str = "", depth: int = 0) -> Iterator[tuple[str, Message, bool]]:
-    """(section, part, is_leaf) for every part in IMAP order, containers included; message/*
-    parts are leaves (not descended). A non-multipart message's body is section "1"."""
-    leaf = not _is_container(part) or depth >= _MAX_DEPTH
-    yield section, part, leaf
-    payload = None if leaf else part.get_payload()
-    for i, child in enumerate(payload if isinstance(payload, list) else [], 1):
-        if isinstance(child, Message):
-            yield from _walk(child, f"{section}.{i}" if section else str(i), depth + 1)
-
-
-def _leaves(msg: Message) -> list[_Leaf]:
-    leaves = []
-    for section, part, leaf in _walk(msg):
-        if not leaf:
+def declared_charset(parts: list[Part]) -> str | None:
+    """The charset the message declares for its text: the first Content-Type charset
+    (in section order, attached messages not looked into) that Python knows and that is
+    not US-ASCII or UTF-8. Raw 8-bit bytes of the message's header that are not UTF-8
+    are read with it; those of a part's header with the part's own charset, else the
+    first one declared up to that part (what a download that streams the message has
+    seen by then)."""
+    for part in parts:
+        if part.in_message:
             continue
-        ctype = _content_type(part)
-        if ctype.startswith("multipart/"):  # unparsable multipart (e.g. no boundary): its text
-            ctype = "text/plain"
-        content_id = _decode_header("Content-ID", _first(part, "content-id") or "")
-        content_id = content_id.removeprefix("<").removesuffix(">").strip()
-        leaves.append(
-            _Leaf(
-                section=section or "1",
-                part=part,
-                content_type=ctype,
-                disposition=_disposition(part),
-                filename=_filename(part),
-                content_id=content_id or None,
-            )
-        )
-    return leaves
+        charset = part.charset()
+        if charset and headers.charset_codec(charset) not in ("ascii", "utf-8"):
+            return charset
+    return None
 
 
-def _disposition(part: Message) -> Literal["attachment", "inline"] | None:
-    value = (_first(part, "content-disposition") or "").partition(";")[0].strip().lower()
-    return "attachment" if value == "attachment" else "inline" if value == "inline" else None
+def _assumed_by_part(parts: list[Part]) -> dict[Part, str | None]:
+    out: dict[Part, str | None] = {}
+    first: str | None = None
+    for part in parts:
+        first = first or declared_charset([part])
+        out[part] = first
+    return out
 
 
-def _filename(part: Message) -> str | None:
-    value: Any = None
-    for header, param in (("content-disposition", "filename"), ("content-type", "name")):
-        raw = _first(part, header)
-        if raw is None:
-            continue
-        try:
-            parsed = _READ.header_factory(header, _clean(_unfold(raw)))
-            if isinstance(parsed, ParameterizedMIMEHeader):
-                value = parsed.params.get(param)
-        except Exception:
-            try:
-                value = part.get_filename()
-            except Exception:
-                value = None
-        if value:
-            break
-    if not isinstance(value, str) or not value.strip():
-        return None
-    return _decode_header("filename", value) if "=?" in value else _clean(value).strip()
+def _in_order(root: Part) -> list[Part]:
+    out: list[Part] = []
+    stack = [root]
+    while stack:
+        part = stack.pop()
+        out.append(part)
+        if part.container:
+            stack.extend(reversed(part.children))
+    return out
 
 
-def _leaf_bytes(part: Message) -> bytes:
-    """The decoded content of a leaf part; a message/* part is regenerated from its tree."""
-    try:
-        if isinstance(part.get_payload(), list):
-            buf = io.BytesIO()
-            generator: BytesGenerator[Any] = BytesGenerator(buf, policy=_REGEN)
-            generator.flatten(part, linesep="\r\n")
-            data = buf.getvalue()
-            return data[2:] if data.startswith(b"\r\n") else data.partition(b"\r\n\r\n")[2]
-        decoded = part.get_payload(decode=True)
-        return decoded if isinstance(decoded, bytes) else b""
-    except Exception:
-        return b""
-
-
-def _leaf_text(leaf: _Leaf, defects: list[str]) -> str:
-    data = _leaf_bytes(leaf.part)
-    try:
-        charset = leaf.part.get_content_charset()
-    except Exception:
-        charset = None
+def _text(raw: bytes, part: Part, defects: list[str]) -> str:
+    data, found = decode_part(raw[part.body_start : part.end], part.encoding)
+    defects.extend(f"{name} ({part.where()})" for name in sorted(found))
+    charset = part.charset()
+    declared = part.ctype.params.get("charset") if part.ctype else None
+    if declared and not charset:
+        defects.append(f"CharsetError ({part.where()}: unknown charset {declared!r})")
+    codec = headers.charset_codec(charset)
     text = None
-    if charset and charset not in ("us-ascii", "ascii"):
-        try:
-            text = data.decode(charset, "replace")
-        except LookupError:
-            defects.append(f"CharsetError (part {leaf.section}: unknown charset {charset!r})")
-            text = data.decode("utf-8", "replace")
+    if codec and codec != "ascii":
+        text = data.decode(codec, "replace")
     if text is None:
         try:
             text = data.decode("utf-8")
         except UnicodeDecodeError:
             text = data.decode("cp1252", "replace")
-    return _clean(text).replace("\r\n", "\n")
-
-
-def _attachments(leaves: list[_Leaf]) -> tuple[_Leaf | None, _Leaf | None, list[_Leaf]]:
-    """(text body, html body, attachments). Bodies are the first text/plain and text/html
-    parts that are not attachments; every other leaf, a second text body too, is listed."""
-    text = next((x for x in leaves if x.body_candidate and x.content_type == "text/plain"), None)
-    html = next((x for x in leaves if x.body_candidate and x.content_type == "text/html"), None)
-    return text, html, [x for x in leaves if x is not text and x is not html]
-
-
-def _defects(msg: Message) -> list[str]:
-    found: list[str] = []
-    for section, part, leaf in _walk(msg):
-        where = f" (part {section})" if section else ""
-        try:
-            inner = list(part.walk()) if leaf else [part]
-            found.extend(f"{type(d).__name__}{where}" for sub in inner for d in sub.defects)
-        except Exception:
-            found.append(f"ParserError{where}")
-    return found
+    return text.replace("\r\n", "\n")
 
 
 def parse_message(
-    raw: bytes, *, id: str, folder: str, flags: list[str], size: int | None
+    raw: bytes,
+    *,
+    id: str,
+    folder: str,
+    flags: list[str],
+    size: int | None,
+    limits: Limits | None = None,
 ) -> ParsedMessage:
     """Parse one message to the fetch shape; never raises, however broken the message.
 
-    Attachment ids are IMAP section numbers (RFC 3501): "1" for the body of a non-multipart
-    message, "2", "2.1"… inside multiparts; a message/rfc822 part is one attachment and is
-    not descended into. ``content_id`` is given without its angle brackets (as in ``cid:``
-    URLs). ``text``/``html`` use CRLF → LF. ``defects`` names each parser defect as its
-    class name with where it was found.
+    Attachment ids are IMAP section numbers (RFC 3501 6.4.5): "1" for the body of a
+    non-multipart message, "2", "2.1"… inside multiparts; a message/rfc822 part is one
+    attachment (its bytes as the server has them) and is not descended into. An
+    attachment's ``size`` is its length decoded by its Content-Transfer-Encoding.
+    ``content_id`` has no angle brackets (as in ``cid:`` URLs). ``text``/``html`` use
+    CRLF → LF. ``defects`` name each irregularity (a class name, then where).
+    Header fields are decoded by :mod:`service.mime.headers`, as in the listing.
     """
     base: dict[str, Any] = {"id": id, "folder": folder, "flags": flags, "size": size}
     try:
-        msg, defects = _parse(raw)
-        headers = [(n, _decode_header(n, v, defects)) for n, v in _raw_headers(msg)]
-        leaves = _leaves(msg)
-        text, html, attachments = _attachments(leaves)
-        text_body = _leaf_text(text, defects) if text else None
-        html_body = _leaf_text(html, defects) if html else None
-        infos = [leaf.info(len(_leaf_bytes(leaf.part))) for leaf in attachments]
-        refs_raw = _decode_header("References", _first(msg, "references") or "")
-        in_reply_to = _message_id(_first(msg, "in-reply-to"))
+        scanner = scan(raw, limits or Limits())
+        root = scanner.root
+        parts = _in_order(root)
+        assumed = declared_charset(parts)
+        defects: list[str] = list(root.header.defects)
+        top = root.header
 
-        def addresses(name: str) -> list[Address]:
-            return _checked(_addresses_of(msg, name), name, defects)
+        def text(name: str) -> str | None:
+            return headers.text(top.first(name), assumed=assumed, where=f"header {name}",
+                                defects=defects)  # fmt: skip
 
+        def addresses(name: str) -> list[Any]:
+            return headers.addresses(top.all(name), assumed=assumed, where=f"header {name}",
+                                     defects=defects)  # fmt: skip
+
+        fields = [
+            {
+                "name": name,
+                "value": headers.text(
+                    value, assumed=assumed, where=f"header {name}", defects=defects
+                ),
+            }  # fmt: skip
+            for name, value in top.fields
+        ]
+        by_part = _assumed_by_part(parts)
+        infos = [(leaf, part_info(leaf, assumed=by_part.get(leaf), defects=defects))
+                 for leaf in _leaves(root)]  # fmt: skip
+        body = next((x for x in infos if x[1].body_candidate
+                     and x[1].content_type == "text/plain"), None)  # fmt: skip
+        html = next((x for x in infos if x[1].body_candidate
+                     and x[1].content_type == "text/html"), None)  # fmt: skip
+        attachments = []
+        for leaf, info in infos:
+            if (leaf, info) in (body, html):
+                continue
+            data, found = decode_part(raw[leaf.body_start : leaf.end], leaf.encoding)
+            defects.extend(f"{name} ({leaf.where()})" for name in sorted(found))
+            attachments.append(info.attachment(len(data)))
+        text_body = _text(raw, body[0], defects) if body else None
+        html_body = _text(raw, html[0], defects) if html else None
         senders = addresses("sender")
-        subject = _first(msg, "subject")
-        fields = {
+        for part in parts:
+            defects.extend(part.defects)
+        result = {
             **base,
-            "message_id": _message_id(_first(msg, "message-id")),
-            "in_reply_to": in_reply_to,
-            "references": _MSGID.findall(refs_raw) or refs_raw.split(),
-            "subject": None if subject is None else _decode_header("Subject", subject),
+            "message_id": headers.message_id(top.first("message-id")),
+            "in_reply_to": headers.message_id(top.first("in-reply-to")),
+            "references": headers.message_ids(top.first("references")),
+            "subject": text("subject"),
             "from": addresses("from"),
             "sender": senders[0] if senders else None,
             "reply_to": addresses("reply-to"),
             "to": addresses("to"),
             "cc": addresses("cc"),
             "bcc": addresses("bcc"),
-            "date": _iso_date(_first(msg, "date")),
-            "headers": [{"name": _clean(n), "value": v} for n, v in headers],
+            "date": headers.iso_date(top.first("date")),
+            "headers": fields,
             "text": text_body,
             "html": html_body,
-            "attachments": infos,
-            "defects": list(dict.fromkeys(defects + _defects(msg))),
+            "attachments": attachments,
+            "defects": list(dict.fromkeys(defects)),
         }
-        return ParsedMessage.model_validate(fields)
+        return ParsedMessage.model_validate(result)
     except Exception as exc:  # the last resort: a strange message is not a server error
         return ParsedMessage.model_validate(
             {**base, "defects": [f"ParserError ({type(exc).__name__})"]}
         )
 
 
-def _checked(found: list[Address], header: str, defects: list[str]) -> list[Address]:
-    """Addresses that hold up as addresses; each one that does not becomes a defect
-    (one broken address must not cost the caller the rest of the message)."""
-    out = []
-    for addr in found:
-        try:
-            out.append(Address.model_validate({"name": addr.name, "address": addr.address}))
-        except ValueError:
-            defects.append(f"InvalidAddressDefect (header {header})")
-    return out
+def cut_info(cutter: PartCutter) -> PartInfo:
+    """:func:`part_info` of the part a cutter found, its raw 8-bit header bytes read as
+    the parsed fetch reads them (the charset declared up to that part)."""
+    part = cutter.part
+    if part is None:
+        raise ValueError("the cutter has found no part")
+    seen = cutter.scanner.headers_done
+    upto = seen[: seen.index(part) + 1] if part in seen else seen
+    return part_info(part, assumed=declared_charset(upto))
 
 
-def find_attachment(raw: bytes, attachment_id: str) -> tuple[AttachmentInfo, bytes] | None:
-    """The attachment with this id (see :func:`parse_message`) and its decoded bytes,
-    or None when there is no such part or it is a body part."""
-    try:
-        msg, _ = _parse(raw)
-        _, _, attachments = _attachments(_leaves(msg))
-    except Exception:
+def find_attachment(
+    raw: bytes, section: str, limits: Limits | None = None
+) -> tuple[AttachmentInfo, bytes] | None:
+    """The leaf part ``section`` (an attachment id of :func:`parse_message`, or the
+    section of its text or HTML body) and its decoded bytes; None when there is no
+    such leaf. Cut the way a streamed download cuts it (:class:`PartCutter`)."""
+    cutter = PartCutter(section, limits or Limits())
+    encoded = cutter.feed(raw, final=True)
+    if cutter.part is None:
         return None
-    for leaf in attachments:
-        if leaf.section == attachment_id:
-            data = _leaf_bytes(leaf.part)
-            return leaf.info(len(data)), data
-    return None
-
-
-@dataclass(frozen=True)
-class PartInfo:
-    """What the MIME header of one part says about it."""
-
-    content_type: str
-    encoding: str | None
-    filename: str | None
-    disposition: Literal["attachment", "inline"] | None
-
-
-def part_info(header: bytes) -> PartInfo | None:
-    """Describe a leaf part from its MIME header alone; None for a multipart. Never raises."""
-    try:
-        part, _ = _parse(header if header.endswith(b"\r\n\r\n") else header + b"\r\n",
-                         headersonly=True)  # fmt: skip
-        ctype = _content_type(part)
-        if ctype.startswith("multipart/"):
-            return None
-        encoding = part.get("Content-Transfer-Encoding")
-        return PartInfo(
-            content_type=ctype,
-            encoding=str(encoding).strip().lower() if encoding else None,
-            filename=_filename(part),
-            disposition=_disposition(part),
-        )
-    except Exception:
-        return PartInfo("application/octet-stream", None, None, None)
+    info = cut_info(cutter)
+    data, _ = decode_part(encoded, cutter.part.encoding)
+    return info.attachment(len(data)), data

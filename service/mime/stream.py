@@ -1,65 +1,102 @@
-"""Incremental Content-Transfer-Encoding decoders, for streaming one MIME part."""
+"""Content-Transfer-Encoding decoders (RFC 2045 section 6), incremental, for whole
+parts and for parts that stream."""
 
 from __future__ import annotations
 
-import base64
 import binascii
-import quopri
+import re
+
+__all__ = ["PartDecoder", "decode_part"]
+
+_NOT_B64 = re.compile(rb"[^A-Za-z0-9+/=]+")
+_PAD_RUN = re.compile(rb"=+")
 
 
 class PartDecoder:
     """Feed encoded bytes in any pieces; get decoded bytes back, bounded by the input.
 
-    base64 ignores line breaks and undecodable junk characters (as mail readers do);
-    quoted-printable decodes whole lines only, keeping a partial line for the next
-    piece; 7bit, 8bit and binary pass through.
+    base64 decodes every block: data after a padded group (mailing lists append a
+    footer as a second base64 block) starts a new block, as ``base64 -d``, mutt and
+    notmuch read it; characters outside the alphabet are skipped. quoted-printable
+    decodes whole lines, keeping a partial line for the next piece. 7bit, 8bit, binary
+    and unknown encodings pass through unchanged. :attr:`defects` names what was
+    irregular (``InvalidBase64CharactersDefect``, ``InvalidBase64PaddingDefect`` for
+    padding inside the data, ``InvalidBase64LengthDefect``); no byte is dropped
+    silently.
     """
 
     def __init__(self, encoding: str | None) -> None:
         self.encoding = (encoding or "7bit").strip().lower()
         self._rest = b""
+        self.defects: set[str] = set()
 
     def feed(self, data: bytes) -> bytes:
         if self.encoding == "base64":
-            clean = self._rest + data.translate(None, _NOT_B64)
-            usable = len(clean) - len(clean) % 4
-            self._rest = clean[usable:]
-            return _b64(clean[:usable])
+            return self._base64(data, final=False)
         if self.encoding == "quoted-printable":
             text = self._rest + data
             cut = text.rfind(b"\n") + 1
             self._rest = text[cut:]
-            return quopri.decodestring(text[:cut])
+            return binascii.a2b_qp(text[:cut])
         return data
 
     def flush(self) -> bytes:
-        rest, self._rest = self._rest, b""
         if self.encoding == "base64":
-            rest = rest.rstrip(b"=")
-            if len(rest) % 4 == 1:  # a lone trailing character carries no byte
-                rest = rest[:-1]
-            return _b64(rest + b"=" * (-len(rest) % 4)) if rest else b""
+            return self._base64(b"", final=True)
+        rest, self._rest = self._rest, b""
         if self.encoding == "quoted-printable":
-            return quopri.decodestring(rest)
+            return binascii.a2b_qp(rest)
         return rest
 
-
-_B64_ALPHABET = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/="
-_NOT_B64 = bytes(c for c in range(256) if c not in _B64_ALPHABET)
-
-
-def _b64(data: bytes) -> bytes:
-    if not data:
-        return b""
-    try:
-        return base64.b64decode(data)
-    except binascii.Error:
-        # '=' inside the stream (concatenated base64): decode quad by quad.
+    def _base64(self, data: bytes, *, final: bool) -> bytes:
+        stripped = data.translate(None, b"\r\n\t ")
+        clean = _NOT_B64.sub(b"", stripped)
+        if len(clean) != len(stripped):
+            self.defects.add("InvalidBase64CharactersDefect")
+        text = self._rest + clean
         out = bytearray()
-        for i in range(0, len(data), 4):
-            quad = data[i : i + 4]
-            try:
-                out += base64.b64decode(quad)
-            except binascii.Error:
-                continue
+        pos = 0
+        while True:
+            pad = text.find(b"=", pos)
+            if pad < 0:
+                break
+            # The group holding this "=" ends a block: decode up to it, then skip the run.
+            run_end = _PAD_RUN.match(text, pad)
+            end = run_end.end() if run_end else pad + 1
+            if end == len(text) and not final:
+                break  # the run may go on in the next piece
+            block = text[pos:pad]
+            out += _decode_block(block, self.defects)
+            pos = end
+            if end < len(text):
+                self.defects.add("InvalidBase64PaddingDefect")
+        tail = text[pos:]
+        if final:
+            out += _decode_block(tail, self.defects)
+            self._rest = b""
+        else:
+            whole = len(tail) - len(tail) % 4
+            if b"=" in tail:  # an unfinished padding run: keep the block whole
+                whole = 0
+            out += binascii.a2b_base64(tail[:whole]) if whole else b""
+            self._rest = tail[whole:]
         return bytes(out)
+
+
+def _decode_block(block: bytes, defects: set[str]) -> bytes:
+    """One base64 block without its padding; a dangling single character carries no
+    byte (a length defect)."""
+    if len(block) % 4 == 1:
+        defects.add("InvalidBase64LengthDefect")
+        block = block[:-1]
+    if not block:
+        return b""
+    return binascii.a2b_base64(block + b"=" * (-len(block) % 4))
+
+
+def decode_part(data: bytes, encoding: str | None) -> tuple[bytes, set[str]]:
+    """A whole part's body decoded by its Content-Transfer-Encoding, and its defects."""
+    decoder = PartDecoder(encoding)
+    out = decoder.feed(data)
+    out += decoder.flush()
+    return out, decoder.defects

@@ -14,6 +14,7 @@ from datetime import date
 from typing import Literal, Protocol
 
 from service.ids import MessageRef
+from service.mime import PartInfo
 from service.models.message import DeleteResult, Folder, MessagePage, MessagePatch
 
 
@@ -85,10 +86,14 @@ class OpenedMessage(Protocol):
         """The whole raw message; TooLarge when it exceeds ``limit`` bytes."""
         ...
 
-    async def open_part(self, section: str) -> tuple[bytes, AsyncIterator[bytes]] | None:
-        """One MIME part alone (IMAP section number): its MIME header and its encoded
-        bytes in bounded chunks; None when there is no such part. TooLarge where the
-        protocol cannot fetch a part alone (POP3)."""
+    async def open_part(self, section: str) -> tuple[PartInfo, AsyncIterator[bytes]] | None:
+        """One leaf MIME part by its IMAP section number (an attachment id of the parsed
+        fetch, or its text or HTML body's): what its MIME header says, and its bytes as
+        the server has them, decoded by their Content-Transfer-Encoding only, in bounded
+        chunks, for a message of any size; None when the message has no such leaf (no
+        such section, a multipart with parts, a part inside an attached message).
+        The message is not parsed whole: IMAP fetches the part alone, POP3 reads the
+        message once and stops after the part."""
         ...
 
     async def check_size(self) -> None:

@@ -17,6 +17,7 @@ from __future__ import annotations
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Literal, TypeVar, cast
 
+from service import mime
 from service.config import Provider, Settings
 from service.errors import (
     Conflict,
@@ -31,12 +32,30 @@ from service.errors import (
     UpstreamUnavailable,
 )
 from service.ids import ImapRef, MessageRef
-from service.models.message import DeleteResult, Folder, FolderRole, MessagePage, MessagePatch
+from service.mime import (
+    Limits,
+    Part,
+    PartCutter,
+    PartDecoder,
+    PartInfo,
+    is_leaf,
+    part_info,
+)
+from service.models.message import (
+    DeleteResult,
+    Folder,
+    FolderRole,
+    MessagePage,
+    MessagePatch,
+)
 from service.protocols.base import Credentials, ListQuery
 from service.protocols.imapconn import ImapSession
 from service.protocols.imaplisting import PageRequest, filters_hash, read_page, search_criteria
 from service.protocols.imaplisting import visible_flags as _visible_flags
+from service.protocols.imapstructure import Located, locate
 from service.protocols.imapwire import MailboxInfo, format_uid_set
+from service.protocols.parts import cut_from
+from service.protocols.parts import decoded as _decoded
 from service.protocols.pool import SessionPool
 from service.protocols.summary_cache import SummaryCache
 
@@ -187,25 +206,59 @@ class ImapOpenedMessage:
             raise TooLarge(f"The message is over the limit of {limit} bytes.")
         return data
 
-    async def open_part(self, section: str) -> tuple[bytes, AsyncIterator[bytes]] | None:
-        """The MIME header of part ``section`` and its encoded bytes as partial fetches;
-        None when the message has no such part."""
-        session = self._live()
-        items = await session.uid_fetch(
-            str(self.uid),
-            f"(UID BODY.PEEK[HEADER.FIELDS (CONTENT-TYPE)] BODY.PEEK[{section}.MIME])",
-        )
-        item = items.get(self.uid)
+    async def open_part(self, section: str) -> tuple[PartInfo, AsyncIterator[bytes]] | None:
+        """One leaf part by its section (a parsed fetch's attachment or body id): what its
+        MIME header says, and its bytes decoded by its Content-Transfer-Encoding as they
+        come; None when the message has no such leaf.
+
+        The part is found in the server's BODYSTRUCTURE and fetched alone, as
+        ``BODY.PEEK[section]`` partial fetches: the server's bytes of that part, the
+        message is not parsed. Where the server's structure cannot answer for the
+        gateway's parser (a part at or past the part budget, a structure the server
+        reads otherwise), the message streams past :class:`~service.mime.PartCutter`
+        instead, which stops reading after the part.
+        """
+        limits = self._reader.settings.mime_limits
+        item = (await self._live().uid_fetch(str(self.uid), "(UID BODYSTRUCTURE)")).get(self.uid)
         if item is None:
             raise NotFound("The message is gone.")
-        top = (item.section("BODY[HEADER.FIELDS") or b"").lower()
-        if b"multipart/" in top:
-            header = item.section(f"BODY[{section}.MIME]")
-        elif section == "1":  # a single-part message: its header describes part 1
+        found = locate(item.structure, section)
+        if found is None or found.number >= limits.max_parts:
+            return await self._cut_part(section)  # not the server's, or past the budget
+        part = await self._check_path(section, found, limits)
+        if part is None:
+            return await self._cut_part(section)  # the server reads the structure otherwise
+        if not is_leaf(part):
+            return None
+        info = part_info(part, assumed=found.assumed)
+        return info, _decoded(PartDecoder(part.encoding), self._part_chunks(section))
+
+    async def _check_path(self, section: str, found: Located, limits: Limits) -> Part | None:
+        """The part's own header, read as the parser reads it, once the MIME headers of
+        the part and of every multipart around it (one FETCH) give the boundaries the
+        server found: None where they differ (the server's BODY[n] would not be ours)."""
+        if found.whole_body:
             header = await self._fetch_section("BODY.PEEK[HEADER]", "BODY[HEADER]")
-        else:
-            header = None
-        return (header, self._part_chunks(section)) if header else None
+            part = mime.describe(header or b"", "", limits)
+            return part if found.multipart == (part.boundary is not None) else None
+        steps = section.split(".")
+        names = ["HEADER"] + [".".join(steps[:i]) + ".MIME" for i in range(1, len(steps) + 1)]
+        fetched = await self._live().uid_fetch(
+            str(self.uid), "(UID " + " ".join(f"BODY.PEEK[{n}]" for n in names) + ")"
+        )
+        item = fetched.get(self.uid)
+        if item is None:
+            raise NotFound("The message is gone.")
+        ours: list[bytes | None] = []
+        for depth, name in enumerate(names):
+            header = item.sections.get(f"BODY[{name}]") or b""
+            ours.append(mime.describe(header, ".".join(steps[:depth]), limits).boundary)
+        part = mime.describe(item.sections.get(f"BODY[{names[-1]}]") or b"", section, limits)
+        return part if tuple(ours) == found.boundaries else None
+
+    async def _cut_part(self, section: str) -> tuple[PartInfo, AsyncIterator[bytes]] | None:
+        cutter = PartCutter(section, self._reader.settings.mime_limits)
+        return await cut_from(cutter, self.chunks())
 
     async def _fetch_section(self, item: str, key: str) -> bytes | None:
         items = await self._live().uid_fetch(str(self.uid), f"(UID {item})")

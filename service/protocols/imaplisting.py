@@ -44,10 +44,11 @@ from typing import TypeGuard
 
 from service.errors import BadRequest, StaleId, ValidationFailed
 from service.ids import ImapRef, decode_cursor, encode_cursor
-from service.mime import summary_fields
+from service.mime import needs_declared_charset, summary_fields
 from service.models.message import MessagePage, MessageSummary
 from service.protocols.base import ListQuery
 from service.protocols.imapconn import ImapSession
+from service.protocols.imapstructure import declared_charset
 from service.protocols.imapwire import FetchItem, Word, astring, format_uid_set
 from service.protocols.summary_cache import SummaryCache
 
@@ -130,9 +131,12 @@ def visible_flags(flags: list[str] | None) -> list[str]:
     return [f for f in flags or [] if f.lower() not in _HIDDEN_FLAGS]
 
 
-def summary_of(folder: str, uidvalidity: int, item: FetchItem) -> MessageSummary:
-    """A listing line from one FETCH of :data:`SUMMARY_ITEMS`."""
-    fields = summary_fields(item.section("BODY[HEADER") or b"")
+def summary_of(
+    folder: str, uidvalidity: int, item: FetchItem, assumed: str | None = None
+) -> MessageSummary:
+    """A listing line from one FETCH of :data:`SUMMARY_ITEMS`; ``assumed``: the charset
+    the message declares, for raw 8-bit header bytes (:func:`summary_fields`)."""
+    fields = summary_fields(item.section("BODY[HEADER") or b"", assumed=assumed)
     flags = visible_flags(item.flags)
     return MessageSummary.model_construct(
         None,
@@ -332,47 +336,53 @@ async def _summaries(
     cache_key: str,
 ) -> list[MessageSummary]:
     """The page's summaries: from the cache (with the flags the window brought), from
-    the window's own header fields, and the rest by one UID FETCH."""
+    the window's own header fields, and the rest by one UID FETCH. Raw 8-bit header
+    bytes of a multipart are read in the charset one of its parts declares, as the fetch
+    reads them: for just those messages (rare) one more FETCH of BODYSTRUCTURE."""
     if not page:
         return []
-    found: dict[int, MessageSummary] = {}
-    flags: dict[int, list[str] | None] = {}
-    for uid in page:
-        item = known.get(uid)
-        flags[uid] = item.flags if item is not None else None
-        summary = cache.get((cache_key, folder, uidvalidity, uid)) if cache is not None else None
-        if summary is None and item is not None and item.size is not None:
-            summary = summary_of(folder, uidvalidity, item)  # the window fetched its fields
-            if cache is not None:
-                cache.put((cache_key, folder, uidvalidity, uid), summary)
-        if summary is not None:
-            found[uid] = summary
-    missing = [uid for uid in page if uid not in found]
-    no_flags = [uid for uid in page if uid in found and flags[uid] is None]
+    cached: dict[int, MessageSummary] = {}
+    if cache is not None:
+        for uid in page:
+            if (hit := cache.get((cache_key, folder, uidvalidity, uid))) is not None:
+                cached[uid] = hit
+    # header fields in hand: the window's (it asked for them when nothing was cached)
+    fresh = {uid: known[uid] for uid in page
+             if uid not in cached and uid in known and known[uid].size is not None}  # fmt: skip
+    missing = [uid for uid in page if uid not in cached and uid not in fresh]
+    no_flags = [uid for uid in cached if known.get(uid, _NO_ITEM).flags is None]
+    fetched: dict[int, FetchItem] = {}
     if missing:
         fetched = await session.uid_fetch(format_uid_set(missing + no_flags), SUMMARY_ITEMS)
+        fresh.update((uid, fetched[uid]) for uid in missing if uid in fetched)
     elif no_flags:
         fetched = await session.uid_fetch(format_uid_set(no_flags), "(UID FLAGS)")
-    else:
-        fetched = {}
+    odd = [u for u, i in fresh.items() if needs_declared_charset(i.section("BODY[HEADER") or b"")]
+    assumed: dict[int, str | None] = {}
+    if odd:
+        shapes = await session.uid_fetch(format_uid_set(odd), "(UID BODYSTRUCTURE)")
+        assumed = {u: declared_charset(i.structure) for u, i in shapes.items()}
     out: list[MessageSummary] = []
     for uid in page:
-        item = fetched.get(uid)
-        if uid not in found:
-            if item is None:
-                continue  # expunged meanwhile
-            summary = summary_of(folder, uidvalidity, item)
+        if uid in fresh:
+            summary = summary_of(folder, uidvalidity, fresh[uid], assumed.get(uid))
             if cache is not None:
                 cache.put((cache_key, folder, uidvalidity, uid), summary)
             out.append(summary)
             continue
-        if item is None and flags[uid] is None:
+        if uid not in cached:
+            continue  # expunged meanwhile
+        item = fetched.get(uid) or known.get(uid)
+        if item is None or item.flags is None:
             continue  # its flags were asked for and it is gone
-        shown = visible_flags(item.flags if item is not None else flags[uid])
-        summary = found[uid]
+        shown = visible_flags(item.flags)
+        summary = cached[uid]
         if summary.flags != shown:  # cached summaries are shared: replaced, never changed
             summary = summary.model_copy(update={"flags": shown, "seen": "\\Seen" in shown})
             if cache is not None:
                 cache.put((cache_key, folder, uidvalidity, uid), summary)
         out.append(summary)
     return out
+
+
+_NO_ITEM = FetchItem(0)

@@ -270,6 +270,7 @@ class FetchItem:
     flags: list[str] | None = None
     size: int | None = None
     sections: dict[str, bytes] = field(default_factory=dict)
+    structure: Token = None  # BODYSTRUCTURE, as parsed tokens
     seq: int | None = None  # the message sequence number the (last) response named
 
     def section(self, prefix: str) -> bytes | None:
@@ -340,6 +341,7 @@ def parse_fetch(lines: Sequence[Line]) -> dict[int, FetchItem]:
         flags: list[str] | None = None
         size: int | None = None
         sections: dict[str, bytes] = {}
+        structure: Token = None
         for k in range(0, len(data) - 1, 2):
             key, val = data[k], data[k + 1]
             if not isinstance(key, str):
@@ -356,6 +358,8 @@ def parse_fetch(lines: Sequence[Line]) -> dict[int, FetchItem]:
                 ]
             elif name == "RFC822.SIZE" and isinstance(val, str) and val.isdigit():
                 size = int(val)
+            elif name == "BODYSTRUCTURE" and isinstance(val, list):
+                structure = val
             elif name.startswith(("BODY[", "BINARY[", "RFC822")):
                 sections[name] = val if isinstance(val, bytes) else b""
         if uid is None:
@@ -367,6 +371,8 @@ def parse_fetch(lines: Sequence[Line]) -> dict[int, FetchItem]:
         if size is not None:
             item.size = size
         item.sections.update(sections)
+        if structure is not None:
+            item.structure = structure
     return out
 
 

@@ -39,6 +39,7 @@ from collections.abc import AsyncGenerator, AsyncIterator, Callable
 from datetime import datetime
 from typing import Literal
 
+from service import mime
 from service.config import Provider, Settings
 from service.errors import (
     AuthFailed,
@@ -57,7 +58,7 @@ from service.errors import (
     scrub,
 )
 from service.ids import MessageRef, Pop3Ref, decode_cursor, encode_cursor
-from service.mime import summary_fields
+from service.mime import Limits, PartCutter, PartInfo, needs_declared_charset, summary_fields
 from service.models.message import (
     AddressOut,
     DeleteResult,
@@ -67,6 +68,7 @@ from service.models.message import (
     MessageSummary,
 )
 from service.protocols.base import Credentials, ListQuery
+from service.protocols.parts import cut_from
 from service.protocols.pool import PooledSession, SessionPool, Slot, is_connection_limit
 from service.protocols.pop3client import (
     Pop3AuthError,
@@ -84,6 +86,7 @@ from service.protocols.pop3client import (
 _IN_USE_RETRIES = (0.2, 0.5, 1.0)
 _TOP_MAX_BYTES = 256 * 1024  # a listing's header section; a longer one is cut
 _TOP_WHOLE = 999_999_999  # TOP's line count to read a whole message
+_DECLARED_LINES = 200  # body lines read for a declared charset (see _Heads.get)
 # IMPLEMENTATION (RFC 2449) of servers whose TOP reply is not dot-stuffed, so that a body
 # line "." would end it early: they are read with RETR. Mailpit's RETR sets no flag.
 _TOP_NOT_STUFFED = ("mailpit",)
@@ -244,7 +247,7 @@ class Pop3Reader:
                 if wanted is None and len(page) >= query.limit:
                     more = True
                     break
-                summary = _summary(uidls[n], sizes.get(n), await heads.get(n))
+                summary = _summary(uidls[n], sizes.get(n), *await heads.get(n))
                 if wanted is not None and not wanted(summary):
                     continue
                 matched += 1
@@ -280,8 +283,9 @@ class Pop3Reader:
                 raise translate(exc, self.secrets) from None
             raise
         return Pop3Message(
-            self.pool, slot, ref, uidl, n, size, by_top=_reads_by_top(client.capabilities)
-        )
+            self.pool, slot, ref, uidl, n, size, by_top=_reads_by_top(client.capabilities),
+            limits=self._settings.mime_limits,
+        )  # fmt: skip
 
     async def delete(self, refs: list[MessageRef]) -> list[DeleteResult]:
         """One result per ref, in order. Each UIDL is DELE'd once (duplicates share its
@@ -343,6 +347,7 @@ class Pop3Message:
         size: int,
         *,
         by_top: bool,
+        limits: Limits,
     ) -> None:
         self._pool = pool
         self._slot = slot
@@ -350,6 +355,8 @@ class Pop3Message:
         self._uidl = uidl
         self._number = number
         self._by_top = by_top
+        self._limits = limits
+        self._unread: AsyncGenerator[bytes, None] | None = None
         self._done = False
         self.id = ref.encode()
         self.folder = "INBOX"
@@ -417,8 +424,16 @@ class Pop3Message:
             raise translate(exc) from None
         return bytes(out)
 
-    async def open_part(self, section: str) -> tuple[bytes, AsyncIterator[bytes]] | None:
-        raise TooLarge("POP3 cannot fetch one part alone: the message is over the size limit.")
+    async def open_part(self, section: str) -> tuple[PartInfo, AsyncIterator[bytes]] | None:
+        """One leaf part by its section (a parsed fetch's attachment or body id), whatever
+        the message's size: the message streams once past
+        :class:`~service.mime.PartCutter`, and reading stops after the part. None when
+        the message has no such leaf. The rest of the reply is read only by
+        :meth:`remove` (the session must be in step for DELE); otherwise the session
+        is dropped at :meth:`release`."""
+        cutter = PartCutter(section, self._limits)
+        self._unread = body = _translated(self._body())
+        return await cut_from(cutter, body, close=False)
 
     async def check_size(self) -> None:
         """LIST's size cannot be checked without reading the message: it stays an estimate."""
@@ -439,6 +454,10 @@ class Pop3Message:
         """
         self._done = True
         try:
+            if self._unread is not None:  # the rest of a reply a part download left unread
+                async for _ in self._unread:
+                    pass
+                self._unread = None
             number = _number_of(self._uidl, await self._client.uidl())
             await self._client.dele(number)
             await self._client.quit()
@@ -456,6 +475,10 @@ class Pop3Message:
             return
         self._done = True
         try:
+            unread, self._unread = self._unread, None
+            if unread is not None:
+                with contextlib.suppress(Exception):
+                    await unread.aclose()  # mid-reply: the session is dropped, as wanted
             await self._client.aclose_without_quit()
         finally:
             self._pool.release_slot(self._slot)
@@ -476,15 +499,27 @@ class _Heads:
             found = await self._client.tops(numbers, max_bytes=_TOP_MAX_BYTES)
             self._ready.update((n, head) for n, head in found.items() if head is not None)
 
-    async def get(self, n: int) -> bytes:
-        if (ready := self._ready.pop(n, None)) is not None:
-            return ready
-        if self._use_top:
+    async def get(self, n: int) -> tuple[bytes, str | None]:
+        """The header section, and the charset the message declares when the listing
+        needs it (:func:`~service.mime.needs_declared_charset`: raw 8-bit bytes in a
+        multipart's header); that is looked for in the first
+        ``_DECLARED_LINES`` lines of the body only, and only where TOP works."""
+        head: bytes | None = self._ready.pop(n, None)
+        if head is None and self._use_top:
             try:
-                return await self._client.top(n, 0, max_bytes=_TOP_MAX_BYTES, truncate=True)
+                head = await self._client.top(n, 0, max_bytes=_TOP_MAX_BYTES, truncate=True)
             except Pop3NoSuchMessage:
                 self._use_top = False  # TOP is optional (RFC 1939): read the message
-        return await _head_by_retr(self._client, n)
+        if head is not None:
+            if not needs_declared_charset(head):
+                return head, None
+            more = await self._client.top(
+                n, _DECLARED_LINES, max_bytes=_TOP_MAX_BYTES, truncate=True
+            )
+            parts = mime.MimeScanner(Limits())
+            parts.feed(more, final=True)
+            return head, mime.declared_charset(parts.headers_done)
+        return await _head_by_retr(self._client, n), None
 
 
 def _header_filter(query: ListQuery) -> Callable[[MessageSummary], bool] | None:
@@ -544,6 +579,18 @@ def _reads_by_top(capabilities: dict[str, list[str]]) -> bool:
     if implementation.startswith(_TOP_NOT_STUFFED):
         return False
     return not capabilities or "TOP" in capabilities
+
+
+async def _translated(body: AsyncGenerator[bytes, None]) -> AsyncGenerator[bytes, None]:
+    """``body`` with the POP3 client's errors translated to the gateway's; closing this
+    closes ``body`` (mid-reply, that drops the session)."""
+    try:
+        async for chunk in body:
+            yield chunk
+    except Pop3Error as exc:
+        raise translate(exc) from None
+    finally:
+        await body.aclose()
 
 
 def _inbox_only(folder: str) -> None:
@@ -665,8 +712,8 @@ def _after_cursor(token: str, uidls: dict[int, str]) -> list[int]:
     return [k for k, h in below if k < bound and h not in page]
 
 
-def _summary(uidl: str, size: int | None, head: bytes) -> MessageSummary:
-    fields = summary_fields(head)
+def _summary(uidl: str, size: int | None, head: bytes, assumed: str | None) -> MessageSummary:
+    fields = summary_fields(head, assumed=assumed)
 
     def addrs(key: str) -> list[AddressOut]:
         value = fields.get(key)

@@ -105,25 +105,25 @@ async def test_fetch_parsed_and_ids_are_stable(
 
 
 async def test_raw_is_byte_exact_with_ranges(
-    client: Any, stack: dict[str, str], mailbox: Mailbox, proto: str
+    live_client: Any, stack: dict[str, str], mailbox: Mailbox, proto: str
 ) -> None:
     raw = make_raw("raw", body="x" * 3000 + "\r\n.\r\n..two\r\n", attach=os.urandom(20000))
     mailbox.append(stack, raw)
-    [item] = (await listing(client, mailbox, proto))["items"]
+    [item] = (await listing(live_client, mailbox, proto))["items"]
     url = f"/v1/messages/{item['id']}/raw"
-    r = await client.get(url, headers=mailbox.auth)
+    r = await live_client.get(url, headers=mailbox.auth)
     assert r.status_code == 200 and r.content == raw
     assert r.headers["content-type"] == "message/rfc822"
     if proto == "imap":  # RFC822.SIZE checked exact; POP3's LIST size is only an estimate
         assert int(r.headers["content-length"]) == len(raw)
-    r = await client.get(url, headers={**mailbox.auth, "Range": "bytes=100-199"})
+    r = await live_client.get(url, headers={**mailbox.auth, "Range": "bytes=100-199"})
     assert r.status_code == 206 and r.content == raw[100:200]
     assert r.headers["content-range"] == f"bytes 100-199/{len(raw)}"
-    r = await client.get(url, headers={**mailbox.auth, "Range": "bytes=-50"})
+    r = await live_client.get(url, headers={**mailbox.auth, "Range": "bytes=-50"})
     assert r.status_code == 206 and r.content == raw[-50:]
-    r = await client.get(url, headers={**mailbox.auth, "Range": f"bytes={len(raw)}-"})
+    r = await live_client.get(url, headers={**mailbox.auth, "Range": f"bytes={len(raw)}-"})
     assert r.status_code == 416 and r.headers["content-range"] == f"bytes */{len(raw)}"
-    r = await client.get(url, params={"mode": "remove"},
+    r = await live_client.get(url, params={"mode": "remove"},
                          headers={**mailbox.auth, "Range": "bytes=0-9"})  # fmt: skip
     assert r.status_code == 422
     assert len(mailbox.messages(stack)) == 1
@@ -147,26 +147,32 @@ async def test_keep_leaves_message_and_flags(
 
 
 async def test_remove_removes_exactly_that_message(
-    client: Any, stack: dict[str, str], mailbox: Mailbox, proto: str
+    live_client: Any, stack: dict[str, str], mailbox: Mailbox, proto: str
 ) -> None:
     for s in ("one", "two", "three"):
         mailbox.append(stack, make_raw(s))
-    items = (await listing(client, mailbox, proto))["items"]
+    items = (await listing(live_client, mailbox, proto))["items"]
     target = next(i for i in items if i["subject"] == "two")
-    r = await client.get(f"/v1/messages/{target['id']}", params={"mode": "remove"},
+    r = await live_client.get(f"/v1/messages/{target['id']}", params={"mode": "remove"},
                          headers=mailbox.auth)  # fmt: skip
     assert r.status_code == 200
     assert r.headers["x-mail-mode"] == "remove" and r.json()["removed"] is True
-    left = [email.message_from_bytes(raw)["Subject"] for _, raw, _ in mailbox.messages(stack)]
+    left = [
+        email.message_from_bytes(raw)["Subject"]
+        for _, raw, _ in await mailbox.after_removal(stack, 2)
+    ]
     assert left == ["one", "three"]
-    r = await client.get(f"/v1/messages/{target['id']}", headers=mailbox.auth)
+    r = await live_client.get(f"/v1/messages/{target['id']}", headers=mailbox.auth)
     assert r.status_code == 404 and r.json()["code"] == "not-found"
     # raw in remove mode
     first = next(i for i in items if i["subject"] == "one")
-    r = await client.get(f"/v1/messages/{first['id']}/raw", params={"mode": "remove"},
+    r = await live_client.get(f"/v1/messages/{first['id']}/raw", params={"mode": "remove"},
                          headers=mailbox.auth)  # fmt: skip
     assert r.status_code == 200 and b"Subject: one" in r.content
-    left = [email.message_from_bytes(raw)["Subject"] for _, raw, _ in mailbox.messages(stack)]
+    left = [
+        email.message_from_bytes(raw)["Subject"]
+        for _, raw, _ in await mailbox.after_removal(stack, 1)
+    ]
     assert left == ["three"]
 
 

@@ -38,7 +38,7 @@ async def test_every_tls_mode_lists_fetches_and_removes(
 ) -> None:
     mailbox.append(stack, RAW)
     mailbox.append(stack, RAW.replace(b"hi", b"second"))
-    async with make_client(pop3_url=POP3_URLS[mode](stack)) as client:
+    async with make_client(live=True, pop3_url=POP3_URLS[mode](stack)) as client:
         r = await client.get("/v1/messages", params={"protocol": "pop3"}, headers=mailbox.auth)
         assert r.status_code == 200, r.text
         items = r.json()["items"]
@@ -46,7 +46,7 @@ async def test_every_tls_mode_lists_fetches_and_removes(
         r = await client.get(f"/v1/messages/{items[1]['id']}/raw", params={"mode": "remove"},
                              headers=mailbox.auth)  # fmt: skip
         assert r.status_code == 200 and r.content == RAW
-    left = mailbox.messages(stack)
+    left = await mailbox.after_removal(stack, 1)
     assert [raw for _, raw, _ in left] == [RAW.replace(b"hi", b"second")]
 
 
@@ -181,7 +181,7 @@ async def test_connection_dropped_mid_retr_is_502_and_nothing_deleted(
 ) -> None:
     async with (
         fake_pop3("drop") as (port, received),
-        make_client(pop3_url=f"pop3+plain://127.0.0.1:{port}") as client,
+        make_client(live=True, pop3_url=f"pop3+plain://127.0.0.1:{port}") as client,
     ):
         r = await client.get(f"/v1/messages/{_id()}", params={"mode": "remove"},
                              headers=mailbox.auth)  # fmt: skip
@@ -192,7 +192,9 @@ async def test_connection_dropped_mid_retr_is_502_and_nothing_deleted(
 async def test_hang_is_504_within_the_deadline(make_client: Any, mailbox: Mailbox) -> None:
     async with (
         fake_pop3("hang") as (port, received),
-        make_client(pop3_url=f"pop3+plain://127.0.0.1:{port}", command_timeout=0.5) as client,
+        make_client(
+            live=True, pop3_url=f"pop3+plain://127.0.0.1:{port}", command_timeout=0.5
+        ) as client,
     ):
         start = time.monotonic()
         r = await client.get(f"/v1/messages/{_id()}", params={"mode": "remove"},
@@ -295,16 +297,45 @@ async def test_raw_cut_short_by_the_server_fails_and_is_never_removed(
     assert "DELE" not in received and "QUIT" not in received
 
 
-async def test_attachment_over_the_limit_is_413_on_pop3(
+async def test_attachment_over_the_limit_streams_one_part_on_pop3(
     make_client: Any, stack: dict[str, str], mailbox: Mailbox
 ) -> None:
-    mailbox.append(stack, RAW + b"x" * 5000 + b"\r\n")
-    async with make_client(max_message_bytes=2048) as client:
+    """POP3 cannot fetch a part alone, but the message streams once past the cutter:
+    a part of a message over the parse limit is served, and reading stops after it."""
+    import base64
+    import os
+
+    blob = os.urandom(40_000)
+    big = (
+        b"From: a@example.test\r\nTo: b@example.test\r\nSubject: big\r\n"
+        b'MIME-Version: 1.0\r\nContent-Type: multipart/mixed; boundary="b"\r\n\r\n'
+        b"--b\r\nContent-Type: text/plain\r\n\r\nbody\r\n"
+        b"--b\r\nContent-Type: application/octet-stream\r\nContent-Transfer-Encoding: base64\r\n"
+        b'Content-Disposition: attachment; filename="b.bin"\r\n\r\n'
+        + base64.encodebytes(blob).replace(b"\n", b"\r\n")
+        + b"--b\r\nContent-Type: text/plain\r\n\r\n"
+        + b"x" * 5000
+        + b"\r\n--b--\r\n"
+    )
+    mailbox.append(stack, big)
+    async with make_client(live=True, max_message_bytes=2048) as client:
         r = await client.get("/v1/messages", params={"protocol": "pop3"}, headers=mailbox.auth)
         [item] = r.json()["items"]
-        r = await client.get(f"/v1/messages/{item['id']}/attachments/1", headers=mailbox.auth)
-    assert r.status_code == 413 and r.json()["code"] == "too-large"
-    assert len(mailbox.messages(stack)) == 1
+        r = await client.get(f"/v1/messages/{item['id']}", headers=mailbox.auth)
+        assert r.status_code == 413 and r.json()["code"] == "too-large"  # not parsed whole
+        url = f"/v1/messages/{item['id']}/attachments"
+        r = await client.get(f"{url}/2", headers=mailbox.auth)
+        assert r.status_code == 200 and r.content == blob
+        assert 'filename="b.bin"' in r.headers["content-disposition"]
+        r = await client.get(f"{url}/1", headers=mailbox.auth)  # the text body is a part too
+        assert r.status_code == 200 and r.content == b"body"
+        r = await client.get(f"{url}/4", headers=mailbox.auth)
+        assert r.status_code == 404 and r.json()["code"] == "not-found"
+        assert len(mailbox.messages(stack)) == 1
+        # remove: the rest of the reply is read so that DELE + QUIT can follow
+        r = await client.get(f"{url}/2", params={"mode": "remove"}, headers=mailbox.auth)
+        assert r.status_code == 200 and r.content == blob
+        assert await mailbox.after_removal(stack, 0) == []
 
 
 # -- reading: TOP where it works (no \\Seen), RETR where it does not --------------------------
@@ -486,7 +517,7 @@ async def test_remove_deletes_the_number_the_uidl_has_now(
     # this one streamed message 2, so "uid-one" is number 1 by the time of the DELE.
     views = [{1: "uid-zero", 2: "uid-one"}, {1: "uid-one"}]
     async with fake_pop3("ok", listings=views) as (port, received):
-        async with make_client(pop3_url=f"pop3+plain://127.0.0.1:{port}") as client:
+        async with make_client(live=True, pop3_url=f"pop3+plain://127.0.0.1:{port}") as client:
             r = await client.get(f"/v1/messages/{_id()}/raw", params={"mode": "remove"},
                                  headers=mailbox.auth)  # fmt: skip
             assert r.status_code == 200 and r.content == BODY
@@ -502,7 +533,7 @@ async def test_remove_of_a_message_gone_meanwhile_sends_no_dele(
 ) -> None:
     views = [{1: "uid-one", 2: "uid-two"}, {1: "uid-two"}]  # uid-one went while streaming
     async with fake_pop3("ok", listings=views) as (port, received):
-        async with make_client(pop3_url=f"pop3+plain://127.0.0.1:{port}") as client:
+        async with make_client(live=True, pop3_url=f"pop3+plain://127.0.0.1:{port}") as client:
             r = await client.get(f"/v1/messages/{_id()}/raw", params={"mode": "remove"},
                                  headers=mailbox.auth)  # fmt: skip
             assert r.status_code == 200 and r.content == BODY

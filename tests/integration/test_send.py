@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import email
 import json
@@ -309,3 +310,43 @@ async def test_save_to_sent_keeps_bcc_in_the_copy(
     assert "\\Seen" in flags
     [(_, delivered, _)] = other_mailbox.wait_for(stack)
     assert b"hidden@example.test" not in delivered
+
+
+CASES = os.path.join(os.path.dirname(__file__), "..", "data", "cases")
+with open(os.path.join(CASES, "send-idn-deviation.json"), encoding="utf-8") as _f:
+    IDN_DRAFT: dict[str, Any] = json.load(_f)
+
+
+async def test_idn_deviation_characters_go_to_the_domain_written(
+    stack: dict[str, str], client: Any, mailbox: Mailbox, password: str
+) -> None:
+    """ß and final ς are IDNA 2008 (UTS #46 non-transitional): straße.test is
+    xn--strae-oqa.test, not IDNA 2003's strasse.test (another domain)."""
+    draft = dict(IDN_DRAFT)
+    draft["from"] = mailbox.address
+    draft["subject"] += " " + os.urandom(6).hex()
+    r = await client.post("/v1/send", json=draft, headers=mailbox.auth)
+    assert r.status_code == 200, r.text
+    wanted = ["info@xn--strae-oqa.test", "info@xn--kxae4blv.test"]  # straße, ςοφία
+    assert sorted(r.json()["accepted"]) == sorted(wanted)
+    # Other domains end in the stack's sink mailbox: the copy that arrived there.
+    sink = Mailbox(stack["MAILSTACK_SINK_ADDRESS"], password)
+    for _ in range(200):
+        found = [raw for _, raw, _ in sink.messages(stack) if draft["subject"].encode() in raw]
+        if found:
+            break
+        await asyncio.sleep(0.05)
+    [raw] = found
+    to = parse(raw)["To"]
+    assert [a.addr_spec for a in to.addresses] == wanted
+    assert b"strasse" not in raw.lower() and b"xn--kxae4bpq" not in raw  # 2003 forms
+
+
+@pytest.mark.parametrize("domain", ["☃.test", "xn--a.ü.test"])
+async def test_domain_idna2008_refuses_is_422_before_smtp(
+    client: Any, mailbox: Mailbox, domain: str
+) -> None:
+    draft = {"to": [f"info@{domain}"], "subject": "x", "text": "x"}
+    r = await client.post("/v1/send", json=draft, headers=mailbox.auth)
+    assert r.status_code == 422 and r.json()["code"] == "validation-failed", r.text
+    assert "domain" in r.json()["detail"]

@@ -227,6 +227,36 @@ def test_idn_domain_is_sent_as_idna() -> None:
     assert mime.envelope(d, msg)[1] == ["user@xn--bcher-kva.example"]
 
 
+@pytest.mark.parametrize(
+    ("domain", "ascii_form"),
+    [
+        ("straße.test", "xn--strae-oqa.test"),  # IDNA 2003 would send to strasse.test
+        ("ςοφία.test", "xn--kxae4blv.test"),  # final sigma stays (IDNA 2003: xn--kxae4bpq)
+        ("Faß.Example", "xn--fa-hia.example"),  # UTS #46 maps case, keeps ß
+        ("ｅｘａｍｐｌｅ.test", "example.test"),  # full-width letters map to ASCII
+        ("日本.test", "xn--wgv71a.test"),
+    ],
+)
+def test_idn_domains_use_idna2008_nontransitional(domain: str, ascii_form: str) -> None:
+    d = draft(to=[f"Info <info@{domain}>"], cc=[f"c@{domain}"], text="x")
+    msg = mime.build_message(d, [], default_from="user")
+    assert mime.envelope(d, msg)[1] == [f"info@{ascii_form}", f"c@{ascii_form}"]
+    head = head_of(mime.serialize(msg))
+    assert f"<info@{ascii_form}>".encode() in head and f"c@{ascii_form}".encode() in head
+
+
+@pytest.mark.parametrize(
+    "domain", ["☃.test", "a\u200db.test", "-bad.test", "xn--a.ü.test", "a..ü.test"]
+)
+def test_domains_idna2008_refuses_are_422_never_another_domain(domain: str) -> None:
+    d = draft(to=[f"info@{domain}"], text="x")
+    with pytest.raises(ValidationFailed, match="domain"):
+        mime.build_message(d, [], default_from="user")
+    with pytest.raises(ValidationFailed):  # the domain, or no usable recipient left
+        mime.prepare_raw(f"From: a@example.com\r\nTo: info@{domain}\r\n\r\nx".encode(),
+                         mail_from=None, rcpt_to=[])  # fmt: skip
+
+
 def test_bcc_is_in_envelope_not_in_headers() -> None:
     d = draft(cc=["carol@example.org"], bcc=["secret@hidden.example", "Other <o@hidden.example>"])
     msg = mime.build_message(d, [], default_from="user")
@@ -528,7 +558,9 @@ def test_nested_structure_uses_imap_section_numbers() -> None:
     inner = mime.find_attachment(NESTED, "3")
     assert inner is not None and inner[0].size == len(inner[1])
     assert inner[1].startswith(b"From: inner@example.com\r\n") and b"GIF" in inner[1]
-    assert mime.find_attachment(NESTED, "1.1") is None  # a body part
+    body = mime.find_attachment(NESTED, "1.1")  # the text body is a part too
+    assert body is not None and body[1] == "Grüße".encode("latin-1")
+    assert mime.find_attachment(NESTED, "1") is None  # a multipart with parts
     assert mime.find_attachment(NESTED, "3.2") is None  # inside the attached message
     assert mime.find_attachment(NESTED, "4") is None
 
@@ -587,7 +619,9 @@ def test_single_part_message_body_is_section_1() -> None:
     found = mime.find_attachment(raw, "1")
     assert found is not None and found[1] == PDF
     plain = b"Subject: x\r\n\r\nhello\r\n"
-    assert mime.find_attachment(plain, "1") is None and parse(plain).text == "hello\n"
+    assert parse(plain).text == "hello\n"
+    found = mime.find_attachment(plain, "1")  # the body of a single-part message
+    assert found is not None and found[1] == b"hello\r\n"
 
 
 def test_second_text_part_and_text_attachment_are_listed() -> None:
@@ -618,7 +652,8 @@ def test_missing_closing_boundary() -> None:
         b"--b\r\nContent-Type: text/plain\r\n\r\nhi\r\n"
     )
     parsed, defects = defects_of(raw)
-    assert "CloseBoundaryNotFoundDefect" in defects and parsed.text == "hi"
+    # The part runs to the end of the message, as an IMAP server's BODY[1] does.
+    assert "CloseBoundaryNotFoundDefect" in defects and parsed.text == "hi\n"
 
 
 def test_missing_boundary_parameter_shows_the_text() -> None:
@@ -673,7 +708,9 @@ def test_nul_bytes_header_garbage_and_bad_date() -> None:
     )
     parsed, defects = defects_of(raw)
     assert parsed.subject == "a\x00b" and parsed.date is None
-    assert "MissingHeaderBodySeparatorDefect" in defects
+    # As IMAP servers do, the header runs on to its empty line: To is still a header.
+    assert "InvalidHeaderDefect (header line 4: not a field)" in defects
+    assert [a.address for a in parsed.to] == ["x@y"] and parsed.text == "bo\x00dy\n"
 
 
 def test_truncated_messages_never_raise() -> None:

@@ -12,9 +12,11 @@ from urllib.parse import quote
 from fastapi import APIRouter, Depends, Header, Path, Query, Response
 
 from service import mime
+from service.api.peer import can_confirm_delivery
 from service.api.query import QueryModel
 from service.api.readers import ContextDep, MailContext
 from service.api.responses import CommitAfterSendResponse, one_chunk, parse_range
+from service.config import Settings
 from service.errors import (
     ALL_ERRORS,
     InvalidId,
@@ -25,7 +27,6 @@ from service.errors import (
     ValidationFailed,
 )
 from service.ids import ImapRef, MessageRef, Pop3Ref, decode_id
-from service.mime import PartDecoder
 from service.models.message import (
     DeleteRequest,
     DeleteResult,
@@ -54,9 +55,26 @@ ProtocolQuery = Annotated[
 ModeQuery = Annotated[
     Mode | None,
     Query(
-        description="keep: no side effect on the server. remove: the message is deleted "
-        "only after the whole response has been written; an error or a client that "
-        "disconnects first leaves it. Default: MAILGATE_DEFAULT_MODE."
+        description=(
+            "keep: no side effect on the server (IMAP reads with BODY.PEEK, POP3 with TOP, "
+            "never DELE). remove: the message is deleted on the mail server (IMAP \\Deleted "
+            "+ UID EXPUNGE of that UID alone; POP3 DELE + QUIT) only when all of these hold: "
+            "every byte of the answer was handed to the connection; the kernel reports that "
+            "the peer's TCP acknowledged every one of them (Linux SIOCOUTQ and tcp_info); no "
+            "disconnect, reset or error was seen at any point; and the connection was not "
+            "reset within MAILGATE_REMOVE_LINGER_SECONDS (0.5 s) after that, which catches a "
+            "client that hangs up before reading what its kernel received. Anything else "
+            "(an error, a client that leaves or stalls past MAILGATE_STALL_TIMEOUT) leaves "
+            "the message, and the gateway logs why. The removal is committed a moment after "
+            "the answer is complete, not before the client has it. **Peer** means the TCP "
+            "peer of the gateway: behind a reverse proxy or load balancer that is the proxy, "
+            "which acknowledges bytes it buffered, not the end client. A TCP acknowledgement "
+            "is not an application receipt: a client that needs one (its database committed "
+            "the message) should fetch with keep and then DELETE. Where the HTTP server in "
+            "use cannot tell what the peer acknowledged (not TCP on Linux, TLS terminated in "
+            "the gateway itself, an in-process client), remove answers 422 not-supported. "
+            "Default: MAILGATE_DEFAULT_MODE."
+        )
     ),
 ]
 MarkSeenQuery = Annotated[
@@ -99,10 +117,16 @@ def _mode_headers(mode: Mode) -> dict[str, str]:
     return {"X-Mail-Mode": mode, "Cache-Control": "no-store"}
 
 
-async def _open(ctx: MailContext, msg_id: str, protocol: Protocol | None
+async def _open(ctx: MailContext, msg_id: str, protocol: Protocol | None, mode: Mode
                 ) -> tuple[OpenedMessage, Protocol]:  # fmt: skip
     ref = decode_id(msg_id)
     proto = _protocol_for(ref, protocol)
+    if mode == "remove" and not can_confirm_delivery(ctx.request.scope):
+        raise NotSupported(
+            "mode=remove needs to know that the peer received every byte, and the HTTP "
+            "server in use cannot tell (no TCP socket on Linux, or TLS terminated in the "
+            "gateway): use mode=keep, then DELETE."
+        )
     reader = ctx.reader(proto)
     return await reader.open(ref), proto
 
@@ -140,7 +164,7 @@ def _commit_response(
     status_code: int = 200,
     headers: dict[str, str] | None = None,
     media_type: str,
-    stall_timeout: float,
+    settings: Settings,
 ) -> CommitAfterSendResponse:
     async def complete() -> None:
         if mode == "remove":
@@ -153,7 +177,9 @@ def _commit_response(
 
     return CommitAfterSendResponse(
         chunks,
-        stall_timeout=stall_timeout,
+        stall_timeout=settings.stall_timeout,
+        confirm_delivery=mode == "remove",
+        linger=settings.remove_linger_seconds,
         status_code=status_code,
         headers={**_mode_headers(mode), **(headers or {})},
         media_type=media_type,
@@ -179,7 +205,11 @@ _LIST_QUERY = QueryModel(ListParams)
         "header) read each message's header until the page is full; unseen, flagged and text "
         "answer 422 not-supported (POP3 has no flags and no search). A cursor that can no "
         "longer be placed answers 410 stale-id (list again): IMAP when the folder's "
-        "UIDVALIDITY changed, POP3 when the page and every message around it were deleted."
+        "UIDVALIDITY changed, POP3 when the page and every message around it were deleted. "
+        "Subjects and names are decoded by the same function as the parsed fetch, so both "
+        "views agree; raw 8-bit header bytes of a multipart that are not UTF-8 are read in "
+        "the charset its parts declare (IMAP: from BODYSTRUCTURE; POP3: looked for in the "
+        "first 200 body lines)."
     ),
     responses=problem_responses(*_ERRS),
     openapi_extra={"parameters": _LIST_QUERY.parameters},
@@ -216,7 +246,16 @@ async def list_messages(
     summary="Fetch one message parsed to JSON",
     description=(
         "Encoded words and charsets are decoded; a defective message is still returned with "
-        "`defects`. Messages over MAILGATE_MAX_MESSAGE_BYTES answer 413 (use /raw). "
+        "`defects`. Header fields are decoded as in the listing (one decoder): raw 8-bit "
+        "bytes as UTF-8 when valid, else in the charset the message declares (its first "
+        "Content-Type charset other than US-ASCII/UTF-8), else windows-1252, with a "
+        "defect; line breaks from encoded words become spaces, and display names hold no "
+        "control characters. Parts are cut from the server's bytes (an attachment's `size` "
+        "is its decoded length). Parsing has budgets: MAILGATE_MIME_MAX_PARTS parts "
+        "(default 10,000, Dovecot's own; the part at the limit holds the rest of the "
+        "message) and MAILGATE_MIME_MAX_DEPTH nested multiparts (default 50; deeper is one "
+        "part); past either, the headers are still read and a defect says so. Messages "
+        "over MAILGATE_MAX_MESSAGE_BYTES answer 413 (use /raw). "
         "`removed: true` means the message is deleted once this response has been fully "
         "written (mode=remove)."
     ),
@@ -230,17 +269,18 @@ async def get_message(
     mark_seen: MarkSeenQuery = False,
 ) -> Response:
     mode_ = mode or ctx.settings.default_mode
-    msg, proto = await _open(ctx, id, protocol)
+    msg, proto = await _open(ctx, id, protocol, mode_)
     async with _answering(msg, mode_):
         raw = await msg.read(ctx.settings.max_message_bytes)
         parsed = await _cpu(
-            mime.parse_message, raw, id=id, folder=msg.folder, flags=msg.flags, size=msg.size
-        )
+            mime.parse_message, raw, id=id, folder=msg.folder, flags=msg.flags, size=msg.size,
+            limits=ctx.settings.mime_limits,
+        )  # fmt: skip
         parsed.removed = mode_ == "remove"
         body = parsed.model_dump_json(by_alias=True).encode()
         return _commit_response(
             msg, one_chunk(body), mode=mode_, mark_seen=mark_seen, protocol=proto,
-            stall_timeout=ctx.settings.stall_timeout, media_type="application/json",
+            settings=ctx.settings, media_type="application/json",
         )  # fmt: skip
 
 
@@ -282,7 +322,7 @@ async def get_raw(
     mode_ = mode or ctx.settings.default_mode
     if mode_ == "remove" and range_ is not None:
         raise ValidationFailed("mode=remove cannot be combined with Range: use keep, then DELETE.")
-    msg, proto = await _open(ctx, id, protocol)
+    msg, proto = await _open(ctx, id, protocol, mode_)
     async with _answering(msg, mode_):
         await msg.check_size()
         if range_ is not None and not msg.exact_size:
@@ -307,7 +347,7 @@ async def get_raw(
         return _commit_response(
             msg, chunks, mode=mode_, mark_seen=mark_seen and span is None, protocol=proto,
             status_code=206 if span is not None else 200, headers=headers,
-            stall_timeout=ctx.settings.stall_timeout, media_type="message/rfc822",
+            settings=ctx.settings, media_type="message/rfc822",
         )  # fmt: skip
 
 
@@ -330,7 +370,18 @@ def content_disposition(filename: str | None, kind: str | None = "attachment") -
 @router.get(
     "/messages/{id}/attachments/{attachment_id}",
     summary="One attachment, decoded, streamed",
-    description="`attachment_id` is the MIME part number listed by the parsed fetch.",
+    description=(
+        "`attachment_id` is the MIME part number (IMAP section) listed by the parsed fetch; "
+        "the section of the text or HTML body works too. The bytes are the server's bytes "
+        "of that part (IMAP `BODY[section]`: an attached `message/rfc822` comes whole and "
+        "exact), decoded only by its Content-Transfer-Encoding (base64 made of several "
+        "blocks is decoded whole), the same for any message size and on IMAP and POP3. "
+        "Streamed (chunked): IMAP fetches the part alone by its section from the server's "
+        "BODYSTRUCTURE, POP3 reads the message once and stops after the part, so no size "
+        "limit applies. 404 for a section that is not a leaf part of the message (a "
+        "multipart with parts, a part inside an attached message). A multipart nested "
+        "deeper than MAILGATE_MIME_MAX_DEPTH is one part (its body, boundaries included)."
+    ),
     response_class=Response,
     responses={
         200: {
@@ -344,80 +395,26 @@ def content_disposition(filename: str | None, kind: str | None = "attachment") -
 async def get_attachment(
     ctx: ContextDep,
     id: IdPath,
-    attachment_id: Annotated[str, Path(pattern=r"^[0-9]+(\.[0-9]+)*$", max_length=100)],
+    attachment_id: Annotated[str, Path(pattern=r"^[0-9]+(\.[0-9]+)*$", max_length=2000)],
     protocol: ProtocolQuery = None,
     mode: ModeQuery = None,
     mark_seen: MarkSeenQuery = False,
 ) -> Response:
     mode_ = mode or ctx.settings.default_mode
-    msg, proto = await _open(ctx, id, protocol)
+    msg, proto = await _open(ctx, id, protocol, mode_)
     async with _answering(msg, mode_):
-        if msg.size > ctx.settings.max_message_bytes:
-            return await _large_attachment(
-                msg, attachment_id, mode_, mark_seen, proto, ctx.settings.stall_timeout
-            )
-        raw = await msg.read(ctx.settings.max_message_bytes)
-        found = await _cpu(mime.find_attachment, raw, attachment_id)
+        found = await msg.open_part(attachment_id)
         if found is None:
-            raise NotFound(f"The message has no attachment {attachment_id!r}.")
-        info, data = found
-        del raw
-        chunk = ctx.settings.fetch_chunk_bytes
-
-        async def pieces() -> AsyncIterator[bytes]:
-            for i in range(0, len(data), chunk):
-                yield data[i : i + chunk]
-
+            raise NotFound(f"The message has no attachment or body part {attachment_id!r}.")
+        info, pieces = found
         return _commit_response(
-            msg, pieces(), mode=mode_, mark_seen=mark_seen, protocol=proto,
-            stall_timeout=ctx.settings.stall_timeout, media_type=_media_type(info.content_type),
+            msg, pieces, mode=mode_, mark_seen=mark_seen, protocol=proto,
+            settings=ctx.settings, media_type=_media_type(info.content_type),
             headers={
-                "Content-Length": str(len(data)),
                 "Content-Disposition": content_disposition(info.filename, info.disposition),
                 "X-Content-Type-Options": "nosniff",
             },
         )  # fmt: skip
-
-
-async def _large_attachment(
-    msg: OpenedMessage,
-    section: str,
-    mode: Mode,
-    mark_seen: bool,
-    proto: Protocol,
-    stall_timeout: float,
-) -> Response:
-    """A message too large to parse whole: fetch the one part and decode it as it comes
-    (IMAP). The decoded length is not known in advance: the answer is chunked."""
-    found = await msg.open_part(section)
-    if found is None:
-        raise NotFound(f"The message has no attachment {section!r}.")
-    header, encoded = found
-    info = mime.part_info(header)
-    if info is None or (
-        info.content_type in ("text/plain", "text/html")
-        and info.filename is None
-        and info.disposition != "attachment"
-        and section.rsplit(".", 1)[-1] == "1"
-    ):
-        raise NotFound(f"Part {section!r} is not an attachment (a multipart or the body).")
-    decoder = PartDecoder(info.encoding)
-
-    async def pieces() -> AsyncIterator[bytes]:
-        async for piece in encoded:
-            if out := decoder.feed(piece):
-                yield out
-        if out := decoder.flush():
-            yield out
-
-    return _commit_response(
-        msg, pieces(), mode=mode, mark_seen=mark_seen, protocol=proto,
-        stall_timeout=stall_timeout, media_type=_media_type(info.content_type),
-        headers={
-            "Content-Disposition": content_disposition(info.filename, info.disposition),
-            "X-Content-Type-Options": "nosniff",
-        },
-    )  # fmt: skip
 
 
 _DETAILS = {
