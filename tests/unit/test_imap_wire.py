@@ -1366,3 +1366,68 @@ def test_the_summary_cache_knows_which_folders_it_holds() -> None:
     assert not cache.holds_any("k", "INBOX", 7)
     assert cache.holds_any("k", "Sent", 7) and cache.holds_any("other", "INBOX", 7)
     assert not SummaryCache(0).holds_any("k", "INBOX", 7)
+
+
+def _fetch_replies() -> list[bytes]:
+    """FETCH replies of every shape the framing meets, each ending with its tagged OK."""
+    lit = b'Subject: (hi\r\nFrom: "Q" <q@x.test>\r\n\r\n'
+    two = b"* 4 FETCH (UID 9 BODY[HEADER] {%d}\r\n%s BODY[TEXT] {3}\r\nabc)\r\n" % (len(lit), lit)
+    return [
+        b"".join(b"* %d FETCH (UID %d FLAGS (\\Seen $Junk))\r\n" % (i, i + 7) for i in range(51)),
+        b"".join(
+            b"* %d FETCH (UID %d FLAGS () RFC822.SIZE 9 BODY[HEADER.FIELDS (SUBJECT)] {%d}\r\n"
+            % (i, i, len(lit))
+            + lit
+            + b")\r\n"
+            for i in range(1, 30)
+        ),
+        b"* 3 EXISTS\r\n* 1 EXPUNGE\r\n* 2 FETCH (UID 5 FLAGS (\\Deleted))\r\n* 0 RECENT\r\n",
+        b'* 1 FETCH (UID 3 ENVELOPE ("d" "s (x" NIL NIL NIL NIL NIL NIL NIL NIL))\r\n'
+        b"* 2 FETCH (UID 4 FLAGS ())\r\n",
+        two + b"* 5 FETCH (UID 10 FLAGS ())\r\n",
+        b"* 1 FETCH (UID 3 BODY[] {0}\r\n)\r\n* 2 FETCH (FLAGS (\\Seen) UID 4)\r\n",
+        b"* 1 FETCH (UID 3 FLAGS ())\r\n* BYE shutting down\r\n",
+    ]
+
+
+@pytest.mark.parametrize("seed", range(12))
+async def test_fast_fetch_framing_reads_what_the_general_loop_reads(
+    seed: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The shortcut for simple FETCH responses yields the very lines (bytes, literals as
+    bytearray) the library's general loop yields, however the bytes are split."""
+    import random
+
+    import service.protocols.imapconn as conn
+
+    rng = random.Random(seed)
+    loop = asyncio.get_running_loop()
+
+    class Sink:
+        def write(self, data: bytes) -> None: ...
+
+        def is_closing(self) -> bool:
+            return False
+
+        def abort(self) -> None: ...
+
+    def read(reply: bytes, fast: bool) -> tuple[list[Any], str, bytes | None]:
+        monkeypatch.setattr(conn, "FAST_FETCH_FRAMING", fast)
+        proto = conn._Protocol(loop)
+        proto.transport = Sink()
+        proto.state = "SELECTED"
+        cmd = conn._FetchCommand("A1", "FETCH", [b""], loop)
+        proto.pending_sync_command = cmd
+        data = reply + b"A1 OK done\r\n"
+        cuts = sorted(rng.sample(range(1, len(data)), min(len(data) - 1, rng.randint(0, 6))))
+        for a, b in zip([0, *cuts], [*cuts, len(data)], strict=True):
+            proto.data_received(data[a:b])
+        assert cmd._event.is_set()
+        lines = [(type(x).__name__, bytes(x)) for x in cmd.response.lines]
+        return lines, str(cmd.response.result), proto.bye
+
+    for reply in _fetch_replies():
+        state = rng.getstate()
+        general = read(reply, False)
+        rng.setstate(state)  # the same cuts for both
+        assert read(reply, True) == general
