@@ -5,20 +5,47 @@ PYTHON ?= /usr/bin/python3
 BIN := $(VENV)/bin
 STACK_ENV ?= $${MAILSTACK_DIR:-/tmp/mailgate-stack}/env
 
-.PHONY: venv mailstack mailstack-stop test lint openapi openapi-check check run bench
+.PHONY: venv lock lock-check spec-lint mailstack mailstack-stop stop test lint readme openapi openapi-check check run bench
 
-$(BIN)/.installed: pyproject.toml
+# Locked, hashed dependencies (requirements-dev.lock), then the project itself.
+$(BIN)/.installed: pyproject.toml requirements-dev.lock
+	@echo "venv: installing the locked dependencies (about a minute the first time)"
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
-	$(BIN)/pip install -q -e '.[dev]'
+	$(BIN)/pip install --progress-bar off --require-hashes -r requirements-dev.lock \
+	  | grep --line-buffered -E '^(Collecting|Successfully installed)' || true
+	$(BIN)/pip check
+	$(BIN)/pip install -q --no-deps -e .
 	touch $@
 
 venv: $(BIN)/.installed
 
+# `make lock` after changing dependencies in pyproject.toml: re-resolves with uv, keeping
+# every pin that still fits (universal: any platform, with hashes). `lock-check` fails
+# when pyproject.toml asks for something the locks do not hold.
+UV := $(BIN)/uv
+LOCK_FLAGS := --universal --python-version 3.11 --generate-hashes --no-header -q
+LOCKS := requirements.lock requirements-dev.lock
+
+$(UV):
+	test -x $(BIN)/pip || $(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q uv
+
+lock: $(UV)
+	$(UV) pip compile pyproject.toml $(LOCK_FLAGS) -o requirements.lock
+	$(UV) pip compile pyproject.toml --extra dev $(LOCK_FLAGS) -o requirements-dev.lock
+
+lock-check: $(UV)
+	@tmp=$$(mktemp -d); cp $(LOCKS) $$tmp/; \
+	  $(UV) pip compile pyproject.toml $(LOCK_FLAGS) -o $$tmp/requirements.lock && \
+	  $(UV) pip compile pyproject.toml --extra dev $(LOCK_FLAGS) -o $$tmp/requirements-dev.lock && \
+	  for f in $(LOCKS); do diff -u $$f $$tmp/$$f || { echo "$$f is stale: run 'make lock'"; \
+	    rm -rf $$tmp; exit 1; }; done; rm -rf $$tmp
+
 mailstack:
 	bash tests/mailstack/start.sh
 
-mailstack-stop:
+mailstack-stop stop:
 	bash tests/mailstack/stop.sh
 
 test: venv mailstack
@@ -30,19 +57,31 @@ lint: venv
 	$(BIN)/mypy
 	$(BIN)/hadolint Dockerfile
 
+readme: venv
+	$(BIN)/python -m service.settings_table README.md
+
 openapi: venv
 	$(BIN)/mailgate openapi > openapi/openapi.json
+
+# Redocly CLI (pinned in tools/redocly/package-lock.json) lints the committed document.
+REDOCLY := tools/redocly/node_modules/.bin/redocly
+$(REDOCLY): tools/redocly/package-lock.json
+	cd tools/redocly && npm ci --no-audit --no-fund --loglevel=error
+	touch $@
+
+spec-lint: $(REDOCLY)
+	$(REDOCLY) lint --format=stylish openapi/openapi.json
 
 openapi-check: venv
 	$(BIN)/mailgate openapi | diff -u openapi/openapi.json - \
 	  || (echo "openapi/openapi.json is stale: run 'make openapi'"; exit 1)
 
-check: lint openapi-check test
+check: lint lock-check openapi-check spec-lint test
 
 run: venv mailstack
-	@. $(STACK_ENV); echo "mailgate on http://127.0.0.1:8025 — docs: http://127.0.0.1:8025/docs"; \
+	@. $(STACK_ENV); \
 	  echo "demo mailboxes: alice@example.test / bob@example.test, password: $$MAILSTACK_PASSWORD"; \
-	  exec $(BIN)/mailgate serve
+	  MAILGATE_LOG_FORMAT=$${MAILGATE_LOG_FORMAT:-text} exec $(BIN)/mailgate serve
 
 bench: venv mailstack
 	$(BIN)/python bench/run.py
@@ -50,3 +89,4 @@ bench: venv mailstack
 	$(BIN)/python bench/send_throughput.py
 	$(BIN)/python bench/raw_memory.py
 	$(BIN)/python bench/mime_budgets.py
+	$(BIN)/python bench/changes_cost.py

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import difflib
 import ipaddress
 import json
 import ssl
 import tomllib
+from collections.abc import Mapping
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
@@ -120,20 +122,56 @@ class Settings(BaseSettings):
 
     model_config = SettingsConfigDict(env_prefix="MAILGATE_", extra="ignore")
 
-    allow_plaintext: bool = False  # before the URLs: their validators read it
-    smtp_url: str | None = "smtp://localhost:31587"
-    imap_url: str | None = "imaps://localhost:31993"
-    pop3_url: str | None = "pop3s://localhost:31995"
-    ca_file: Path | None = None
-    providers_file: Path | None = None
-    default_protocol: Literal["imap", "pop3"] = "imap"
-    default_mode: Literal["keep", "remove"] = "keep"
-    api_key_hashes: Annotated[list[str], NoDecode] = Field(default_factory=list)
-    cors_origins: Annotated[list[str], NoDecode] = Field(default_factory=list)
-    max_message_bytes: int = Field(default=25 * 1024 * 1024, ge=1024)
-    connect_timeout: float = Field(default=10.0, gt=0, le=300)
-    command_timeout: float = Field(default=30.0, gt=0, le=600)
-    send_timeout: float = Field(default=120.0, gt=0, le=3600)
+    allow_plaintext: bool = Field(  # before the URLs: their validators read it
+        default=False, description="allow `+plain` URLs to non-loopback hosts"
+    )
+    smtp_url: str | None = Field(
+        default="smtp://localhost:31587",
+        description="`smtps://` implicit TLS, `smtp://` STARTTLS required, `smtp+plain://` "
+        "loopback only",
+    )
+    imap_url: str | None = Field(
+        default="imaps://localhost:31993", description="likewise `imaps`/`imap`/`imap+plain`"
+    )
+    pop3_url: str | None = Field(
+        default="pop3s://localhost:31995", description="likewise `pop3s`/`pop3`/`pop3+plain`"
+    )
+    ca_file: Path | None = Field(
+        default=None,
+        description="CA bundle for the mail servers' certificates (default: the system store)",
+    )
+    providers_file: Path | None = Field(
+        default=None,
+        description="JSON or TOML `{name: {smtp, imap, pop3, allow_plaintext, ca_file}}`, "
+        "chosen by `X-Mail-Provider`",
+    )
+    default_protocol: Literal["imap", "pop3"] = Field(
+        default="imap", description="reading protocol when `protocol=` is absent"
+    )
+    default_mode: Literal["keep", "remove"] = Field(
+        default="keep", description="fetch mode when `mode=` is absent"
+    )
+    api_key_hashes: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        description="comma-separated hex SHA-256 of accepted `X-API-Key` values",
+    )
+    cors_origins: Annotated[list[str], NoDecode] = Field(
+        default_factory=list, description="comma-separated origins allowed by CORS"
+    )
+    max_message_bytes: int = Field(
+        default=25 * 1024 * 1024,
+        ge=1024,
+        description="send size limit; parsed fetch limit (`/raw` streams any size)",
+    )
+    connect_timeout: float = Field(
+        default=10.0, gt=0, le=300, description="seconds to connect to a mail server"
+    )
+    command_timeout: float = Field(
+        default=30.0, gt=0, le=600, description="seconds for one mail command's answer"
+    )
+    send_timeout: float = Field(
+        default=120.0, gt=0, le=3600, description="seconds for a whole SMTP send"
+    )
     stall_timeout: float = Field(
         default=60.0, gt=0, le=3600, description="a client that reads nothing this long is cut"
     )
@@ -144,7 +182,9 @@ class Settings(BaseSettings):
         description="mode=remove: after the peer acknowledged every byte, how long a reset of "
         "the connection (a client that hung up before reading it all) still cancels the removal",
     )
-    ready_timeout: float = Field(default=2.0, gt=0, le=60)
+    ready_timeout: float = Field(
+        default=2.0, gt=0, le=60, description="seconds for each `/readyz` connect"
+    )
     pool_size_per_user: int = Field(
         default=8,
         ge=1,
@@ -153,12 +193,42 @@ class Settings(BaseSettings):
         "workers; keep it below the server's per-user limit (Dovecot: 10 per user, IP and "
         "protocol) so the user's own mail apps get in too",
     )
-    pool_idle_seconds: float = Field(default=30.0, ge=0, le=3600)
-    pool_max_sessions: int = Field(default=512, ge=1)
+    pool_idle_seconds: float = Field(
+        default=30.0, ge=0, le=3600, description="idle reusable IMAP sessions close after this"
+    )
+    pool_max_sessions: int = Field(
+        default=512, ge=1, description="pooled sessions per worker, all mailboxes together"
+    )
     summary_cache_entries: int = Field(
         default=20_000, ge=0, description="IMAP listing summaries kept (0: none)"
     )
-    fetch_chunk_bytes: int = Field(default=1024 * 1024, ge=4096, le=16 * 1024 * 1024)
+    events_poll_seconds: float = Field(
+        default=15.0,
+        ge=0.05,
+        le=3600,
+        description="/events without IMAP IDLE (and on POP3): how often the server is asked",
+    )
+    events_idle_seconds: float = Field(
+        default=1500.0,
+        ge=1,
+        le=1740,
+        description="/events: IMAP IDLE is re-issued this often (RFC 2177: under 29 minutes)",
+    )
+    events_heartbeat_seconds: float = Field(
+        default=15.0, gt=0, le=30, description="/events: a ': ping' comment when this quiet"
+    )
+    events_buffer: int = Field(
+        default=1000,
+        ge=1,
+        le=100_000,
+        description="/events: events waiting for one slow client before its stream is dropped",
+    )
+    fetch_chunk_bytes: int = Field(
+        default=1024 * 1024,
+        ge=4096,
+        le=16 * 1024 * 1024,
+        description="size of the partial fetches that stream a body",
+    )
     warm_up: bool = Field(
         default=True,
         description="pay the first request's one-time costs at start-up (route plans, TLS "
@@ -177,13 +247,28 @@ class Settings(BaseSettings):
         le=200,
         description="multipart nesting read per message; a deeper multipart is one part",
     )
-    idempotency_ttl_seconds: int = Field(default=86400, ge=1)
-    auth_failures_max: int = Field(default=20, ge=0, description="0 turns the limiter off")
-    auth_failures_window_seconds: float = Field(default=60.0, gt=0)
-    host: str = "127.0.0.1"
-    port: int = Field(default=8025, ge=1, le=65535)
-    workers: int = Field(default=1, ge=1, le=64)
-    log_level: Literal["debug", "info", "warning", "error"] = "info"
+    idempotency_ttl_seconds: int = Field(
+        default=86400, ge=1, description="how long an `Idempotency-Key` is remembered"
+    )
+    auth_failures_max: int = Field(
+        default=20,
+        ge=0,
+        description="refused logins per mailbox and window before 429 (0 turns the limiter off)",
+    )
+    auth_failures_window_seconds: float = Field(
+        default=60.0, gt=0, description="the window of `MAILGATE_AUTH_FAILURES_MAX`"
+    )
+    host: str = Field(default="127.0.0.1", description="`mailgate serve` bind address (`--host`)")
+    port: int = Field(default=8025, ge=1, le=65535, description="`mailgate serve` port (`--port`)")
+    workers: int = Field(
+        default=1, ge=1, le=64, description="`mailgate serve` worker processes (`--workers`)"
+    )
+    log_level: Literal["debug", "info", "warning", "error"] = Field(
+        default="info", description="`debug`, `info`, `warning` or `error`"
+    )
+    log_format: Literal["json", "text"] = Field(
+        default="json", description="`json`: one JSON object per line; `text`: for a terminal"
+    )
 
     _split = field_validator("api_key_hashes", "cors_origins", mode="before")(_csv)
 
@@ -286,6 +371,19 @@ def load_providers_file(path: Path, default_ca: Path | None) -> dict[str, Provid
             allow_plaintext=bool(spec.get("allow_plaintext", False)),
             ca_file=Path(ca) if ca else default_ca,
         )
+    return out
+
+
+def unknown_variables(environ: Mapping[str, str]) -> list[tuple[str, str | None]]:
+    """``MAILGATE_*`` variables that name no setting, each with the closest real name
+    (or None): a misspelt variable would otherwise be ignored silently."""
+    known = [name.upper() for name in Settings.model_fields]
+    out = []
+    for name in sorted(environ):
+        rest = name.removeprefix("MAILGATE_")
+        if rest != name and rest not in known:
+            close = difflib.get_close_matches(rest, known, n=1, cutoff=0.8)
+            out.append((name, "MAILGATE_" + close[0] if close else None))
     return out
 
 

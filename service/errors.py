@@ -12,6 +12,7 @@
     ├── Conflict                          409 conflict
     │   └── MailboxInUse                  409 conflict (Retry-After)
     ├── StaleId                           410 stale-id
+    ├── CannotCalculateChanges            410 cannot-calculate-changes
     ├── TooLarge                          413 too-large
     ├── UnsupportedMediaType              415 unsupported-media-type
     ├── RangeNotSatisfiable               416 range-not-satisfiable
@@ -141,6 +142,13 @@ class StaleId(MailGatewayError):
     status, code, title = 410, "stale-id", "Stale id"
 
 
+class CannotCalculateChanges(MailGatewayError):
+    """The server cannot tell exactly what changed since a sync state (RFC 8620 §5.2's
+    ``cannotCalculateChanges``): the client lists the folder again."""
+
+    status, code, title = 410, "cannot-calculate-changes", "Cannot calculate changes"
+
+
 class TooLarge(MailGatewayError):
     status, code, title = 413, "too-large", "Too large"
 
@@ -209,6 +217,7 @@ ALL_ERRORS: tuple[type[MailGatewayError], ...] = (
     NotFound,
     Conflict,
     StaleId,
+    CannotCalculateChanges,
     TooLarge,
     UnsupportedMediaType,
     RangeNotSatisfiable,

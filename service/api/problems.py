@@ -11,6 +11,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import JSONResponse
 
 from service.errors import AuthFailed, MailGatewayError
+from service.observability import current_request_id
 
 log = logging.getLogger("mailgate")
 
@@ -51,6 +52,7 @@ def problem(
         "detail": detail,
         "instance": request.url.path,
         "code": code,
+        "request_id": current_request_id(),
     }
     body.update({k: v for k, v in extra.items() if v is not None})
     return ProblemResponse(body, status_code=status, headers=headers)
@@ -130,14 +132,18 @@ def install_problem_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(Exception)
     async def _unexpected(request: Request, exc: Exception) -> ProblemResponse:
+        # One record (one JSON line) with the traceback; uvicorn's copy is filtered out.
         log.error(
             "unhandled %s on %s %s", type(exc).__name__, request.method, request.url.path,
             exc_info=(type(exc), exc, exc.__traceback__),
         )  # fmt: skip
+        request_id = current_request_id()
         return problem(
             request,
             status=500,
             code="internal-error",
             title="Internal error",
             detail="The gateway failed unexpectedly; the error was logged.",
+            # this handler runs outside the middleware that adds the header to the rest
+            headers={"X-Request-ID": request_id} if request_id else None,
         )

@@ -17,9 +17,10 @@ from service.api.deps import (
 from service.config import Provider, Settings
 from service.errors import NotSupported
 from service.protocols.base import Credentials, MailboxReader, MessageSender
-from service.protocols.imap import imap_reader
+from service.protocols.imap import ImapReader, imap_reader
 from service.protocols.pop3 import Pop3Reader
 from service.protocols.smtp import SmtpSender
+from service.sync.source import ChangeTracker
 
 
 @dataclass(frozen=True)
@@ -47,6 +48,13 @@ class MailContext:
         )
 
     def reader(self, protocol: Literal["imap", "pop3"]) -> MailboxReader:
+        return self._reader(protocol)
+
+    def tracker(self, protocol: Literal["imap", "pop3"]) -> ChangeTracker:
+        """The same adapter as :meth:`reader`, seen through the sync interface."""
+        return self._reader(protocol)
+
+    def _reader(self, protocol: Literal["imap", "pop3"]) -> ImapReader | Pop3Reader:
         if protocol == "imap":
             if self.provider.imap is None:
                 raise NotSupported(f"Provider {self.provider.name!r} has no IMAP server.")

@@ -12,6 +12,9 @@ from starlette.types import Message, Receive, Scope, Send
 
 from service.api.peer import peer_of
 from service.errors import BadRequest, MailGatewayError, RangeNotSatisfiable
+from service.observability import record_removal, record_stream_bytes
+from service.observability.http import route_label
+from service.observability.metrics import RemovalOutcome
 
 log = logging.getLogger("mailgate")
 
@@ -75,6 +78,8 @@ class CommitAfterSendResponse(Response):
         watcher = asyncio.create_task(watch())
         streamed = False
         why: str | None = None
+        removal: RemovalOutcome = "aborted"
+        sent = 0
         # A lower bound of the answer's size on the wire: status line, headers, body.
         wire = len("HTTP/1.1 200 \r\n\r\n") + sum(len(k) + len(v) + 4 for k, v in self.raw_headers)
         try:
@@ -92,7 +97,7 @@ class CommitAfterSendResponse(Response):
                     if gone.is_set():
                         raise _ClientGone
                     await write({"type": "http.response.body", "body": chunk, "more_body": True})
-                    wire += len(chunk)
+                    sent += len(chunk)
                 streamed = True
                 await asyncio.sleep(0)  # let the watcher see a disconnect that already happened
                 if gone.is_set():
@@ -104,7 +109,7 @@ class CommitAfterSendResponse(Response):
                 why = "the server cannot tell what the peer acknowledged"
                 if peer is not None:
                     why = await peer.acknowledged(
-                        wire, stall_timeout=self.stall_timeout, linger=self.linger
+                        wire + sent, stall_timeout=self.stall_timeout, linger=self.linger
                     )
         except (_ClientGone, OSError):
             why = "the client went away before the end"
@@ -134,13 +139,18 @@ class CommitAfterSendResponse(Response):
                 elif self.on_complete is not None:
                     try:
                         await self.on_complete()
+                        removal = "committed"
                     except Exception as exc:
                         streamed = False
+                        removal = "failed"
                         log.warning(
                             "commit after response failed on %s: %s", scope["path"],
                             type(exc).__name__,
                         )  # fmt: skip
             finally:
+                record_stream_bytes(route_label(scope), sent)
+                if self.confirm_delivery:
+                    record_removal(removal)
                 if self.on_finish is not None:
                     await self.on_finish(streamed)
 

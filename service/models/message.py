@@ -21,6 +21,12 @@ class Folder(BaseModel):
     role: FolderRole | None = None
     messages: int | None = Field(default=None, description="Only with counts=true.")
     unseen: int | None = Field(default=None, description="Only with counts=true.")
+    state: str | None = Field(
+        default=None,
+        description="Sync state of the folder now, for `GET /v1/changes?since=` (null for "
+        "a folder that cannot be selected). On IMAP servers without CONDSTORE this state "
+        "answers 410 cannot-calculate-changes: use the listing's `state` there.",
+    )
 
 
 class FolderList(BaseModel):
@@ -90,6 +96,14 @@ class MessagePage(BaseModel):
     items: list[MessageSummary]
     next_cursor: str | None = None
     total: int | None = Field(default=None, description="Only with count=true.")
+    state: str | None = Field(
+        default=None,
+        description="Sync state of the folder, taken before this page was read: "
+        "`GET /v1/changes?since=state` answers what changed after it; keep the first page's. "
+        "Opaque, URL-safe; any replica reads it. On IMAP servers without CONDSTORE, the first "
+        "page's state also costs one FETCH of every message's FLAGS (a digest of them), and "
+        "later pages' states answer 410 cannot-calculate-changes.",
+    )
 
 
 class Header(BaseModel):

@@ -22,6 +22,11 @@ class Problem(BaseModel):
     instance: str | None = None
     code: str = Field(examples=["not-found"])
     upstream: UpstreamReply | None = None
+    request_id: str | None = Field(
+        default=None,
+        description="The request's id, as in the X-Request-ID response header and the logs.",
+        examples=["4f0c2a8e9b7d4e61a2c3d4e5f6a7b8c9"],
+    )
     errors: list[dict[str, Any]] | None = Field(
         default=None, description="Field errors (validation-failed)."
     )
@@ -66,7 +71,8 @@ _DESCRIPTIONS = {
     404: "No such message, folder or attachment",
     409: "Idempotency key reused with another body; POP3 maildrop in use (Retry-After); "
     "IMAP without UIDPLUS while other messages are flagged \\Deleted",
-    410: "The id's UIDVALIDITY no longer matches (stale-id)",
+    410: "The id's UIDVALIDITY no longer matches (stale-id); the changes since a state "
+    "cannot be told exactly (cannot-calculate-changes): list again",
     413: "Over the configured size limit",
     415: "Body type not accepted",
     416: "Range not satisfiable",

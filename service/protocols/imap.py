@@ -47,10 +47,24 @@ from service.models.message import (
     FolderRole,
     MessagePage,
     MessagePatch,
+    MessageSummary,
 )
 from service.protocols.base import Credentials, ListQuery
+from service.protocols.imapchanges import (
+    changes_since,
+    current_state,
+    mark_from_status,
+    status_items,
+)
 from service.protocols.imapconn import ImapSession
-from service.protocols.imaplisting import PageRequest, filters_hash, read_page, search_criteria
+from service.protocols.imapfeed import ImapFeed
+from service.protocols.imaplisting import (
+    PageRequest,
+    filters_hash,
+    read_page,
+    search_criteria,
+    summaries,
+)
 from service.protocols.imaplisting import visible_flags as _visible_flags
 from service.protocols.imapstructure import Located, locate
 from service.protocols.imapwire import MailboxInfo, format_uid_set
@@ -58,6 +72,8 @@ from service.protocols.parts import cut_from
 from service.protocols.parts import decoded as _decoded
 from service.protocols.pool import SessionPool
 from service.protocols.summary_cache import SummaryCache
+from service.sync.source import ChangePage
+from service.sync.state import ImapState, decode_state
 
 __all__ = [
     "ImapOpenedMessage",
@@ -418,17 +434,21 @@ class ImapReader:
     # -- folders ----------------------------------------------------------------------------
     async def folders(self, *, counts: bool) -> list[Folder]:
         async def op(session: ImapSession) -> list[Folder]:
-            boxes = await session.list_mailboxes(status=counts)
-            need_status = counts and "LIST-STATUS" not in session.capabilities
+            items = (*status_items(session), *(("UNSEEN",) if counts else ()))
+            boxes = await session.list_mailboxes(status=True, items=items)
+            need_status = "LIST-STATUS" not in session.capabilities
             out: list[Folder] = []
             for box in boxes:
-                messages = unseen = None
-                if counts and box.selectable:
-                    if need_status:
-                        status = await session.status(box.raw_name)
-                        messages, unseen = status.get("MESSAGES"), status.get("UNSEEN")
-                    else:
-                        messages, unseen = box.messages, box.unseen
+                messages = unseen = state = None
+                if box.selectable:
+                    status = await session.status(box.raw_name, items) if need_status else None
+                    counters = status if status is not None else box.counters
+                    if counts:
+                        messages, unseen = counters.get("MESSAGES"), counters.get("UNSEEN")
+                    found = mark_from_status(session, counters)
+                    if found is not None:
+                        name = inbox_spelling(box.name)
+                        state = ImapState(name, found[0], found[1]).encode()
                 out.append(
                     Folder(
                         name=box.name,
@@ -436,6 +456,7 @@ class ImapReader:
                         role=_role(box),
                         messages=messages,
                         unseen=unseen,
+                        state=state,
                     )
                 )
             _roles_from_names(out)
@@ -454,6 +475,40 @@ class ImapReader:
             return await read_page(session, request, self._cache, self._key)
 
         return await self._run(op)
+
+    # -- sync -------------------------------------------------------------------------------
+    async def changes(self, folder: str, since: str, limit: int) -> ChangePage:
+        """The changes since state ``since`` (see :mod:`service.protocols.imapchanges`):
+        410 CannotCalculateChanges when the server cannot tell, 422 for a bad state."""
+        folder = inbox_spelling(folder)
+        state = decode_state(since, protocol="imap", folder=folder)
+        assert isinstance(state, ImapState)  # noqa: S101 - decode_state checked the protocol
+
+        async def op(session: ImapSession) -> ChangePage:
+            return await changes_since(session, state, limit, self._summaries)
+
+        return await self._run(op)
+
+    async def state(self, folder: str) -> str:
+        """The folder's current state (one SELECT; without CONDSTORE also a FETCH FLAGS)."""
+        folder = inbox_spelling(folder)
+
+        async def op(session: ImapSession) -> str:
+            return (await current_state(session, folder)).encode()
+
+        return await self._run(op)
+
+    def feed(self, folder: str) -> ImapFeed:
+        """The /events feed of ``folder``: one IDLE session in the mailbox's budget."""
+        folder = inbox_spelling(folder)
+        return ImapFeed(self.settings, self.pool, self._key, self._connect, folder, self._summaries)
+
+    async def _summaries(
+        self, session: ImapSession, folder: str, uidvalidity: int, page: list[int]
+    ) -> list[MessageSummary]:
+        """Summaries of these UIDs with their current flags (for /changes and /events):
+        the listing's, from the cache where it can (:func:`imaplisting.summaries`)."""
+        return await summaries(session, folder, uidvalidity, page, {}, self._cache, self._key)
 
     # -- one message ------------------------------------------------------------------------
     async def open(self, ref: MessageRef) -> ImapOpenedMessage:

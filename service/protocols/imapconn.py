@@ -71,6 +71,7 @@ from service.errors import (
     ValidationFailed,
     scrub,
 )
+from service.observability.mail import mail_command
 from service.protocols.base import Credentials
 from service.protocols.imapwire import (
     CTL,
@@ -86,13 +87,14 @@ from service.protocols.imapwire import (
     parse_list,
     parse_search,
     parse_status,
+    parse_vanished,
     quote,
     response_code,
     track_exists,
 )
 from service.protocols.transport import abort_transport
 
-__all__ = ["ImapSession", "Reply"]
+__all__ = ["ImapSession", "Reply", "SelectData"]
 
 # --------------------------------------------------------------------------- protocol layer
 
@@ -119,6 +121,30 @@ class _Command(Command):  # type: ignore[misc]
 
     def __repr__(self) -> str:  # never the arguments: they may hold secrets
         return f"{self.tag} {self.name}"
+
+    def on_continuation(self) -> bool:
+        """A continuation request (``+``) for this command was handled here."""
+        return False
+
+
+class _IdleCommand(_Command):
+    """IDLE (RFC 2177): ``idling`` once the server accepted it, ``activity`` at the first
+    untagged response other than ``OK`` (EXISTS, EXPUNGE, VANISHED, FETCH, …)."""
+
+    def __init__(self, tag: str, loop: Any) -> None:
+        super().__init__(tag, "IDLE", [f"{tag} IDLE\r\n".encode()], loop)
+        self.idling: asyncio.Future[None] = loop.create_future()
+        self.activity = asyncio.Event()
+
+    def on_continuation(self) -> bool:
+        if not self.idling.done():
+            self.idling.set_result(None)
+        return True
+
+    def append_to_resp(self, line: Line, result: str = "Pending") -> None:
+        super().append_to_resp(line, result)
+        if result == "Pending" and isinstance(line, bytes) and line[:3].upper() != b"OK ":
+            self.activity.set()
 
 
 class _FetchCommand(_Command):
@@ -327,6 +353,8 @@ class _Protocol(IMAP4ClientProtocol):  # type: ignore[misc]
         cmd = self.pending_sync_command
         if self.outgoing:
             self.transport.write(self.outgoing.popleft())
+        elif isinstance(cmd, _Command) and cmd.on_continuation():
+            pass
         elif cmd is not None and cmd.name == "AUTHENTICATE":
             # an error challenge (XOAUTH2 sends JSON): answer empty, the server then says NO
             self.transport.write(CRLF)
@@ -370,9 +398,24 @@ class _Protocol(IMAP4ClientProtocol):  # type: ignore[misc]
 
 _CAPS_RE = re.compile(r"\[CAPABILITY ([^\]]*)\]", re.IGNORECASE)
 _UIDVALIDITY_RE = re.compile(rb"\[UIDVALIDITY (\d+)\]", re.IGNORECASE)
+_UIDNEXT_RE = re.compile(rb"\[UIDNEXT (\d+)\]", re.IGNORECASE)
+_HIGHESTMODSEQ_RE = re.compile(rb"\[HIGHESTMODSEQ (\d+)\]", re.IGNORECASE)
+_EXISTS_RE = re.compile(rb"(\d+) EXISTS$", re.IGNORECASE)
 _EXPUNGE_RE = re.compile(rb"\d+ EXPUNGE$", re.IGNORECASE)
 _VANISHED_RE = re.compile(rb"VANISHED ", re.IGNORECASE)
 _UNAVAILABLE = {"UNAVAILABLE", "SERVERBUG", "LIMIT", "INUSE", "OVERQUOTA"}
+
+
+@dataclass(frozen=True)
+class SelectData:
+    """What one SELECT reported, all at the same moment: UIDVALIDITY, UIDNEXT (None if
+    the server left it out), EXISTS and HIGHESTMODSEQ (None without CONDSTORE, or
+    ``[NOMODSEQ]``)."""
+
+    uidvalidity: int
+    uidnext: int | None
+    exists: int
+    highestmodseq: int | None
 
 
 @dataclass(frozen=True)
@@ -444,11 +487,14 @@ class ImapSession:
         self._settings = settings
         self._secrets = secrets
         self._broken = False
+        self.server: tuple[str | None, int | None] = (None, None)  # host, port (for spans)
         self.capabilities: frozenset[str] = frozenset()
         self.selected: str | None = None
         self.read_only = False  # the selected folder was opened [READ-ONLY]
         self.uidvalidity: int | None = None
         self.exists: int | None = None  # messages in the selected folder, as this view has it
+        self.select_data: SelectData | None = None  # of the last real SELECT
+        self.enabled: set[str] = set()  # extensions ENABLEd (RFC 5161)
         self.leases = 0  # how often a reader has leased it (0: brand new)
         self.commands_in_lease = 0
         self._synced_this_lease = False
@@ -464,9 +510,11 @@ class ImapSession:
         proto = _Protocol(loop)
         secrets = (creds.secret,)
         session = cls(proto, settings, secrets)
+        session.server = (server.host, server.port)
         try:
-            async with asyncio.timeout(settings.connect_timeout):
-                await session._open(loop, server, ctx)
+            with mail_command("imap", "CONNECT", server.host, server.port):
+                async with asyncio.timeout(settings.connect_timeout):
+                    await session._open(loop, server, ctx)
             await session._authenticate(creds)
         except BaseException as exc:
             session.abort()
@@ -653,8 +701,11 @@ class ImapSession:
     async def _execute(self, cmd: _Command, *extra_secrets: str) -> Reply:
         """:meth:`_send` under ``command_timeout``, transport failures mapped."""
         try:
-            async with asyncio.timeout(self._settings.command_timeout):
-                reply = await self._send(cmd, *extra_secrets)
+            with mail_command("imap", cmd.name, *self.server) as call:
+                async with asyncio.timeout(self._settings.command_timeout):
+                    reply = await self._send(cmd, *extra_secrets)
+                if not reply.ok:
+                    call.refused()
         except TimeoutError:
             self._broken = True
             raise UpstreamTimeout(f"The IMAP server did not answer {cmd.name} in time.") from None
@@ -689,7 +740,7 @@ class ImapSession:
         self._synced_this_lease = self._fresh_for_next_lease
         self._fresh_for_next_lease = False
 
-    async def select(self, folder: str) -> int:
+    async def select(self, folder: str, *, fresh: bool = False) -> int:
         """Make ``folder`` selected with an up-to-date view; its UIDVALIDITY.
 
         NotFound when the folder does not exist. Dovecot refreshes a selected
@@ -703,8 +754,13 @@ class ImapSession:
         answer when the folder was deleted meanwhile) forces a real SELECT,
         which also reports a new UIDVALIDITY. Otherwise a delete + re-create
         of the folder by another client is not noticed until the next SELECT.
+
+        :attr:`select_data` is what a real SELECT (with ``CONDSTORE`` where offered,
+        RFC 7162 §3.1.8) reported, None after the NOOP path. ``fresh``: always a real
+        SELECT (on a big Maildir, Dovecot's SELECT costs far more than a NOOP).
         """
-        if self.selected == folder and self.uidvalidity is not None:
+        if not fresh and self.selected == folder and self.uidvalidity is not None:
+            self.select_data = None
             if self._synced_this_lease:
                 return self.uidvalidity
             if _clean_noop(await self.command("NOOP", [])):
@@ -712,22 +768,105 @@ class ImapSession:
                 return self.uidvalidity
         arg = mailbox_arg(folder)
         self.selected = self.uidvalidity = self.exists = None
-        reply = await self.command("SELECT", [arg])
+        words: list[Word] = [arg]
+        if "CONDSTORE" in self.capabilities:
+            words.append("(CONDSTORE)")
+        reply = await self.command("SELECT", words)
         if not reply.ok:
             if reply.code in _UNAVAILABLE:
                 self._expect_ok(reply, "open the folder")
             raise NotFound("No such folder.", upstream=Upstream("imap", reply.text))
+        uidnext = modseq = None
+        exists = 0
         for line in reply.lines:
-            m = _UIDVALIDITY_RE.search(line) if isinstance(line, bytes) else None
-            if m:
+            if not isinstance(line, bytes):
+                continue
+            if m := _UIDVALIDITY_RE.search(line):
                 self.uidvalidity = int(m.group(1))
+            elif m := _UIDNEXT_RE.search(line):
+                uidnext = int(m.group(1))
+            elif m := _HIGHESTMODSEQ_RE.search(line):
+                modseq = int(m.group(1))
+            elif m := _EXISTS_RE.match(line):
+                exists = int(m.group(1))
         if self.uidvalidity is None:
             self.abort()
             raise UpstreamError("The IMAP server did not report UIDVALIDITY.")
+        if m := _HIGHESTMODSEQ_RE.search(reply.raw.encode()):
+            modseq = int(m.group(1))
+        self.select_data = SelectData(self.uidvalidity, uidnext, exists, modseq)
         self.read_only = "[READ-ONLY]" in reply.raw.upper()
         self.selected = folder
         self._synced_this_lease = True
         return self.uidvalidity
+
+    async def enable(self, *extensions: str) -> frozenset[str]:
+        """ENABLE (RFC 5161) those of ``extensions`` the server offers; what it enabled.
+
+        ENABLE is valid only while no folder is selected: a selected folder is closed
+        first with UNSELECT (RFC 3691) where offered (else ENABLE is tried anyway,
+        as Dovecot accepts it). Enabled once per session; asking again is free.
+        """
+        wanted = [e for e in extensions if e in self.capabilities and e not in self.enabled]
+        if not wanted or "ENABLE" not in self.capabilities:
+            return frozenset(e for e in extensions if e in self.enabled)
+        if self.selected is not None and "UNSELECT" in self.capabilities:
+            self._expect_ok(await self.command("UNSELECT", []), "UNSELECT")
+            self.selected = self.uidvalidity = self.exists = None
+        reply = await self.command("ENABLE", wanted)
+        if reply.ok:
+            for line in reply.lines:
+                if isinstance(line, bytes) and line[:8].upper() == b"ENABLED ":
+                    self.enabled |= {w.upper() for w in line[8:].decode("ascii", "replace").split()}
+            if "QRESYNC" in self.enabled:
+                self.enabled.add("CONDSTORE")  # RFC 7162 §3.2.3: QRESYNC implies it
+        return frozenset(e for e in extensions if e in self.enabled)
+
+    async def idle(self, wake: asyncio.Event, seconds: float) -> bool:
+        """IDLE (RFC 2177) in the selected folder until the server reports something
+        (a new message, an expunge, a flag change), ``wake`` is set, or ``seconds``
+        have passed; then DONE. True when the server reported something.
+
+        The server's replies (accepting IDLE, answering DONE) are awaited for at most
+        ``command_timeout`` (UpstreamTimeout); NO is UpstreamError, a lost connection
+        UpstreamUnavailable. A cancelled wait drops the connection."""
+        proto = self._proto
+        cmd = _IdleCommand(proto.new_tag(), proto.loop)
+        running: asyncio.Future[Any] = asyncio.ensure_future(self._send(cmd))
+        idling: asyncio.Future[Any] = cmd.idling
+        limit = self._settings.command_timeout
+        try:
+            async with asyncio.timeout(limit):
+                await asyncio.wait({idling, running}, return_when=asyncio.FIRST_COMPLETED)
+            if not running.done():
+                woken: asyncio.Future[Any] = asyncio.ensure_future(wake.wait())
+                told: asyncio.Future[Any] = asyncio.ensure_future(cmd.activity.wait())
+                try:
+                    await asyncio.wait(
+                        {woken, told, running}, timeout=seconds, return_when=asyncio.FIRST_COMPLETED
+                    )
+                finally:
+                    woken.cancel()
+                    told.cancel()
+                if not running.done():
+                    proto.transport.write(b"DONE\r\n")
+            async with asyncio.timeout(limit):
+                reply = await running
+        except TimeoutError:
+            self.abort()
+            raise UpstreamTimeout("The IMAP server did not answer IDLE in time.") from None
+        except _ConnectionLost as exc:
+            self._broken = True
+            raise UpstreamUnavailable(
+                "The IMAP server closed the connection.",
+                upstream=Upstream("imap", scrub(str(exc), self._secrets)),
+            ) from None
+        except BaseException:
+            running.cancel()
+            self.abort()
+            raise
+        self._expect_ok(reply, "IDLE")
+        return cmd.activity.is_set()
 
     async def uid_search(self, criteria: Sequence[Word], *, count: bool = False) -> SearchResult:
         """UID SEARCH (ESEARCH ``RETURN (ALL [COUNT])`` when offered, compact for big folders)."""
@@ -768,6 +907,22 @@ class ImapSession:
         reply = await self.command("UID FETCH", [uids, items], fetch=True)
         self._expect_ok(reply, "FETCH")
         return parse_fetch(reply.lines)
+
+    async def uid_fetch_changed(
+        self, uids: str, modseq: int, *, vanished: bool
+    ) -> tuple[dict[int, FetchItem], set[int]]:
+        """``UID FETCH uids (UID FLAGS) (CHANGEDSINCE modseq [VANISHED])`` (RFC 7162
+        §3.1.4.1, §3.2.6): the messages changed since ``modseq`` and, with ``vanished``
+        (QRESYNC enabled), the UIDs expunged since."""
+        modifier = f"(CHANGEDSINCE {modseq}{' VANISHED' if vanished else ''})"
+        reply = await self.command("UID FETCH", [uids, "(UID FLAGS)", modifier], fetch=True)
+        self._expect_ok(reply, "FETCH")
+        try:
+            gone = parse_vanished(reply.lines)
+        except ValueError:
+            self._broken = True
+            raise UpstreamError("The IMAP server sent a garbled VANISHED response.") from None
+        return parse_fetch(reply.lines), gone
 
     async def uid_store(
         self, uids: str, op: str, flags: Sequence[str], *, silent: bool = True
@@ -815,13 +970,15 @@ class ImapSession:
             self._expect_ok(reply, what)
         return reply
 
-    async def list_mailboxes(self, *, status: bool = False) -> list[MailboxInfo]:
-        """LIST "" "*" with special-use attributes (and LIST-STATUS counters if asked)."""
+    async def list_mailboxes(
+        self, *, status: bool = False, items: Sequence[str] = ("MESSAGES", "UNSEEN")
+    ) -> list[MailboxInfo]:
+        """LIST "" "*" with special-use attributes (and LIST-STATUS ``items`` if asked)."""
         opts: list[str] = []
         if "SPECIAL-USE" in self.capabilities and "LIST-EXTENDED" in self.capabilities:
             opts.append("SPECIAL-USE")
         if status and "LIST-STATUS" in self.capabilities:
-            opts.append("STATUS (MESSAGES UNSEEN)")
+            opts.append(f"STATUS ({' '.join(items)})")
         words: list[Word] = ['""', '"*"']
         if opts:
             words.append("RETURN (" + " ".join(opts) + ")")
@@ -829,9 +986,11 @@ class ImapSession:
         self._expect_ok(reply, "LIST")
         return parse_list(reply.lines)
 
-    async def status(self, raw_name: str) -> dict[str, int]:
-        """STATUS (MESSAGES UNSEEN) of a folder given by its wire name; {} if refused."""
-        reply = await self.command("STATUS", [quote(raw_name), "(MESSAGES UNSEEN)"])
+    async def status(
+        self, raw_name: str, items: Sequence[str] = ("MESSAGES", "UNSEEN")
+    ) -> dict[str, int]:
+        """STATUS ``items`` of a folder given by its wire name; {} if refused."""
+        reply = await self.command("STATUS", [quote(raw_name), f"({' '.join(items)})"])
         if not reply.ok:
             return {}
         found = parse_status(reply.lines)

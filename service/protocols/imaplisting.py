@@ -47,6 +47,7 @@ from service.ids import ImapRef, decode_cursor, encode_cursor
 from service.mime import needs_declared_charset, summary_fields
 from service.models.message import MessagePage, MessageSummary
 from service.protocols.base import ListQuery
+from service.protocols.imapchanges import current_state
 from service.protocols.imapconn import ImapSession
 from service.protocols.imapstructure import declared_charset
 from service.protocols.imapwire import FetchItem, Word, astring, format_uid_set
@@ -58,6 +59,7 @@ __all__ = [
     "filters_hash",
     "read_page",
     "search_criteria",
+    "summaries",
     "summary_of",
     "visible_flags",
 ]
@@ -217,14 +219,18 @@ class PageRequest:
 async def read_page(
     session: ImapSession, req: PageRequest, cache: SummaryCache | None, cache_key: str
 ) -> MessagePage:
-    """One page of ``req.folder`` on ``session``: SELECT (or the pooled session's cheap
-    re-sync), then FETCHes whose size follows the page (see the module docstring).
+    """One page of ``req.folder`` on ``session``, with the folder's sync state: SELECT (or
+    the pooled session's cheap re-sync), then FETCHes whose size follows the page (see
+    the module docstring).
 
     Raises StaleId (410) when the cursor's UIDVALIDITY is not the folder's, NotFound
     (404) for a missing folder, and the session's upstream errors.
     """
-    uidvalidity = await session.select(req.folder)
     pos = req.position
+    # SELECT (or the pooled session's re-sync) and the folder's sync state; later pages
+    # leave out the digest that a server without CONDSTORE would need a scan for
+    current = await current_state(session, req.folder, digest=pos is None)
+    uidvalidity = current.uidvalidity
     if pos is not None and pos.uidvalidity != uidvalidity:
         raise StaleId("The folder changed (UIDVALIDITY); start the listing again.")
     want = req.limit + 1
@@ -245,12 +251,12 @@ async def read_page(
         if req.count:
             total = session.exists
     page, more = uids[: req.limit], len(uids) > req.limit
-    items = await _summaries(session, req.folder, uidvalidity, page, known, cache, cache_key)
+    items = await summaries(session, req.folder, uidvalidity, page, known, cache, cache_key)
     cursor = None
     if more:
         last = known.get(page[-1])
         cursor = req.cursor(uidvalidity, page[-1], last.seq if last is not None else None)
-    return MessagePage(items=items, next_cursor=cursor, total=total)
+    return MessagePage(items=items, next_cursor=cursor, total=total, state=current.encode())
 
 
 async def _search_highest(
@@ -326,7 +332,7 @@ async def _number_below(session: ImapSession, uid: int) -> int:
     return await session.search_max_number(["UID", f"1:{uid - 1}"])
 
 
-async def _summaries(
+async def summaries(
     session: ImapSession,
     folder: str,
     uidvalidity: int,

@@ -271,6 +271,7 @@ class FetchItem:
     size: int | None = None
     sections: dict[str, bytes] = field(default_factory=dict)
     structure: Token = None  # BODYSTRUCTURE, as parsed tokens
+    modseq: int | None = None  # MODSEQ (RFC 7162), when the server sent it
     seq: int | None = None  # the message sequence number the (last) response named
 
     def section(self, prefix: str) -> bytes | None:
@@ -340,6 +341,7 @@ def parse_fetch(lines: Sequence[Line]) -> dict[int, FetchItem]:
         uid: int | None = None
         flags: list[str] | None = None
         size: int | None = None
+        modseq: int | None = None
         sections: dict[str, bytes] = {}
         structure: Token = None
         for k in range(0, len(data) - 1, 2):
@@ -360,6 +362,8 @@ def parse_fetch(lines: Sequence[Line]) -> dict[int, FetchItem]:
                 size = int(val)
             elif name == "BODYSTRUCTURE" and isinstance(val, list):
                 structure = val
+            elif name == "MODSEQ" and isinstance(val, list) and val and isinstance(val[0], str):
+                modseq = int(val[0]) if val[0].isdigit() else None
             elif name.startswith(("BODY[", "BINARY[", "RFC822")):
                 sections[name] = val if isinstance(val, bytes) else b""
         if uid is None:
@@ -370,9 +374,26 @@ def parse_fetch(lines: Sequence[Line]) -> dict[int, FetchItem]:
             item.flags = flags
         if size is not None:
             item.size = size
+        if modseq is not None:
+            item.modseq = modseq
         item.sections.update(sections)
         if structure is not None:
             item.structure = structure
+    return out
+
+
+def parse_vanished(lines: Sequence[Line]) -> set[int]:
+    """UIDs of ``VANISHED`` and ``VANISHED (EARLIER)`` responses (RFC 7162 §3.2.10);
+    ValueError on a garbled UID set."""
+    out: set[int] = set()
+    for line in lines:
+        if not isinstance(line, bytes) or line[:9].upper() != b"VANISHED ":
+            continue
+        rest = line[9:].strip()
+        if rest[:9].upper() == b"(EARLIER)":
+            rest = rest[9:].strip()
+        for lo, hi in parse_sequence_set(rest.decode("ascii")):
+            out.update(range(lo, hi + 1))
     return out
 
 
@@ -385,6 +406,8 @@ class MailboxInfo:
     attributes: frozenset[str]  # lower case, with the backslash
     messages: int | None = None
     unseen: int | None = None
+    counters: dict[str, int] = field(default_factory=dict, hash=False, compare=False)
+    """Every STATUS item the server returned (UIDNEXT, UIDVALIDITY, HIGHESTMODSEQ, …)."""
 
     @property
     def name(self) -> str:
@@ -435,6 +458,7 @@ def parse_list(lines: Sequence[Line]) -> list[MailboxInfo]:
                 attrs,
                 counters.get("MESSAGES"),
                 counters.get("UNSEEN"),
+                counters,
             )
         )
     return out

@@ -44,6 +44,7 @@ from service.config import Provider, Settings
 from service.errors import (
     AuthFailed,
     BadRequest,
+    CannotCalculateChanges,
     InvalidId,
     MailboxInUse,
     MailGatewayError,
@@ -82,6 +83,8 @@ from service.protocols.pop3client import (
     Pop3TimeoutError,
     Pop3TLSError,
 )
+from service.sync.source import Change, ChangePage
+from service.sync.state import Pop3State, decode_state, uidl_digest
 
 _IN_USE_RETRIES = (0.2, 0.5, 1.0)
 _TOP_MAX_BYTES = 256 * 1024  # a listing's header section; a longer one is cut
@@ -164,19 +167,19 @@ class Pop3Reader:
     ) -> None:
         if provider.pop3 is None:
             raise NotSupported(f"Provider {provider.name!r} has no POP3 server.")
-        self._settings = settings
+        self.settings = settings
         self._server = provider.pop3
         self._ssl = settings.ssl_context(provider, "pop3")
         self._creds = creds
         self.secrets = (creds.secret,)
         self.pool = pool
-        self._key = creds.pool_key(provider.name, "pop3")
+        self.key = creds.pool_key(provider.name, "pop3")
 
     async def connect(self) -> Slot[Pop3Client]:
         """A logged-in session in a slot of the mailbox's connection budget (give it back
         with ``pool.release_slot`` once the session is closed). A locked maildrop is
         retried briefly, then 409; no room in the budget within the wait: 503."""
-        return await self.pool.acquire_slot(self._key, self._login_retrying_lock)
+        return await self.pool.acquire_slot(self.key, self._login_retrying_lock)
 
     async def _login_retrying_lock(self) -> Pop3Client:
         for delay in (*_IN_USE_RETRIES, None):
@@ -195,7 +198,7 @@ class Pop3Reader:
             self._server.port,
             tls=self._server.security,
             ssl_context=self._ssl,
-            timeout=self._settings.command_timeout,
+            timeout=self.settings.command_timeout,
         )
         try:
             if self._creds.kind == "xoauth2":
@@ -210,10 +213,13 @@ class Pop3Reader:
         return client
 
     async def folders(self, *, counts: bool) -> list[Folder]:
+        """One folder, INBOX, with its sync state (one UIDL) and, if asked, its count."""
         folder = Folder(name="INBOX", delimiter=None, role="inbox")
+        async with _Session(self) as client:
+            uidls = await client.uidl()
+        folder.state = _state(uidls).encode()
         if counts:
-            async with _Session(self) as client:
-                folder.messages, _ = await client.stat()
+            folder.messages = len(uidls)
         return [folder]
 
     async def list_messages(self, folder: str, query: ListQuery) -> MessagePage:
@@ -228,6 +234,7 @@ class Pop3Reader:
         wanted = _header_filter(query)
         async with _Session(self) as client:
             uidls = await client.uidl()
+            state = _state(uidls)
             sizes = await client.list()
             numbers = sorted(uidls, reverse=True)
             below: list[int] = numbers
@@ -262,7 +269,7 @@ class Pop3Reader:
             if query.count and wanted is not None:
                 total = matched
         cursor = _make_cursor(page, uidls) if more else None
-        return MessagePage(items=items, next_cursor=cursor, total=total)
+        return MessagePage(items=items, next_cursor=cursor, total=total, state=state.encode())
 
     async def open(self, ref: MessageRef) -> Pop3Message:
         uidl = _pop3_ref(ref).uidl
@@ -284,7 +291,7 @@ class Pop3Reader:
             raise
         return Pop3Message(
             self.pool, slot, ref, uidl, n, size, by_top=_reads_by_top(client.capabilities),
-            limits=self._settings.mime_limits,
+            limits=self.settings.mime_limits,
         )  # fmt: skip
 
     async def delete(self, refs: list[MessageRef]) -> list[DeleteResult]:
@@ -321,11 +328,77 @@ class Pop3Reader:
                 results.append(DeleteResult(id=ref.encode(), status=400, code="invalid-id"))
         return results
 
+    async def changes(self, folder: str, since: str, limit: int) -> ChangePage:
+        """Arrivals since ``since``: the messages after an unchanged UIDL prefix, the
+        oldest ``limit`` of them (events oldest first; ``/changes`` lists them newest
+        first). A maildrop whose first messages are not those of the state (one was
+        deleted) answers 410 CannotCalculateChanges: POP3 cannot say more."""
+        _inbox_only(folder)
+        state = decode_state(since, protocol="pop3", folder="INBOX")
+        assert isinstance(state, Pop3State)  # noqa: S101 - decode_state checked the protocol
+        async with _Session(self) as client:
+            uidls = await client.uidl()
+            numbers = sorted(uidls)
+            if len(numbers) < state.count or _state(uidls, state.count).digest != state.digest:
+                raise CannotCalculateChanges(
+                    "Messages were deleted from the maildrop since this state: POP3 cannot "
+                    "say which. List it again."
+                )
+            new = numbers[state.count : state.count + limit]
+            changes: list[Change] = []
+            if new:
+                sizes = await client.list()
+                heads = _Heads(client)
+                for i, n in enumerate(new, state.count + 1):
+                    summary = _summary(uidls[n], sizes.get(n), *await heads.get(n))
+                    changes.append(Change("created", summary, _state(uidls, i).encode()))
+        reached = _state(uidls, state.count + len(new))
+        more = len(numbers) > state.count + len(new)
+        return ChangePage(since, reached.encode(), more, changes, oldest_first=True)
+
+    async def state(self, folder: str) -> str:
+        """The maildrop's current state (one UIDL)."""
+        _inbox_only(folder)
+        async with _Session(self) as client:
+            return _state(await client.uidl()).encode()
+
+    def feed(self, folder: str) -> Pop3Feed:
+        """The /events feed: a short session every ``events_poll_seconds``."""
+        _inbox_only(folder)
+        return Pop3Feed(self)
+
     async def patch(self, ref: MessageRef, patch: MessagePatch) -> None:
         raise NotSupported("POP3 has no flags or folders.")
 
     async def append_sent(self, message: bytes) -> str:
         raise NotSupported("POP3 cannot store messages.")
+
+
+class Pop3Feed:
+    """A :class:`~service.sync.source.ChangeFeed` for POP3: polling, one short session
+    per poll (a held session would lock the maildrop for every other client)."""
+
+    def __init__(self, reader: Pop3Reader) -> None:
+        self.key = f"{reader.key}\0INBOX"
+        self.folder = "INBOX"
+        self._reader = reader
+
+    async def open(self) -> str:
+        return await self._reader.state("INBOX")
+
+    async def changes(self, since: str, limit: int) -> ChangePage:
+        return await self._reader.changes("INBOX", since, limit)
+
+    async def wait(self, wake: asyncio.Event) -> bool:
+        try:
+            async with asyncio.timeout(self._reader.settings.events_poll_seconds):
+                await wake.wait()
+        except TimeoutError:
+            return True
+        return False
+
+    async def close(self) -> None:
+        """Nothing is held between polls."""
 
 
 class Pop3Message:
@@ -591,6 +664,14 @@ async def _translated(body: AsyncGenerator[bytes, None]) -> AsyncGenerator[bytes
         raise translate(exc) from None
     finally:
         await body.aclose()
+
+
+def _state(uidls: dict[int, str], count: int | None = None) -> Pop3State:
+    """The state of the first ``count`` messages (all by default) in number order."""
+    seq = [uidls[n] for n in sorted(uidls)]
+    if count is not None:
+        seq = seq[:count]
+    return Pop3State(len(seq), uidl_digest(seq))
 
 
 def _inbox_only(folder: str) -> None:

@@ -12,6 +12,7 @@ from collections.abc import AsyncGenerator, AsyncIterator, Sequence
 from types import TracebackType
 from typing import Literal
 
+from service.observability.mail import mail_command
 from service.protocols.transport import abort_transport
 
 __all__ = [
@@ -43,6 +44,7 @@ class Pop3Error(Exception):
     def __init__(self, message: str, *, reply: str | None = None) -> None:
         super().__init__(message if reply is None else f"{message}: {reply}")
         self.reply = reply
+        self.mail_outcome: str | None = None  # "refused" when the server answered -ERR
         match = _RESP_CODE.match(reply or "")
         self.code: str | None = match.group(1).upper() if match else None
 
@@ -133,6 +135,7 @@ class Pop3Client:
         self._marked = False  # a DELE may have marked a message since login or RSET
         self.greeting = ""
         self.capabilities: dict[str, list[str]] = {}
+        self.server: tuple[str | None, int | None] = (None, None)  # host, port (for spans)
 
     @classmethod
     async def connect(
@@ -153,14 +156,15 @@ class Pop3Client:
         hostname = server_hostname or host
         implicit = tls == "implicit"
         try:
-            async with asyncio.timeout(timeout):
-                reader, writer = await asyncio.open_connection(
-                    host,
-                    port,
-                    ssl=ctx if implicit else None,
-                    server_hostname=hostname if implicit else None,
-                    limit=4 * _READ_SIZE,
-                )
+            with mail_command("pop3", "CONNECT", host, port):
+                async with asyncio.timeout(timeout):
+                    reader, writer = await asyncio.open_connection(
+                        host,
+                        port,
+                        ssl=ctx if implicit else None,
+                        server_hostname=hostname if implicit else None,
+                        limit=4 * _READ_SIZE,
+                    )
         except TimeoutError as exc:
             raise Pop3TimeoutError(f"connect to {host}:{port} timed out") from exc
         except ssl.SSLError as exc:
@@ -168,8 +172,9 @@ class Pop3Client:
         except OSError as exc:
             raise Pop3ConnectError(f"cannot connect to {host}:{port}: {exc}") from exc
         client = cls(reader, writer, timeout=timeout, max_line=max_line)
+        client.server = (host, port)
         try:
-            async with client._op():
+            async with client._op("GREETING"):
                 client.greeting = await client._ok(Pop3ProtocolError, "server refused session")
             await client.capa()
             if ctx is not None and tls == "starttls":
@@ -198,7 +203,7 @@ class Pop3Client:
 
     async def capa(self) -> dict[str, list[str]]:
         """Fetch CAPA into ``capabilities`` (empty if the server does not support CAPA)."""
-        async with self._op():
+        async with self._op("CAPA"):
             await self._send("CAPA")
             kind, text = await self._reply_line()
             caps: dict[str, list[str]] = {}
@@ -222,7 +227,7 @@ class Pop3Client:
             raw = f"\0{user}\0{password}".encode()
             await self._sasl("PLAIN", base64.b64encode(raw).decode("ascii"), (password,))
             return
-        async with self._op():
+        async with self._op("USER"):
             await self._send(f"USER {user}")
             await self._ok(Pop3AuthError, "USER rejected", (password,))
             await self._send(f"PASS {password}")
@@ -237,7 +242,7 @@ class Pop3Client:
 
     async def stat(self) -> tuple[int, int]:
         """Return (message count, maildrop size in octets)."""
-        async with self._op():
+        async with self._op("STAT"):
             await self._send("STAT")
             words = (await self._ok(Pop3ProtocolError, "STAT failed")).split()
         try:
@@ -247,7 +252,7 @@ class Pop3Client:
 
     async def list(self) -> dict[int, int]:
         """Return {message number: size in octets} for all messages not marked deleted."""
-        async with self._op():
+        async with self._op("LIST"):
             await self._send("LIST")
             await self._ok(Pop3ProtocolError, "LIST failed")
             lines = await self._listing()
@@ -258,14 +263,14 @@ class Pop3Client:
         answer with the whole multi-line listing) drops the connection: the rest of such a
         reply would be read as the next command's answer. :meth:`list` is the safe choice."""
         _check_msgno(n)
-        async with self._op():
+        async with self._op("LIST"):
             await self._send(f"LIST {n}")
             text = await self._ok(Pop3NoSuchMessage, f"LIST {n} failed")
             return int(self._single(text, "LIST", numeric=True))
 
     async def uidl(self) -> dict[int, str]:
         """Return {message number: unique id} for all messages not marked deleted."""
-        async with self._op():
+        async with self._op("UIDL"):
             await self._send("UIDL")
             await self._ok(Pop3ProtocolError, "UIDL failed")
             lines = await self._listing()
@@ -275,7 +280,7 @@ class Pop3Client:
         """The unique id of message ``n``; a malformed reply drops the connection, as for
         :meth:`list_one`."""
         _check_msgno(n)
-        async with self._op():
+        async with self._op("UIDL"):
             await self._send(f"UIDL {n}")
             text = await self._ok(Pop3NoSuchMessage, f"UIDL {n} failed")
             return self._single(text, "UIDL")
@@ -390,7 +395,7 @@ class Pop3Client:
         marked = self._marked
         self._marked = True  # from the moment it is sent, until the reply says otherwise
         try:
-            async with self._op():
+            async with self._op("DELE"):
                 await self._send(f"DELE {n}")
                 await self._ok(Pop3NoSuchMessage, f"DELE {n} failed")
         except Pop3Error:
@@ -400,20 +405,20 @@ class Pop3Client:
 
     async def rset(self) -> None:
         """Unmark every message marked by DELE in this session."""
-        async with self._op():
+        async with self._op("RSET"):
             await self._send("RSET")
             await self._ok(Pop3ProtocolError, "RSET failed")
         self._marked = False
 
     async def noop(self) -> None:
-        async with self._op():
+        async with self._op("NOOP"):
             await self._send("NOOP")
             await self._ok(Pop3ProtocolError, "NOOP failed")
 
     async def quit(self) -> None:
         """Send QUIT (this commits DELE marks) and close; -ERR raises :class:`Pop3Error`."""
         try:
-            async with self._op():
+            async with self._op("QUIT"):
                 self._marked = False  # committed or not, nothing can withdraw them after QUIT
                 await self._send("QUIT")
                 await self._ok(Pop3Error, "QUIT failed, deletions may not have been applied")
@@ -484,12 +489,13 @@ class Pop3Client:
         self._busy = True
 
     @contextlib.asynccontextmanager
-    async def _op(self) -> AsyncIterator[None]:
-        """One command: exclusive, under the deadline, errors converted."""
+    async def _op(self, command: str) -> AsyncIterator[None]:
+        """One command: exclusive, under the deadline, errors converted, observed."""
         self._begin()
         try:
-            async with self._guard():
-                yield
+            with mail_command("pop3", command, *self.server):
+                async with self._guard():
+                    yield
         finally:
             self._busy = False
 
@@ -570,7 +576,9 @@ class Pop3Client:
     def _error(self, default: type[Pop3Error], what: str, text: str) -> Pop3Error:
         match = _RESP_CODE.match(text)
         cls = _CODE_ERRORS.get(match.group(1).upper(), default) if match else default
-        return cls(what, reply=text[:512])
+        err = cls(what, reply=text[:512])
+        err.mail_outcome = "refused"  # the server answered -ERR
+        return err
 
     async def _ok(self, err: type[Pop3Error], what: str, secrets: tuple[str, ...] = ()) -> str:
         kind, text = await self._reply_line(secrets)
@@ -603,28 +611,29 @@ class Pop3Client:
         out = bytearray()
         self._begin()
         in_reply = False
-        try:
-            async with self._guard():
-                await self._send(command)
-                await self._ok(Pop3NoSuchMessage, f"{command} failed")
-            in_reply = True
-            while (line := await self._body_line(self._max_line, timed=True)) is not None:
-                out += line + b"\r\n"
-                while len(out) > chunk_size:  # keep >= 1 byte back until the terminator
-                    yield bytes(out[:chunk_size])
-                    del out[:chunk_size]
-            in_reply = False
-        finally:
-            self._busy = False
-            if in_reply:
-                self._break()
-        if out:
-            yield bytes(out)
+        with mail_command("pop3", command.split(" ", 1)[0], *self.server):
+            try:
+                async with self._guard():
+                    await self._send(command)
+                    await self._ok(Pop3NoSuchMessage, f"{command} failed")
+                in_reply = True
+                while (line := await self._body_line(self._max_line, timed=True)) is not None:
+                    out += line + b"\r\n"
+                    while len(out) > chunk_size:  # keep >= 1 byte back until the terminator
+                        yield bytes(out[:chunk_size])
+                        del out[:chunk_size]
+                in_reply = False
+            finally:
+                self._busy = False
+                if in_reply:
+                    self._break()
+            if out:
+                yield bytes(out)
 
     async def _sasl(self, mech: str, payload: str, secrets: tuple[str, ...]) -> None:
         secrets = (*secrets, payload)
         what = f"AUTH {mech} failed"
-        async with self._op():
+        async with self._op("AUTH"):
             if len(f"AUTH {mech} {payload}") <= _MAX_COMMAND_LINE - 2:
                 await self._send(f"AUTH {mech} {payload}")
             else:  # RFC 5034: too long for an initial response, wait for the "+ " prompt
@@ -650,7 +659,7 @@ class Pop3Client:
     async def _starttls(self, ctx: ssl.SSLContext, hostname: str) -> None:
         if "STLS" not in self.capabilities:
             raise Pop3TLSError("server does not offer STLS")
-        async with self._op():
+        async with self._op("STLS"):
             await self._send("STLS")
             await self._ok(Pop3TLSError, "STLS refused")
             # Anything already buffered was sent in clear text and could be injected.

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import ssl
+from collections.abc import Iterator
 
 import aiosmtplib
 from aiosmtplib import (
@@ -31,6 +33,7 @@ from service.errors import (
     UpstreamUnavailable,
     scrub,
 )
+from service.observability.mail import mail_command
 from service.protocols.base import Credentials, SendOutcome
 from service.protocols.pool import SessionPool
 
@@ -40,8 +43,9 @@ log = logging.getLogger("mailgate")
 class SmtpSession:
     """One connected, authenticated SMTP connection, reusable for the same credentials."""
 
-    def __init__(self, client: aiosmtplib.SMTP) -> None:
+    def __init__(self, client: aiosmtplib.SMTP, host: str, port: int) -> None:
         self.client = client
+        self.server = (host, port)  # for spans
         self.sent = 0  # messages sent on this connection
         self.broken = False
 
@@ -51,8 +55,9 @@ class SmtpSession:
 
     async def ping(self) -> bool:
         try:
-            async with asyncio.timeout(5):
-                return (await self.client.noop()).code == 250
+            with _command("NOOP", *self.server):
+                async with asyncio.timeout(5):
+                    return (await self.client.noop()).code == 250
         except (SMTPException, OSError, TimeoutError):
             return False
 
@@ -106,23 +111,27 @@ class SmtpSender:
             tls_context=self._ssl,
             timeout=self._command_timeout,
         )
+        host, port = self._server.host, self._server.port
         try:
-            await client.connect(timeout=self._connect_timeout)
-            if client.is_ehlo_or_helo_needed:
-                await client.ehlo()
+            with _command("CONNECT", host, port):  # greeting, EHLO, STARTTLS, EHLO
+                await client.connect(timeout=self._connect_timeout)
+                if client.is_ehlo_or_helo_needed:
+                    await client.ehlo()
             if not client.supports_extension("auth"):
                 # A relay that offers no AUTH (a test server, a trusted smart
                 # host): its own policy decides; the credentials are not sent.
                 log.debug("SMTP server offers no AUTH; sending without it")
             elif self._creds.kind == "xoauth2":
-                await client.auth_xoauth2(self._creds.user, self._creds.secret)
+                with _command("AUTH", host, port):
+                    await client.auth_xoauth2(self._creds.user, self._creds.secret)
             else:
-                await client.login(self._creds.user, self._creds.secret)
+                with _command("AUTH", host, port):
+                    await client.login(self._creds.user, self._creds.secret)
         except BaseException:
             if client.is_connected:
                 client.close()
             raise
-        return SmtpSession(client)
+        return SmtpSession(client, host, port)
 
     async def _session(self) -> SmtpSession:
         """A live session: a reused one that answers NOOP, else a new one."""
@@ -141,9 +150,10 @@ class SmtpSender:
         try:
             async with asyncio.timeout(self._deadline):
                 session = await self._session()
-                errors, _ = await session.client.sendmail(
-                    mail_from, rcpt_to, message, mail_options=options
-                )
+                with _command("SEND", *session.server):  # MAIL FROM, RCPT TO..., DATA
+                    errors, _ = await session.client.sendmail(
+                        mail_from, rcpt_to, message, mail_options=options
+                    )
             session.sent += 1
             ok = True
         except MailGatewayError:
@@ -212,7 +222,19 @@ async def _quit_quietly(client: aiosmtplib.SMTP) -> None:
     if not client.is_connected:
         return
     try:
-        async with asyncio.timeout(2):
-            await client.quit()
+        with _command("QUIT", client.hostname, client.port):
+            async with asyncio.timeout(2):
+                await client.quit()
     except (SMTPException, OSError, TimeoutError):
         client.close()
+
+
+@contextlib.contextmanager
+def _command(name: str, host: str | None, port: int | None) -> Iterator[None]:
+    """Observe one SMTP step; a 4xx/5xx reply counts as ``refused``."""
+    with mail_command("smtp", name, host, port) as call:
+        try:
+            yield
+        except SMTPResponseException:
+            call.refused()
+            raise

@@ -44,6 +44,8 @@ async def fake_smtp(
                 writer.write(b"354 go on\r\n")
                 await writer.drain()
                 while (data := await reader.readline()) != b".\r\n":
+                    if not data:  # the client left mid-DATA; at EOF readline never waits
+                        return
                     received.append("> " + data.decode(errors="replace").rstrip("\r\n"))
                 writer.write(data_reply)
                 if hang_up_after_data:  # as a server that times idle clients out would

@@ -18,6 +18,11 @@ POP3S_PORT=${MAILSTACK_POP3S_PORT:-31995}
 SUBMISSION_PORT=${MAILSTACK_SUBMISSION_PORT:-31587}
 SMTPS_PORT=${MAILSTACK_SMTPS_PORT:-31465}
 SMTP_PLAIN_PORT=${MAILSTACK_SMTP_PLAIN_PORT:-31025}
+# Two more Dovecot instances on the same mailboxes (IMAPS only) that advertise
+# less: no QRESYNC ("condstore"), and no CONDSTORE, QRESYNC or IDLE ("basic").
+CONDSTORE_IMAPS_PORT=${MAILSTACK_CONDSTORE_IMAPS_PORT:-31994}
+BASIC_IMAPS_PORT=${MAILSTACK_BASIC_IMAPS_PORT:-31996}
+VARIANTS=(condstore basic)
 
 DOVECOT_CONF=$ROOT/etc/dovecot.conf
 POSTFIX_DIR=$ROOT/etc/postfix
@@ -69,7 +74,7 @@ ms_alive() {
     return 0
 }
 
-# PIDs of this root's Dovecot master (its command line names our config)
+# PIDs of this root's Dovecot masters (their command lines name our configs)
 # and Postfix master (its environment carries MAIL_CONFIG=our config dir).
 ms_masters() {
     local p pid comm
@@ -78,7 +83,8 @@ ms_masters() {
         read -r comm 2>/dev/null <"$p/comm" || continue
         case $comm in
             dovecot)
-                if ms_alive "$pid" && tr '\0' ' ' 2>/dev/null <"$p/cmdline" | grep -qF -- "-c $DOVECOT_CONF "; then
+                if ms_alive "$pid" && tr '\0' ' ' 2>/dev/null <"$p/cmdline" \
+                    | grep -qE -- "-c $ROOT/etc/dovecot(-[a-z]+)?\.conf "; then
                     echo "$pid"
                 fi
                 ;;

@@ -50,11 +50,17 @@ install_packages() {
     fi
     echo 'postfix postfix/main_mailer_type select No configuration' | debconf-set-selections
     local rc=0
+    # Progress on the terminal (one line per package step), everything in apt.log.
+    echo 1 >"$LOG_DIR/apt.rc"
     {
         DEBIAN_FRONTEND=noninteractive apt-get update -q &&
         DEBIAN_FRONTEND=noninteractive apt-get install -y -q -o DPkg::Lock::Timeout=300 "${PACKAGES[@]}" \
-            $(command -v python3 >/dev/null 2>&1 || echo python3)
-    } </dev/null >>"$LOG_DIR/apt.log" 2>&1 9>&- || rc=$?
+            $(command -v python3 >/dev/null 2>&1 || echo python3) || rc=$?
+        echo "$rc" >"$LOG_DIR/apt.rc"
+    } </dev/null 2>&1 9>&- | tee -a "$LOG_DIR/apt.log" \
+        | grep --line-buffered -E '^(Get:|Unpacking |Setting up )' \
+        | sed -u 's/^/mailstack:   /' || true
+    rc=$(cat "$LOG_DIR/apt.rc")
     if [ "$own_policy" = 1 ]; then
         rm -f /usr/sbin/policy-rc.d
         trap - EXIT
@@ -63,6 +69,16 @@ install_packages() {
         tail -n 30 "$LOG_DIR/apt.log" >&2
         ms_die "apt-get failed (exit $rc), see $LOG_DIR/apt.log"
     fi
+    # The system units are not used (this stack runs its own instances on high
+    # ports): keep them from starting at the next boot, with or without systemd.
+    if command -v systemctl >/dev/null 2>&1; then
+        systemctl disable --quiet dovecot.service postfix.service >>"$LOG_DIR/apt.log" 2>&1 || true
+    fi
+    if command -v update-rc.d >/dev/null 2>&1; then
+        update-rc.d dovecot disable >>"$LOG_DIR/apt.log" 2>&1 || true
+        update-rc.d postfix disable >>"$LOG_DIR/apt.log" 2>&1 || true
+    fi
+    ms_say "installed; system dovecot/postfix units disabled (this stack runs its own)"
     # If a package script started the system instances anyway, stop them:
     # nothing here uses them.
     local pid
@@ -84,6 +100,7 @@ fingerprint() {
     {
         cat "$HERE"/start.sh "$HERE"/lib.sh "$HERE"/probe.py "$HERE"/*.in
         echo "$ROOT $IMAP_PORT $IMAPS_PORT $POP3_PORT $POP3S_PORT $SUBMISSION_PORT $SMTPS_PORT $SMTP_PLAIN_PORT"
+        echo "$CONDSTORE_IMAPS_PORT $BASIC_IMAPS_PORT"
     } | sha256sum | cut -d' ' -f1
 }
 FINGERPRINT=$(fingerprint)
@@ -93,19 +110,21 @@ PROBE_TARGETS=(
     "pop3:pop3:$POP3_PORT" "pop3s:pop3s:$POP3S_PORT"
     "submission:smtp:$SUBMISSION_PORT" "smtps:smtps:$SMTPS_PORT"
     "smtp-plain:smtp:$SMTP_PLAIN_PORT"
+    "imaps-condstore:imaps:$CONDSTORE_IMAPS_PORT" "imaps-basic:imaps:$BASIC_IMAPS_PORT"
 )
 
 summary() {
     ms_say "$1"
     ms_say "  IMAP $HOST:$IMAP_PORT (plain+STARTTLS)  IMAPS :$IMAPS_PORT  POP3 :$POP3_PORT (plain+STLS)  POP3S :$POP3S_PORT"
     ms_say "  SMTP submission :$SUBMISSION_PORT (STARTTLS)  SMTPS :$SMTPS_PORT  plain AUTH :$SMTP_PLAIN_PORT"
+    ms_say "  IMAPS without QRESYNC :$CONDSTORE_IMAPS_PORT  IMAPS without CONDSTORE, QRESYNC, IDLE :$BASIC_IMAPS_PORT"
     ms_say "  users: any <name>@$DOMAIN and sink@sink.test, password '$PASSWORD'; mail to other domains -> sink@sink.test"
     ms_say "  CA: $ROOT/tls/ca.pem  env: $ROOT/env  logs: $LOG_DIR/"
 }
 
 if [ -f "$ROOT/env" ] && [ -f "$ROOT/fingerprint" ] \
     && [ "$(cat "$ROOT/fingerprint")" = "$FINGERPRINT" ] \
-    && [ "$(ms_masters | wc -l)" -eq 2 ] \
+    && [ "$(ms_masters | wc -l)" -eq $((2 + ${#VARIANTS[@]})) ] \
     && python3 "$HERE/probe.py" "$HOST" "$ROOT/tls/ca.pem" "${PROBE_TARGETS[@]}" 9>&- 2>/dev/null; then
     summary "already running and healthy ($ROOT)"
     exit 0
@@ -117,10 +136,13 @@ T0=$(date +%s.%N)
 ms_stop_stack
 rm -f "$ROOT/fingerprint" "$ROOT/env"
 rm -rf "$ROOT/run" "$ROOT/etc" "$ROOT/postfix" "$ROOT/state"
-for f in dovecot.log dovecot.stderr postfix.log postfix.stderr; do
+LOGS=(dovecot.log dovecot.stderr postfix.log postfix.stderr)
+for v in "${VARIANTS[@]}"; do LOGS+=("dovecot-$v.log"); done
+for f in "${LOGS[@]}"; do
     [ -f "$LOG_DIR/$f" ] && mv -f "$LOG_DIR/$f" "$LOG_DIR/$f.old"
 done
 mkdir -p "$ROOT/run" "$ROOT/etc" "$POSTFIX_DIR" "$ROOT/postfix" "$ROOT/state/dovecot" "$ROOT/tls"
+for v in "${VARIANTS[@]}"; do mkdir -p "$ROOT/state/dovecot-$v"; done
 chmod 755 "$ROOT/run" "$ROOT/etc" "$POSTFIX_DIR" "$ROOT/postfix"
 # Postfix creates the queue subdirectories (post-install create-missing),
 # but not the queue and data directories themselves.
@@ -207,6 +229,20 @@ render() { # template output
     fi
 }
 render "$HERE/dovecot.conf.in" "$DOVECOT_CONF"
+# The variants' capability lists: Dovecot 2.3's own, less what each one lacks.
+BASIC_CAPS="IMAP4rev1 SASL-IR LOGIN-REFERRALS ID ENABLE SORT THREAD=REFERENCES MULTIAPPEND"
+BASIC_CAPS="$BASIC_CAPS UNSELECT CHILDREN NAMESPACE UIDPLUS LIST-EXTENDED I18NLEVEL=1 ESEARCH"
+BASIC_CAPS="$BASIC_CAPS SEARCHRES WITHIN LIST-STATUS BINARY MOVE LITERAL+ SPECIAL-USE"
+for v in "${VARIANTS[@]}"; do
+    case $v in
+        condstore) port=$CONDSTORE_IMAPS_PORT caps="$BASIC_CAPS IDLE CONDSTORE" ;;
+        basic) port=$BASIC_IMAPS_PORT caps=$BASIC_CAPS ;;
+    esac
+    sed -e "s|@VARIANT@|$v|g" -e "s|@VARIANT_PORT@|$port|g" -e "s|@VARIANT_CAPS@|$caps|g" \
+        "$HERE/dovecot-variant.conf.in" >"$ROOT/etc/dovecot-$v.conf.in"
+    render "$ROOT/etc/dovecot-$v.conf.in" "$ROOT/etc/dovecot-$v.conf"
+    rm -f "$ROOT/etc/dovecot-$v.conf.in"
+done
 render "$HERE/main.cf.in" "$POSTFIX_DIR/main.cf"
 render "$HERE/master.cf.in" "$POSTFIX_DIR/master.cf"
 render "$HERE/virtual_alias.regexp.in" "$POSTFIX_DIR/virtual_alias.regexp"
@@ -214,7 +250,7 @@ printf '%s:{PLAIN}%s\n' "$DOMAIN" "$PASSWORD" >"$ROOT/etc/passdb-domains.txt"
 printf '%s:{PLAIN}%s\n' "sink@sink.test" "$PASSWORD" >"$ROOT/etc/passdb-users.txt"
 chmod 644 "$ROOT"/etc/passdb-*.txt
 # Trap 4: Postfix distrusts config files modified in the last seconds.
-touch -d '-1 minute' "$POSTFIX_DIR"/* "$ROOT"/etc/*.txt "$DOVECOT_CONF"
+touch -d '-1 minute' "$POSTFIX_DIR"/* "$ROOT"/etc/*.txt "$ROOT"/etc/dovecot*.conf
 
 # Mailboxes (kept across restarts; tests use fresh addresses), owned by the
 # numeric mail uid, which need not exist in /etc/passwd.
@@ -224,13 +260,17 @@ chmod 750 "$ROOT/mail" "$ROOT/home"
 
 # ---------------------------------------------------------- start
 # Log files readable by the (possibly unprivileged) test processes.
-for f in dovecot.log dovecot.stderr postfix.log postfix.stderr; do
+for f in "${LOGS[@]}"; do
     : >"$LOG_DIR/$f"
     chmod 644 "$LOG_DIR/$f"
 done
 # Trap 3: daemons keep the stdio they start with; never give them a pipe.
 dovecot -c "$DOVECOT_CONF" </dev/null >>"$LOG_DIR/dovecot.stderr" 2>&1 9>&- \
     || { tail -n 20 "$LOG_DIR/dovecot.stderr" "$LOG_DIR/dovecot.log" >&2 2>/dev/null; ms_die "dovecot failed to start"; }
+for v in "${VARIANTS[@]}"; do
+    dovecot -c "$ROOT/etc/dovecot-$v.conf" </dev/null >>"$LOG_DIR/dovecot.stderr" 2>&1 9>&- \
+        || { tail -n 20 "$LOG_DIR/dovecot.stderr" >&2; ms_die "dovecot ($v) failed to start"; }
+done
 postfix -c "$POSTFIX_DIR" start </dev/null >>"$LOG_DIR/postfix.stderr" 2>&1 9>&- \
     || { tail -n 20 "$LOG_DIR/postfix.stderr" "$LOG_DIR/postfix.log" >&2 2>/dev/null; ms_die "postfix failed to start"; }
 
@@ -253,6 +293,8 @@ export MAILSTACK_POP3S_PORT=$POP3S_PORT
 export MAILSTACK_SUBMISSION_PORT=$SUBMISSION_PORT
 export MAILSTACK_SMTPS_PORT=$SMTPS_PORT
 export MAILSTACK_SMTP_PLAIN_PORT=$SMTP_PLAIN_PORT
+export MAILSTACK_CONDSTORE_IMAPS_PORT=$CONDSTORE_IMAPS_PORT
+export MAILSTACK_BASIC_IMAPS_PORT=$BASIC_IMAPS_PORT
 export MAILSTACK_DOMAIN=$DOMAIN
 export MAILSTACK_PASSWORD=$PASSWORD
 export MAILSTACK_SINK_ADDRESS=sink@sink.test

@@ -49,6 +49,43 @@ def test_dockerfile_entrypoint_is_the_installed_command() -> None:
     assert 'mailgate = "service.cli:main"' in pyproject
 
 
+def test_version() -> None:
+    from service import __version__
+
+    out = run("--version")
+    assert out.returncode == 0 and out.stdout.strip() == f"mailgate {__version__}"
+
+
+def test_unknown_mailgate_variable_is_one_warning_line_with_a_suggestion() -> None:
+    out = run("openapi", MAILGATE_POOL_SIZE_PER_USR="3", MAILGATE_COLOUR="blue")
+    assert out.returncode == 0, out.stderr
+    lines = out.stderr.strip().splitlines()
+    assert lines == [
+        "mailgate: warning: unknown setting MAILGATE_COLOUR is ignored",
+        "mailgate: warning: unknown setting MAILGATE_POOL_SIZE_PER_USR is ignored; "
+        "did you mean MAILGATE_POOL_SIZE_PER_USER?",
+    ]
+
+
+def test_unknown_otel_exporter_stops_start_up_with_one_line() -> None:
+    out = run("serve", OTEL_TRACES_EXPORTER="nosuch")
+    assert out.returncode == 2
+    [line] = out.stderr.strip().splitlines()
+    assert "OTEL_TRACES_EXPORTER=nosuch" in line
+
+
+def test_readme_configuration_table_is_generated_from_the_settings() -> None:
+    from service.settings_table import settings_table, with_table
+
+    readme = (ROOT / "README.md").read_text()
+    assert with_table(readme) == readme, "README's table is stale: run 'make readme'"
+    table = settings_table()
+    from service.config import Settings
+
+    for name in Settings.model_fields:
+        assert f"| `MAILGATE_{name.upper()}` |" in table
+
+
 async def test_the_tests_run_on_the_event_loop_of_mailgate_serve() -> None:
     """`mailgate serve` runs on uvloop with httptools; so does every async test."""
     options = uvicorn_options()

@@ -936,9 +936,17 @@ async def _serve_box(
         seqs = {uid: n for n, uid in enumerate(sorted(box), 1)}
         if name == b"SELECT":
             out = b"* %d EXISTS\r\n* OK [UIDVALIDITY 42] ok\r\n" % len(box)
+            out += b"* OK [UIDNEXT %d] next\r\n" % (max(box, default=0) + 1)
+            if b"CONDSTORE" in caps:
+                out += b"* OK [HIGHESTMODSEQ 9] modseq\r\n"
             if read_only:
                 await peer.send(out + tag + b" OK [READ-ONLY] Select done\r\n")
                 continue
+        elif name == b"STATUS":  # of the selected folder: what the sync state asks
+            values = b"UIDNEXT %d MESSAGES %d UIDVALIDITY 42" % (max(box, default=0) + 1, len(box))
+            if b"CONDSTORE" in caps:
+                values += b" HIGHESTMODSEQ 9"
+            out = b'* STATUS "INBOX" (' + values + b")\r\n"
         elif name == b"UID COPY" and copied is not None:
             copied.append(int(rest.split()[2]))
         elif name == b"UID SEARCH":
@@ -1200,15 +1208,16 @@ def _hundreds() -> dict[int, list[Any]]:
 
 
 async def _pages(
-    box: dict[int, list[Any]], *queries: Any, cache: Any = None
+    box: dict[int, list[Any]], *queries: Any, cache: Any = None, condstore: bool = True
 ) -> tuple[list[Any], list[bytes]]:
     """Each query's page in turn (a callable query gets the previous page) on one pooled
     session of a scripted server; the pages and the commands the server received."""
     received: list[bytes] = []
+    caps = b"IMAP4rev1 UIDPLUS ESEARCH LITERAL+" + (b" CONDSTORE" if condstore else b"")
 
     async def serve(peer: Peer) -> None:
         try:
-            await _serve_box(peer, b"IMAP4rev1 UIDPLUS ESEARCH LITERAL+", box)
+            await _serve_box(peer, caps, box)
         finally:
             received.extend(peer.received)
 
@@ -1262,7 +1271,7 @@ async def test_a_cached_page_costs_one_fetch() -> None:
 
     async def serve(peer: Peer) -> None:
         peers.append(peer)
-        await _serve_box(peer, b"IMAP4rev1 UIDPLUS ESEARCH LITERAL+", box)
+        await _serve_box(peer, b"IMAP4rev1 UIDPLUS ESEARCH LITERAL+ CONDSTORE", box)
 
     pool = SessionPool[ImapSession](Settings())
     async with scripted(serve) as (port, errors):
@@ -1283,25 +1292,43 @@ async def test_a_cached_page_costs_one_fetch() -> None:
     assert [i.seen for i in again.items] == [False, True, False]  # flags are always fresh
     assert [c.split(b" ", 1)[1].split()[:2] for c in received] == [
         [b"NOOP"],  # the pooled session's re-sync
+        [b"STATUS", b'"INBOX"'],  # the listing's sync state, from the session's view
         [b"FETCH", b"297:300"],
     ]
 
 
 async def test_a_cursor_from_another_view_is_placed_exactly() -> None:
-    """Eight messages below the cursor vanish without the session hearing of it (the
-    script renumbers at once): the number the cursor carries no longer holds a message
-    at or above the cursor's UID, so the position comes from one SEARCH, and the page is
-    still exactly the next older messages."""
+    """A cursor whose number does not hold, in this session's view, a message at or
+    above the cursor's UID (made in an older view, or forged) is placed by one SEARCH,
+    and the page is still exactly the next older messages."""
+    from service.ids import decode_cursor, encode_cursor
+
+    def lower_number(page: Any) -> ListQuery:
+        data = decode_cursor(page.next_cursor)
+        assert data["s"] == 298
+        data["s"] = 290  # UID 290 sits there: older messages would be skipped
+        return ListQuery(limit=3, cursor=encode_cursor(data))
+
+    pages, commands = await _pages(_hundreds(), ListQuery(limit=3), lower_number)
+    assert [i.subject for i in pages[1].items] == ["m297", "m296", "m295"]
+    assert [b"SEARCH", b"RETURN", b"(MAX)", b"UID", b"1:297"] in [c.split() for c in commands]
+
+
+async def test_expunges_and_arrivals_between_pages_keep_the_number_usable() -> None:
+    """Eight older messages go and ten new ones come between the pages: the cursor's
+    number still holds a message at or above its UID, so no SEARCH is needed."""
     box = _hundreds()
 
-    def after_expunge(page: Any) -> ListQuery:
+    def after_changes(page: Any) -> ListQuery:
         for uid in range(290, 298):
             del box[uid]
+        for uid in range(301, 311):
+            box[uid] = [b"Subject: m%d\r\n\r\nbody\r\n" % uid, set()]
         return ListQuery(limit=3, cursor=page.next_cursor)
 
-    pages, commands = await _pages(box, ListQuery(limit=3), after_expunge)
+    pages, commands = await _pages(box, ListQuery(limit=3), after_changes)
     assert [i.subject for i in pages[1].items] == ["m289", "m288", "m287"]
-    assert [b"SEARCH", b"RETURN", b"(MAX)", b"UID", b"1:297"] in [c.split() for c in commands]
+    assert not any(c.startswith((b"SEARCH", b"UID SEARCH")) for c in commands)
 
 
 async def test_a_cursor_without_a_number_still_pages() -> None:

@@ -17,6 +17,7 @@ router = APIRouter(tags=["folders"])
 
 @router.get(
     "/folders",
+    operation_id="listFolders",
     response_model=FolderList,
     summary="Folders and their roles",
     description=(

@@ -5,14 +5,15 @@ from __future__ import annotations
 import asyncio
 
 from fastapi import APIRouter, Request
-from starlette.responses import JSONResponse, PlainTextResponse
+from starlette.responses import JSONResponse, Response
 
 from service.api.deps import SettingsDep
+from service.observability import render_metrics
 
 router = APIRouter(tags=["health"])
 
 
-@router.get("/healthz", summary="Liveness: the process answers")
+@router.get("/healthz", operation_id="getHealth", summary="Liveness: the process answers")
 async def healthz() -> dict[str, str]:
     return {"status": "ok"}
 
@@ -33,6 +34,7 @@ async def _reachable(host: str, port: int, wait: float) -> bool:
 
 @router.get(
     "/readyz",
+    operation_id="getReadiness",
     summary="Readiness: settings loaded and the mail servers' ports reachable",
     description="503 when a configured server's port cannot be reached within "
     "MAILGATE_READY_TIMEOUT. Only a TCP connect: no login, no credentials.",
@@ -58,8 +60,14 @@ async def readyz(settings: SettingsDep) -> JSONResponse:
     )
 
 
-@router.get("/metrics", summary="Prometheus metrics", response_class=PlainTextResponse)
-async def metrics(request: Request) -> PlainTextResponse:
-    state = request.app.state
-    pools = {name: getattr(state, f"{name}_pool").stats() for name in ("imap", "pop3", "smtp")}
-    return PlainTextResponse(state.metrics.render(pools), media_type="text/plain; version=0.0.4")
+@router.get(
+    "/metrics",
+    operation_id="getMetrics",
+    summary="Prometheus metrics",
+    description="Prometheus text format; with several workers one scrape covers them all.",
+    response_class=Response,
+    responses={200: {"content": {"text/plain": {"schema": {"type": "string"}}}}},
+)
+async def metrics(request: Request) -> Response:
+    body, content_type = render_metrics(request.app.state.session_stats())
+    return Response(body, media_type=content_type)

@@ -193,6 +193,7 @@ _LIST_QUERY = QueryModel(ListParams)
 
 @router.get(
     "/messages",
+    operation_id="listMessages",
     response_model=MessagePage,
     response_model_by_alias=True,
     summary="List message summaries, newest first",
@@ -242,6 +243,7 @@ async def list_messages(
 
 @router.get(
     "/messages/{id}",
+    operation_id="getMessage",
     response_model=ParsedMessage,
     summary="Fetch one message parsed to JSON",
     description=(
@@ -286,6 +288,7 @@ async def get_message(
 
 @router.get(
     "/messages/{id}/raw",
+    operation_id="getRawMessage",
     summary="The exact RFC 5322 bytes, streamed",
     description=(
         "Streamed in bounded chunks (IMAP partial fetches, POP3 RETR as it arrives), so a "
@@ -369,6 +372,7 @@ def content_disposition(filename: str | None, kind: str | None = "attachment") -
 
 @router.get(
     "/messages/{id}/attachments/{attachment_id}",
+    operation_id="getAttachment",
     summary="One attachment, decoded, streamed",
     description=(
         "`attachment_id` is the MIME part number (IMAP section) listed by the parsed fetch; "
@@ -435,6 +439,7 @@ def _raise_for(result: DeleteResult) -> None:
 
 @router.delete(
     "/messages/{id}",
+    operation_id="deleteMessage",
     status_code=204,
     response_class=Response,
     summary="Delete one message",
@@ -460,6 +465,7 @@ async def delete_message(
 
 @router.post(
     "/messages/delete",
+    operation_id="deleteMessages",
     response_model=DeleteResults,
     summary="Delete several messages (at most 200)",
     description=(
@@ -497,6 +503,7 @@ async def delete_many(
 
 @router.patch(
     "/messages/{id}",
+    operation_id="updateMessage",
     status_code=204,
     response_class=Response,
     summary="Set seen/flagged, or move to another folder (IMAP)",

@@ -128,6 +128,7 @@ async def _multipart(request: Request, limit: int) -> tuple[Draft, list[mime.Out
 
 @router.post(
     "/send",
+    operation_id="sendMessage",
     response_model=SendResult,
     summary="Send one message over SMTP",
     description=(

@@ -1,0 +1,252 @@
+"""IMAP sync: a folder's state and the changes since a state (RFC 7162 CONDSTORE/QRESYNC).
+
+Three ways to tell what changed since a state, chosen by what the server offers
+and what the state holds; each answers exactly or raises CannotCalculateChanges
+(410), never a wrong answer:
+
+- **QRESYNC** (and the state has a MODSEQ): ``UID FETCH 1:n (UID FLAGS)
+  (CHANGEDSINCE m VANISHED)`` (RFC 7162 §3.2.6) names every message changed since
+  the state (new ones: UID at or above the state's UIDNEXT; the others: flags)
+  and, in ``VANISHED (EARLIER)``, every UID expunged since.
+- **CONDSTORE only**: the same FETCH without VANISHED gives arrivals and flag
+  changes; expunges are found by counting the UIDs below the state's UIDNEXT
+  (``UID SEARCH RETURN (COUNT)``): the same count as the state recorded means
+  none was expunged (no UID below UIDNEXT can appear); a lower count cannot say
+  which, so 410.
+- **Neither** (the state holds a digest of every UID and its flags below its
+  UIDNEXT): one ``UID FETCH 1:n (UID FLAGS)``; an unchanged digest means only
+  arrivals, which are listed; anything else is 410. This costs a FETCH of every
+  message's flags, so on such servers a listing's state costs it too.
+
+The folder's state comes from the session's view (:func:`snapshot`: a NOOP and a
+STATUS on a warm session; not a new SELECT, which on a big Maildir costs Dovecot a
+rescan). A UIDVALIDITY other than the state's is 410. Answers are paged newest first by
+UID: at most ``limit`` entries; the intermediate state then records the mark
+reached (``target``) and the UID below which changes are still due (``below``),
+so the next call looks only below it and ends at that mark (see
+:mod:`service.sync.state`). Pure protocol work on a session the caller holds.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+
+from service.errors import CannotCalculateChanges
+from service.ids import ImapRef
+from service.models.message import MessageSummary
+from service.models.sync import FlagUpdate
+from service.protocols.imapconn import ImapSession, SelectData
+from service.protocols.imapwire import utf7_encode
+from service.sync.source import Change, ChangePage
+from service.sync.state import ImapMark, ImapState, flags_digest
+
+__all__ = [
+    "changes_since",
+    "current_state",
+    "has_modseq",
+    "mark_from_status",
+    "snapshot",
+    "status_items",
+]
+
+Summaries = Callable[[ImapSession, str, int, list[int]], Awaitable[list[MessageSummary]]]
+STATUS_ITEMS = ("UIDNEXT", "UIDVALIDITY", "MESSAGES")
+_RECENT = "\\recent"
+
+
+def _visible(flags: list[str] | None) -> list[str]:
+    return [f for f in flags or [] if f.lower() != _RECENT]
+
+
+def has_modseq(session: ImapSession) -> bool:
+    """The server offers CONDSTORE (QRESYNC implies it, RFC 7162 §3.2.3)."""
+    return bool({"CONDSTORE", "QRESYNC"} & session.capabilities)
+
+
+def status_items(session: ImapSession) -> tuple[str, ...]:
+    """The STATUS items a folder's state needs on this server."""
+    return (*STATUS_ITEMS, "HIGHESTMODSEQ") if has_modseq(session) else STATUS_ITEMS
+
+
+def mark_from_status(session: ImapSession, counters: dict[str, int]) -> tuple[int, ImapMark] | None:
+    """(UIDVALIDITY, mark) from one STATUS reply; None when the server left an item out.
+
+    Without MODSEQ the mark has no flags digest (STATUS cannot give one): changes
+    since it answer 410 unless the server has CONDSTORE by then. Listings give
+    states with a digest."""
+    uidvalidity = counters.get("UIDVALIDITY")
+    uidnext = counters.get("UIDNEXT")
+    messages = counters.get("MESSAGES")
+    if not uidvalidity or not uidnext or messages is None or messages >= uidnext:
+        return None
+    modseq = counters.get("HIGHESTMODSEQ") if has_modseq(session) else None
+    return uidvalidity, ImapMark(uidnext, messages, modseq or None)
+
+
+async def _flags_below(session: ImapSession, uidnext: int) -> dict[int, list[str]]:
+    """Every message's flags below ``uidnext``: one UID FETCH (UID FLAGS)."""
+    if uidnext <= 1:
+        return {}
+    items = await session.uid_fetch(f"1:{uidnext - 1}", "(UID FLAGS)")
+    return {uid: _visible(item.flags) for uid, item in items.items() if uid < uidnext}
+
+
+async def _uidnext(session: ImapSession, data: SelectData) -> int:
+    """UIDNEXT as reported, else the highest UID + 1 (every UID at or above it is still
+    new to a state that records it)."""
+    if data.uidnext is not None:
+        return data.uidnext
+    found = await session.uid_search(["ALL"])
+    top = found.highest(1)
+    return top[0] + 1 if top else 1
+
+
+async def snapshot(session: ImapSession, folder: str) -> SelectData:
+    """Select ``folder`` (a warm session only NOOPs) and describe its view at this moment:
+    the real SELECT's data, or after a NOOP one ``STATUS (UIDNEXT MESSAGES UIDVALIDITY
+    [HIGHESTMODSEQ])`` of it (Dovecot answers from the session's view, so it matches what
+    the next commands see; other servers may answer an older moment, which only makes
+    the state older: safe). A STATUS that leaves an item out: a real SELECT."""
+    await session.select(folder)
+    if session.select_data is not None:
+        return session.select_data
+    counters = await session.status(utf7_encode(folder), status_items(session))
+    found = mark_from_status(session, counters)
+    if found is not None:
+        uidvalidity, mark = found
+        return SelectData(uidvalidity, mark.uidnext, mark.exists, mark.modseq)
+    await session.select(folder, fresh=True)
+    assert session.select_data is not None  # noqa: S101 - set by a real SELECT
+    return session.select_data
+
+
+async def current_state(session: ImapSession, folder: str, *, digest: bool = True) -> ImapState:
+    """The state of ``folder`` now (:func:`snapshot`). Without MODSEQ, one FETCH of every
+    message's flags adds the digest (its cost grows with the folder); ``digest=False``
+    leaves it out, and the state then answers 410 (a listing's later pages: the first
+    page has one)."""
+    data = await snapshot(session, folder)
+    uidnext = await _uidnext(session, data)
+    if has_modseq(session) and data.highestmodseq is not None:
+        return ImapState(
+            folder, data.uidvalidity, ImapMark(uidnext, data.exists, data.highestmodseq)
+        )
+    if not digest:
+        return ImapState(folder, data.uidvalidity, ImapMark(uidnext, data.exists))
+    flags = await _flags_below(session, uidnext)
+    mark = ImapMark(uidnext, len(flags), None, flags_digest(flags))
+    return ImapState(folder, data.uidvalidity, mark)
+
+
+@dataclass(frozen=True)
+class _Found:
+    """Changes of the UIDs below ``below``: UID → flags (created or updated), destroyed."""
+
+    changed: dict[int, list[str]]
+    destroyed: set[int]
+
+
+async def _by_modseq(
+    session: ImapSession, base: ImapMark, below: int, target: ImapMark, *, vanished: bool
+) -> _Found:
+    """``UID FETCH 1:below-1 (UID FLAGS) (CHANGEDSINCE m [VANISHED])`` after the snapshot:
+    a flag change made between the two (MODSEQ above the target's) is left to the next
+    round, so that no event runs ahead of its id; without ``vanished`` (no QRESYNC) the
+    UIDs below the old UIDNEXT are counted instead, and fewer than the state recorded
+    means expunges the server cannot name: 410."""
+    if not vanished and base.uidnext > 1:
+        found = await session.uid_search(["UID", f"1:{base.uidnext - 1}"], count=True)
+        if found.count != base.exists:
+            raise CannotCalculateChanges(
+                "Messages were expunged since this state and the server (no QRESYNC) cannot "
+                "say which: list the folder again."
+            )
+    if below <= 1 or base.modseq is None:
+        return _Found({}, set())
+    items, expunged = await session.uid_fetch_changed(
+        f"1:{below - 1}", base.modseq, vanished=vanished
+    )
+    later = target.modseq if target.modseq is not None else 0
+    changed = {
+        u: _visible(i.flags)
+        for u, i in items.items()
+        if u < below and not (u < base.uidnext and i.modseq is not None and i.modseq > later)
+    }
+    gone = {u for u in expunged if u < min(below, base.uidnext) and u not in items}
+    return _Found(changed, gone)
+
+
+def _check_digest(base: ImapMark, flags: dict[int, list[str]]) -> None:
+    older = {u: f for u, f in flags.items() if u < base.uidnext}
+    if len(older) != base.exists or flags_digest(older) != base.digest:
+        raise CannotCalculateChanges(
+            "Flags changed or messages were expunged since this state, and the server "
+            "(no CONDSTORE) cannot say which: list the folder again."
+        )
+
+
+async def changes_since(
+    session: ImapSession, state: ImapState, limit: int, summaries: Summaries
+) -> ChangePage:
+    """The changes since ``state`` in its folder, at most ``limit`` entries, newest first.
+
+    Raises CannotCalculateChanges (410) when the server cannot tell exactly,
+    NotFound when the folder is gone, and the session's upstream errors.
+    """
+    folder, base = state.folder, state.base
+    qresync = "QRESYNC" in session.capabilities and base.modseq is not None
+    if qresync:
+        qresync = "QRESYNC" in await session.enable("QRESYNC")
+    data = await snapshot(session, folder)
+    uidvalidity = data.uidvalidity
+    if uidvalidity != state.uidvalidity:
+        raise CannotCalculateChanges("The folder's UIDVALIDITY changed: list it again.")
+    uidnext = await _uidnext(session, data)
+    modseq = data.highestmodseq if has_modseq(session) else None
+    target = state.target
+    if base.modseq is not None and modseq is not None:
+        if modseq < base.modseq or uidnext < base.uidnext:
+            raise CannotCalculateChanges("The server's MODSEQ went back: list the folder again.")
+        if target is None:
+            target = ImapMark(uidnext, data.exists, modseq)
+        below = state.below if state.below is not None else target.uidnext
+        found = await _by_modseq(session, base, below, target, vanished=qresync)
+    elif base.digest is not None:
+        flags = await _flags_below(session, uidnext)
+        _check_digest(base, flags)
+        if target is None:
+            target = ImapMark(uidnext, len(flags), None, flags_digest(flags))
+        below = state.below if state.below is not None else target.uidnext
+        found = _Found({u: f for u, f in flags.items() if base.uidnext <= u < below}, set())
+    else:
+        raise CannotCalculateChanges(
+            "This state holds no MODSEQ and no flags digest (on a server without CONDSTORE, "
+            "only the state of a listing's first page has one): list the folder again and "
+            "keep the first page's state."
+        )
+
+    uids = sorted(set(found.changed) | found.destroyed, reverse=True)
+    page, more = uids[:limit], len(uids) > limit
+    created_uids = [u for u in page if u >= base.uidnext and u in found.changed]
+    summaries_by_uid = (
+        {s.uid: s for s in await summaries(session, folder, uidvalidity, created_uids)}
+        if created_uids
+        else {}
+    )
+    final = ImapState(folder, uidvalidity, target)
+    out: list[Change] = []
+    for i, uid in enumerate(page):
+        last = i == len(page) - 1 and not more
+        reached = (final if last else ImapState(folder, uidvalidity, base, target, uid)).encode()
+        ref = ImapRef(folder, uidvalidity, uid).encode()
+        if uid in found.destroyed:
+            out.append(Change("destroyed", ref, reached))
+        elif uid < base.uidnext:
+            now = found.changed[uid]
+            update = FlagUpdate(id=ref, flags=now, seen="\\Seen" in now, flagged="\\Flagged" in now)
+            out.append(Change("updated", update, reached))
+        elif uid in summaries_by_uid:  # else expunged since the FETCH: no event for it
+            out.append(Change("created", summaries_by_uid[uid], reached))
+    new_state = ImapState(folder, uidvalidity, base, target, page[-1]) if more else final
+    return ChangePage(state.encode(), new_state.encode(), more, out)

@@ -1,0 +1,62 @@
+"""The event fan-out's pure parts: a slow subscriber is dropped, heartbeats, and the
+signal that ends every stream before the server waits for them (no mail server)."""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+from typing import Any
+
+from service.models.sync import FlagUpdate
+from service.sync.fanout import Ending, Hub, Mark, Subscription, end_streams_on_signal
+from service.sync.source import Change
+
+
+def change(n: int) -> Change:
+    update = FlagUpdate(id=f"i{n}", flags=[], seen=False, flagged=False)
+    return Change("updated", update, f"state{n}")
+
+
+async def test_a_subscriber_that_does_not_read_is_dropped_not_buffered() -> None:
+    sub = Subscription("s0", buffer=3)
+    sub.push([change(1), change(2)])
+    sub.push([change(3)])
+    assert sub.ending is None
+    sub.push([change(4)])  # a fourth event waiting: dropped, and nothing kept for it
+    assert sub.ending == Ending("dropped")
+    assert await sub.next(0.01) == Ending("dropped")
+    sub.push([change(5)])  # later events are not queued either
+    assert await sub.next(0.01) == Ending("dropped")
+
+
+async def test_events_then_the_ending_then_heartbeats() -> None:
+    sub = Subscription(None, buffer=10)
+    assert await sub.next(0.01) is None  # quiet: time for a ": ping"
+    sub.push([Mark("s0"), change(1)])
+    sub.end(Ending("shutdown"))
+    got = await sub.next(0.01)
+    assert isinstance(got, list) and [type(i) for i in got] == [Mark, Change]
+    assert await sub.next(0.01) == Ending("shutdown")
+
+
+async def test_sigterm_ends_the_streams_before_the_servers_own_handler() -> None:
+    calls: list[int] = []
+
+    def servers_handler(signum: int, frame: Any) -> None:
+        calls.append(signum)
+
+    hub = Hub()
+    original = signal.signal(signal.SIGTERM, servers_handler)
+    try:
+        restore = end_streams_on_signal(hub)
+        handler = signal.getsignal(signal.SIGTERM)
+        assert callable(handler) and handler is not servers_handler
+        handler(signal.SIGTERM, None)  # as the interpreter would call it
+        assert calls == [signal.SIGTERM]
+        for _ in range(5):
+            await asyncio.sleep(0)
+        assert hub._closed
+        restore()
+        assert signal.getsignal(signal.SIGTERM) is servers_handler
+    finally:
+        signal.signal(signal.SIGTERM, original)
