@@ -16,6 +16,7 @@ from starlette.types import Receive, Scope, Send
 
 from service import __version__
 from service.api.openapi_doc import DOCS_CSP, document_openapi, offline_redoc_js
+from service.api.pagejson import PageEncoder
 from service.api.peer import attach_peer
 from service.api.problems import install_problem_handlers
 from service.api.routes import folders, health, messages, send, sync
@@ -97,6 +98,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.session_stats = lambda: session_stats(app)
     app.state.idempotency = IdempotencyStore(settings.idempotency_ttl_seconds)
     app.state.summary_cache = SummaryCache(settings.summary_cache_entries)
+    app.state.page_encoder = PageEncoder(settings.summary_cache_entries)
     app.state.login_limiter = FailedLoginLimiter(
         settings.auth_failures_max, settings.auth_failures_window_seconds
     )

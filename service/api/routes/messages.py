@@ -12,6 +12,7 @@ from urllib.parse import quote
 from fastapi import APIRouter, Depends, Header, Path, Query, Response
 
 from service import mime
+from service.api.pagejson import PageEncoder
 from service.api.peer import can_confirm_delivery
 from service.api.query import QueryModel
 from service.api.readers import ContextDep, MailContext
@@ -232,13 +233,16 @@ async def list_messages(
     proto = params.protocol or ctx.settings.default_protocol
     reader = ctx.reader(proto)
     page = await reader.list_messages(params.folder, query)
-    # One pass from the models to JSON bytes (pydantic-core), without the other
-    # protocol's key, and `total` only when asked for.
-    exclude: dict[str, Any] = {"items": {"__all__": {"uidl" if proto == "imap" else "uid"}}}
-    if not params.count:
-        exclude["total"] = True
-    return Response(page.model_dump_json(by_alias=True, exclude=exclude),
-                    media_type="application/json")  # fmt: skip
+    # JSON bytes from the models (pydantic-core; a cached summary's kept from its last
+    # listing), without the other protocol's key, and `total` only when asked for.
+    encoder: PageEncoder = ctx.request.app.state.page_encoder
+    body = encoder.encode(
+        page,
+        leave_out="uidl" if proto == "imap" else "uid",
+        with_total=params.count,
+        remember=proto == "imap",
+    )
+    return Response(body, media_type="application/json")
 
 
 @router.get(
