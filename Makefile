@@ -90,3 +90,5 @@ bench: venv mailstack
 	$(BIN)/python bench/raw_memory.py
 	$(BIN)/python bench/mime_budgets.py
 	$(BIN)/python bench/changes_cost.py
+	$(BIN)/python bench/remove_mode_loss.py
+	$(BIN)/python bench/mailbox_load.py

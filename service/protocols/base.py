@@ -131,8 +131,13 @@ class MailboxReader(Protocol):
 
     async def list_messages(self, folder: str, query: ListQuery) -> MessagePage: ...
 
-    async def open(self, ref: MessageRef) -> OpenedMessage:
-        """Open one message; NotFound, StaleId, InvalidId (id of the other protocol)."""
+    async def open(
+        self, ref: MessageRef, *, prefetch: Literal["body", "structure", "none"] = "body"
+    ) -> OpenedMessage:
+        """Open one message; NotFound, StaleId, InvalidId (id of the other protocol).
+
+        ``prefetch`` says what the caller reads next, so that the opening round trip can
+        bring it along (IMAP): the body's first chunk, or the MIME structure."""
         ...
 
     async def delete(self, refs: list[MessageRef]) -> list[DeleteResult]:

@@ -14,6 +14,7 @@ UIDPLUS.
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Literal, TypeVar, cast
 
@@ -67,7 +68,7 @@ from service.protocols.imaplisting import (
 )
 from service.protocols.imaplisting import visible_flags as _visible_flags
 from service.protocols.imapstructure import Located, locate
-from service.protocols.imapwire import MailboxInfo, format_uid_set
+from service.protocols.imapwire import FetchItem, MailboxInfo, format_uid_set
 from service.protocols.parts import cut_from
 from service.protocols.parts import decoded as _decoded
 from service.protocols.pool import SessionPool
@@ -75,8 +76,11 @@ from service.protocols.summary_cache import SummaryCache
 from service.sync.source import ChangePage
 from service.sync.state import ImapState, decode_state
 
+Prefetch = Literal["body", "structure", "none"]
+
 __all__ = [
     "ImapOpenedMessage",
+    "Prefetch",
     "ImapReader",
     "filters_hash",
     "imap_reader",
@@ -151,47 +155,54 @@ def _imap_ref(ref: MessageRef) -> ImapRef:
 
 
 class ImapOpenedMessage:
-    """One message held open on its leased session until :meth:`release`."""
+    """One message, opened by one UID FETCH that also brought its flags, size and first
+    ``fetch_chunk_bytes`` (or its BODYSTRUCTURE, for a part download).
 
-    def __init__(
-        self,
-        reader: ImapReader,
-        session: ImapSession,
-        ref: ImapRef,
-        size: int,
-        flags: list[str],
-    ) -> None:
+    It holds no session: every later read (the next chunk, a part, the removal) leases
+    one from the pool for that one command and gives it back at once, so a client that
+    reads slowly holds a mail session only while a chunk is being fetched, never
+    between chunks. Each lease checks that the folder's UIDVALIDITY is still the id's.
+    """
+
+    def __init__(self, reader: ImapReader, ref: ImapRef, item: FetchItem) -> None:
         self._reader = reader
-        self._session: ImapSession | None = session
+        self._ref = ref
         self.id = ref.encode()
         self.folder = ref.folder
         self.uid = ref.uid
-        self.size = size
-        self.flags = flags
-        self.exact_size = False
+        self.flags = _visible_flags(item.flags)
+        self.structure = item.structure
+        step = reader.settings.fetch_chunk_bytes
+        head = item.section("BODY[]")
+        self._head = head if head is not None else b""
+        # A first chunk shorter than asked for is the whole message: its size is exact.
+        self.exact_size = head is not None and len(head) < step
+        self.size = len(self._head) if self.exact_size else (item.size or 0)
 
-    async def check_size(self) -> None:
-        """Is RFC822.SIZE the exact length? (GreenMail counts the body only, others round.)
-        One partial fetch across the announced end: exactly one byte comes back iff so."""
-        if self.size > 0:
-            self.exact_size = len(await self._fetch_body(f"<{self.size - 1}.2>")) == 1
-
-    def _live(self) -> ImapSession:
-        if self._session is None:
-            raise UpstreamError("The message was already released.")
-        return self._session
+    async def _fetch(self, items: str) -> FetchItem:
+        """One ``UID FETCH`` of this message on a leased session; NotFound when it is gone,
+        StaleId when its folder's UIDVALIDITY changed."""
+        found = await self._reader.fetch_message(self._ref, items)
+        if found is None:
+            raise NotFound("The message is gone.")
+        return found
 
     async def _fetch_body(self, section: str) -> bytes:
-        session = self._live()
-        items = await session.uid_fetch(str(self.uid), f"(UID BODY.PEEK[]{section})")
-        item = items.get(self.uid)
-        data = item.section("BODY[]") if item is not None else None
+        data = (await self._fetch(f"(UID BODY.PEEK[]{section})")).section("BODY[]")
         if data is None:
             raise NotFound("The message is gone.")
         return data
 
+    async def check_size(self) -> None:
+        """Is RFC822.SIZE the exact length? (GreenMail counts the body only, others round.)
+        Known already when the first chunk held the whole message; otherwise one partial
+        fetch across the announced end: exactly one byte comes back iff so."""
+        if not self.exact_size and self.size > 0:
+            self.exact_size = len(await self._fetch_body(f"<{self.size - 1}.2>")) == 1
+
     async def chunks(self, start: int = 0, end: int | None = None) -> AsyncIterator[bytes]:
-        """The raw bytes ``[start, end)`` as partial fetches of ``fetch_chunk_bytes``.
+        """The raw bytes ``[start, end)``: what the opening FETCH brought, then partial
+        fetches of ``fetch_chunk_bytes``, each on a session leased for it alone.
 
         With a size that is not exact and no ``end``, pieces are fetched until one
         comes back short: the whole message, whatever RFC822.SIZE said.
@@ -202,6 +213,13 @@ class ImapOpenedMessage:
             raise RangeNotSatisfiable(size=self.size)
         step = self._reader.settings.fetch_chunk_bytes
         offset = start
+        if offset < len(self._head):
+            data = self._head[offset : len(self._head) if open_end else stop]
+            offset += len(data)
+            if data:
+                yield data
+            if open_end and len(self._head) < step:
+                return  # the first chunk came short: it was the whole message
         while open_end or offset < stop:
             want = step if open_end else min(step, stop - offset)
             data = await self._fetch_body(f"<{offset}.{want}>")
@@ -214,13 +232,20 @@ class ImapOpenedMessage:
                 return
 
     async def read(self, limit: int) -> bytes:
-        """The whole message in one FETCH; TooLarge above ``limit``."""
+        """The whole message (what the opening FETCH brought, when that was all of it);
+        TooLarge above ``limit``."""
+        if self.exact_size:
+            if self.size > limit:
+                raise TooLarge(f"The message is {self.size} bytes; the limit is {limit}.")
+            return self._head
         if self.size > limit:
             raise TooLarge(f"The message is {self.size} bytes; the limit is {limit}.")
-        data = await self._fetch_body("")
-        if len(data) > limit:
-            raise TooLarge(f"The message is over the limit of {limit} bytes.")
-        return data
+        out = bytearray()
+        async for piece in self.chunks():
+            out += piece
+            if len(out) > limit:
+                raise TooLarge(f"The message is over the limit of {limit} bytes.")
+        return bytes(out)
 
     async def open_part(self, section: str) -> tuple[PartInfo, AsyncIterator[bytes]] | None:
         """One leaf part by its section (a parsed fetch's attachment or body id): what its
@@ -235,10 +260,10 @@ class ImapOpenedMessage:
         instead, which stops reading after the part.
         """
         limits = self._reader.settings.mime_limits
-        item = (await self._live().uid_fetch(str(self.uid), "(UID BODYSTRUCTURE)")).get(self.uid)
-        if item is None:
-            raise NotFound("The message is gone.")
-        found = locate(item.structure, section)
+        structure = self.structure
+        if structure is None:
+            structure = (await self._fetch("(UID BODYSTRUCTURE)")).structure
+        found = locate(structure, section)
         if found is None or found.number >= limits.max_parts:
             return await self._cut_part(section)  # not the server's, or past the budget
         part = await self._check_path(section, found, limits)
@@ -259,12 +284,7 @@ class ImapOpenedMessage:
             return part if found.multipart == (part.boundary is not None) else None
         steps = section.split(".")
         names = ["HEADER"] + [".".join(steps[:i]) + ".MIME" for i in range(1, len(steps) + 1)]
-        fetched = await self._live().uid_fetch(
-            str(self.uid), "(UID " + " ".join(f"BODY.PEEK[{n}]" for n in names) + ")"
-        )
-        item = fetched.get(self.uid)
-        if item is None:
-            raise NotFound("The message is gone.")
+        item = await self._fetch("(UID " + " ".join(f"BODY.PEEK[{n}]" for n in names) + ")")
         ours: list[bytes | None] = []
         for depth, name in enumerate(names):
             header = item.sections.get(f"BODY[{name}]") or b""
@@ -277,9 +297,7 @@ class ImapOpenedMessage:
         return await cut_from(cutter, self.chunks())
 
     async def _fetch_section(self, item: str, key: str) -> bytes | None:
-        items = await self._live().uid_fetch(str(self.uid), f"(UID {item})")
-        found = items.get(self.uid)
-        return found.section(key) if found is not None else None
+        return (await self._fetch(f"(UID {item})")).section(key)
 
     async def _part_chunks(self, section: str) -> AsyncIterator[bytes]:
         step = self._reader.settings.fetch_chunk_bytes
@@ -296,29 +314,32 @@ class ImapOpenedMessage:
                 return
 
     async def mark_seen(self) -> None:
-        """UID STORE +FLAGS.SILENT (\\Seen)."""
-        await self._live().uid_store(str(self.uid), "+FLAGS", ["\\Seen"])
+        """UID STORE +FLAGS.SILENT (\\Seen), on a session leased for it."""
+        uid = str(self.uid)
+        await self._reader.on_folder(self._ref, lambda s: s.uid_store(uid, "+FLAGS", ["\\Seen"]))
         if "\\Seen" not in self.flags:
             self.flags.append("\\Seen")
 
     async def prepare_remove(self) -> None:
         """Refuse before answering when removal cannot follow: a read-only folder (422),
         or no UIDPLUS while other messages here are flagged \\Deleted (409)."""
-        session = self._live()
-        _writable(session)
-        if "UIDPLUS" not in session.capabilities:
-            await _others_flagged_deleted(session, {self.uid})
+
+        async def check(session: ImapSession) -> None:
+            _writable(session)
+            if "UIDPLUS" not in session.capabilities:
+                await _others_flagged_deleted(session, {self.uid})
+
+        await self._reader.on_folder(self._ref, check)
 
     async def remove(self) -> None:
-        """``\\Deleted`` + ``UID EXPUNGE`` of this UID only; checked gone on return."""
-        session = self._live()
-        await _expunge_uids(session, {self.uid}, verify=True)
+        """``\\Deleted`` + ``UID EXPUNGE`` of this UID only, on a session leased for it
+        (its folder's UIDVALIDITY checked first); checked gone on return."""
+        await self._reader.on_folder(
+            self._ref, lambda s: _expunge_uids(s, {self.uid}, verify=True), retry=False
+        )
 
     async def release(self, *, healthy: bool) -> None:
-        """Give the session back to the pool (dropped when not healthy); idempotent."""
-        session, self._session = self._session, None
-        if session is not None:
-            self._reader.pool.release(session, healthy=healthy and session.usable)
+        """Nothing is held between commands: nothing to give back."""
 
 
 def _writable(session: ImapSession) -> None:
@@ -434,6 +455,12 @@ class ImapReader:
     # -- folders ----------------------------------------------------------------------------
     async def folders(self, *, counts: bool) -> list[Folder]:
         async def op(session: ImapSession) -> list[Folder]:
+            if session.selected is not None:
+                # STATUS (and LIST-STATUS) of the selected folder answers from the
+                # session's view, which Dovecot brings up to date only between commands:
+                # sync it first (NOOP once per lease), or counts and state may be stale.
+                with contextlib.suppress(NotFound, StaleId):
+                    await session.select(session.selected)
             items = (*status_items(session), *(("UNSEEN",) if counts else ()))
             boxes = await session.list_mailboxes(status=True, items=items)
             need_status = "LIST-STATUS" not in session.capabilities
@@ -511,20 +538,72 @@ class ImapReader:
         return await summaries(session, folder, uidvalidity, page, {}, self._cache, self._key)
 
     # -- one message ------------------------------------------------------------------------
-    async def open(self, ref: MessageRef) -> ImapOpenedMessage:
-        """Open one message; the returned object holds the session until released."""
+    async def open(self, ref: MessageRef, *, prefetch: Prefetch = "body") -> ImapOpenedMessage:
+        """Open one message with one ``UID FETCH`` of its flags and size and, as
+        ``prefetch`` says, its first ``fetch_chunk_bytes`` (``BODY.PEEK[]<0.n>``: a small
+        message comes whole) or its BODYSTRUCTURE (part downloads). NotFound, StaleId."""
         iref = _imap_ref(ref)
+        extra = {
+            "body": f" BODY.PEEK[]<0.{self.settings.fetch_chunk_bytes}>",
+            "structure": " BODYSTRUCTURE",
+            "none": "",
+        }[prefetch]
+        item = await self.fetch_message(iref, f"(UID FLAGS RFC822.SIZE{extra})")
+        if item is None or item.size is None:
+            raise NotFound("No such message.")
+        if prefetch == "body" and item.section("BODY[]") is None:
+            raise NotFound("No such message.")
+        return ImapOpenedMessage(self, iref, item)
 
-        async def op(session: ImapSession) -> ImapOpenedMessage:
-            if await session.select(iref.folder) != iref.uidvalidity:
+    async def fetch_message(self, ref: ImapRef, items: str) -> FetchItem | None:
+        """``UID FETCH uid items`` of one message on a leased session, or None when the
+        folder has no such UID; StaleId when the folder's UIDVALIDITY is not the id's,
+        NotFound when the folder is gone."""
+
+        async def op(session: ImapSession) -> FetchItem | None:
+            return (await session.uid_fetch(str(ref.uid), items)).get(ref.uid)
+
+        return await self.on_folder(ref, op, verify=lambda found: found is not None)
+
+    async def on_folder(
+        self,
+        ref: ImapRef,
+        op: Callable[[ImapSession], Awaitable[T]],
+        *,
+        retry: bool = True,
+        verify: Callable[[T], bool] | None = None,
+    ) -> T:
+        """Run ``op`` on a leased session with ``ref``'s folder selected, released after.
+
+        One round trip where it can be: a session that has the folder selected already
+        (and was used recently: the pool NOOPs sessions idle for longer, which also
+        brings their view up to date) runs ``op`` at once. When that finds nothing
+        (``verify`` false: a message newer than the session's view) or the server
+        refuses (a folder deleted under the session, as Cyrus answers ``NO Mailbox does
+        not exist``), the view is brought up to date (NOOP, or a new SELECT when the
+        NOOP says the folder changed) and ``op`` runs once more: every answer reflects
+        the server's state now, not what the pooled session saw before. StaleId when
+        the folder's UIDVALIDITY is not the id's; NotFound when the folder is gone.
+        """
+
+        async def run(session: ImapSession) -> T:
+            fast = session.selected == ref.folder and session.uidvalidity == ref.uidvalidity
+            if fast:
+                try:
+                    result = await op(session)
+                except (UpstreamError, NotFound):
+                    if not session.usable:
+                        raise
+                    session.forget_view(selection=True)
+                else:
+                    if verify is None or verify(result):
+                        return result
+                    session.forget_view()
+            if await session.select(ref.folder) != ref.uidvalidity:
                 raise StaleId("The message id is stale (the folder's UIDVALIDITY changed).")
-            items = await session.uid_fetch(str(iref.uid), "(UID FLAGS RFC822.SIZE)")
-            item = items.get(iref.uid)
-            if item is None or item.size is None:
-                raise NotFound("No such message.")
-            return ImapOpenedMessage(self, session, iref, item.size, _visible_flags(item.flags))
+            return await op(session)
 
-        return await self._run(op, keep=True)
+        return await self._run(run, retry=retry)
 
     async def delete(self, refs: list[MessageRef]) -> list[DeleteResult]:
         """Per-ref results: 204 deleted, 404 missing, 410 stale, 400 not an IMAP id.

@@ -740,6 +740,14 @@ class ImapSession:
         self._synced_this_lease = self._fresh_for_next_lease
         self._fresh_for_next_lease = False
 
+    def forget_view(self, *, selection: bool = False) -> None:
+        """The selected folder's view may be stale: the next :meth:`select` brings it up
+        to date (a NOOP), or, with ``selection`` (a command on it failed: the folder may
+        be gone or re-created), selects it anew (a real SELECT, a new UIDVALIDITY)."""
+        self._synced_this_lease = False
+        if selection:
+            self.selected = self.uidvalidity = None
+
     async def select(self, folder: str, *, fresh: bool = False) -> int:
         """Make ``folder`` selected with an up-to-date view; its UIDVALIDITY.
 

@@ -35,6 +35,7 @@ import base64
 import binascii
 import contextlib
 import hashlib
+import logging
 from collections.abc import AsyncGenerator, AsyncIterator, Callable
 from datetime import datetime
 from typing import Literal
@@ -86,6 +87,7 @@ from service.protocols.pop3client import (
 from service.sync.source import Change, ChangePage
 from service.sync.state import Pop3State, decode_state, uidl_digest
 
+log = logging.getLogger("mailgate")
 _IN_USE_RETRIES = (0.2, 0.5, 1.0)
 _TOP_MAX_BYTES = 256 * 1024  # a listing's header section; a longer one is cut
 _TOP_WHOLE = 999_999_999  # TOP's line count to read a whole message
@@ -147,6 +149,8 @@ class _Session:
             return
         try:
             await self._slot.value.aclose_without_quit()  # after quit(): already closed
+        except Exception as cleanup:  # never let the clean-up change a finished answer
+            log.warning("closing a POP3 session failed: %s", type(cleanup).__name__)
         finally:
             self._reader.pool.release_slot(self._slot)
         if isinstance(exc, Pop3Error):
@@ -271,7 +275,11 @@ class Pop3Reader:
         cursor = _make_cursor(page, uidls) if more else None
         return MessagePage(items=items, next_cursor=cursor, total=total, state=state.encode())
 
-    async def open(self, ref: MessageRef) -> Pop3Message:
+    async def open(
+        self, ref: MessageRef, *, prefetch: Literal["body", "structure", "none"] = "body"
+    ) -> Pop3Message:
+        """Open one message on a session of its own (held until release: a POP3 read
+        cannot resume); ``prefetch`` changes nothing here."""
         uidl = _pop3_ref(ref).uidl
         slot = await self.connect()
         client = slot.value
@@ -553,6 +561,8 @@ class Pop3Message:
                 with contextlib.suppress(Exception):
                     await unread.aclose()  # mid-reply: the session is dropped, as wanted
             await self._client.aclose_without_quit()
+        except Exception as cleanup:  # the answer is written: nothing to change there
+            log.warning("closing a POP3 session failed: %s", type(cleanup).__name__)
         finally:
             self._pool.release_slot(self._slot)
 

@@ -922,9 +922,13 @@ async def _serve_box(
     appended: list[bytes] | None = None,
     read_only: bool = False,
     copied: list[int] | None = None,
+    not_in_view: set[int] | None = None,
 ) -> None:
     """A stateful one-folder mailbox: {uid: [raw bytes, set of flags]}; RFC822.SIZE
-    is reported off by ``size_skew`` (as GreenMail's and some others' are)."""
+    is reported off by ``size_skew`` (as GreenMail's and some others' are). UIDs in
+    ``not_in_view`` are not in the session's view until the next NOOP or SELECT (as
+    Dovecot refreshes a selected folder's view only between commands)."""
+    not_in_view = set() if not_in_view is None else not_in_view
     folders = [] if folders is None else folders
     appended = [] if appended is None else appended
     await peer.hello()
@@ -934,6 +938,8 @@ async def _serve_box(
         tag, rest = await peer.line()
         name, out = _command_name(rest), b""
         seqs = {uid: n for n, uid in enumerate(sorted(box), 1)}
+        if name in (b"SELECT", b"NOOP"):
+            not_in_view.clear()
         if name == b"SELECT":
             out = b"* %d EXISTS\r\n* OK [UIDVALIDITY 42] ok\r\n" % len(box)
             out += b"* OK [UIDNEXT %d] next\r\n" % (max(box, default=0) + 1)
@@ -997,7 +1003,7 @@ async def _serve_box(
                 for lo, hi in parse_sequence_set(rest.split()[2].decode())
                 for u in range(lo, hi + 1)
             }
-            for uid in sorted(wanted & set(box)):
+            for uid in sorted(wanted & set(box) - not_in_view):
                 raw, flags = box[uid]
                 size = len(raw) + size_skew
                 head = b"* %d FETCH (UID %d FLAGS (%s) RFC822.SIZE %d" % (
@@ -1458,3 +1464,46 @@ async def test_fast_fetch_framing_reads_what_the_general_loop_reads(
         general = read(reply, False)
         rng.setstate(state)  # the same cuts for both
         assert read(reply, True) == general
+
+
+async def test_a_small_message_read_costs_one_fetch_on_a_warm_session() -> None:
+    """Flags, size and the whole body of a small message come in one UID FETCH; the
+    session goes back to the pool between reads; a new UID that the session's view does
+    not hold yet is looked for again after a NOOP (never a wrong 404)."""
+    from service.ids import ImapRef
+
+    box: dict[int, list[Any]] = {uid: [b"Subject: m%d\r\n\r\nbody\r\n" % uid, set()]
+                                 for uid in (1, 2)}  # fmt: skip
+    peers: list[Peer] = []
+    not_in_view: set[int] = set()
+
+    async def serve(peer: Peer) -> None:
+        peers.append(peer)
+        await _serve_box(peer, b"IMAP4rev1 UIDPLUS LITERAL+", box, not_in_view=not_in_view)
+
+    pool = SessionPool[ImapSession](Settings())
+    async with scripted(serve) as (port, errors):
+        reader = _reader(port, pool)
+        first = await reader.open(ImapRef("INBOX", 42, 1))  # cold: SELECT, then the FETCH
+        assert await first.read(10_000) == box[1][0]
+        assert pool.stats().leased == 0  # nothing held while the answer is written
+        [peer] = peers  # one connection, reused
+        received = peer.received
+        before = len(received)
+        msg = await reader.open(ImapRef("INBOX", 42, 2))  # warm: the FETCH alone
+        assert await msg.read(10_000) == box[2][0]
+        assert b"".join([c async for c in msg.chunks()]) == box[2][0]
+        await msg.check_size()
+        assert msg.exact_size and msg.size == len(box[2][0])
+        warm = [line.split(b" ", 1)[1] for line in received[before:]]
+        assert len(warm) == 1 and warm[0].startswith(b"UID FETCH 2 (UID FLAGS RFC822.SIZE")
+        assert b"BODY.PEEK[]<0.1048576>" in warm[0]
+        box[3] = [b"Subject: new\r\n\r\nbody\r\n", set()]  # arrives after the view was taken
+        not_in_view.add(3)
+        before = len(received)
+        msg = await reader.open(ImapRef("INBOX", 42, 3))
+        assert await msg.read(10_000) == box[3][0]
+        again = [_command_name(line.split(b" ", 1)[1]) for line in received[before:]]
+        assert again == [b"UID FETCH", b"NOOP", b"UID FETCH"]
+        await pool.close_all()
+    assert not errors

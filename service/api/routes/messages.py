@@ -118,7 +118,8 @@ def _mode_headers(mode: Mode) -> dict[str, str]:
     return {"X-Mail-Mode": mode, "Cache-Control": "no-store"}
 
 
-async def _open(ctx: MailContext, msg_id: str, protocol: Protocol | None, mode: Mode
+async def _open(ctx: MailContext, msg_id: str, protocol: Protocol | None, mode: Mode,
+                prefetch: Literal["body", "structure"] = "body",
                 ) -> tuple[OpenedMessage, Protocol]:  # fmt: skip
     ref = decode_id(msg_id)
     proto = _protocol_for(ref, protocol)
@@ -129,7 +130,7 @@ async def _open(ctx: MailContext, msg_id: str, protocol: Protocol | None, mode: 
             "gateway): use mode=keep, then DELETE."
         )
     reader = ctx.reader(proto)
-    return await reader.open(ref), proto
+    return await reader.open(ref, prefetch=prefetch), proto
 
 
 @asynccontextmanager
@@ -409,7 +410,7 @@ async def get_attachment(
     mark_seen: MarkSeenQuery = False,
 ) -> Response:
     mode_ = mode or ctx.settings.default_mode
-    msg, proto = await _open(ctx, id, protocol, mode_)
+    msg, proto = await _open(ctx, id, protocol, mode_, prefetch="structure")
     async with _answering(msg, mode_):
         found = await msg.open_part(attachment_id)
         if found is None:
