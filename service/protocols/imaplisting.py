@@ -30,8 +30,9 @@ Filtered listings need the server to decide which messages match: ``UID SEARCH``
 Summaries of immutable messages (same UIDVALIDITY and UID) come from the
 :class:`~service.protocols.summary_cache.SummaryCache`; only the uncached ones are
 fetched with their header fields, the others take the flags the window brought.
-When nothing of the folder is cached (a first listing), the window itself asks for
-the header fields, so that the page costs one FETCH.
+When the page's newest message is not cached (a first listing, or a page not read
+before), the window itself asks for the header fields, so that the page costs one
+FETCH.
 """
 
 from __future__ import annotations
@@ -241,9 +242,10 @@ async def read_page(
         if req.count:
             total = (await session.uid_search(req.criteria or ["ALL"], count=True)).count
     else:
-        # Nothing of this folder cached (a first listing): the window brings the header
-        # fields too, and the page costs one FETCH.
-        cold = cache is None or not cache.holds_any(cache_key, req.folder, uidvalidity)
+        # The page's newest message not cached (a first listing, or a page not read
+        # before): the window brings the header fields too, and the page costs one FETCH.
+        newest = (pos.uid if pos is not None else current.base.uidnext) - 1
+        cold = cache is None or not cache.holds((cache_key, req.folder, uidvalidity, newest))
         known = await _highest_by_number(
             session, pos, want, SUMMARY_ITEMS if cold else "(UID FLAGS)"
         )

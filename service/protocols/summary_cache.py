@@ -9,7 +9,7 @@ caller never sees another's entries.
 
 from __future__ import annotations
 
-from collections import Counter, OrderedDict
+from collections import OrderedDict
 
 from service.models.message import MessageSummary
 
@@ -20,15 +20,13 @@ class SummaryCache:
     def __init__(self, max_entries: int) -> None:
         self._max = max_entries
         self._entries: OrderedDict[CacheKey, MessageSummary] = OrderedDict()
-        self._per_folder: Counter[tuple[str, str, int]] = Counter()
 
     def __len__(self) -> int:
         return len(self._entries)
 
-    def holds_any(self, pool_key: str, folder: str, uidvalidity: int) -> bool:
-        """Whether any summary of this caller's folder (this UIDVALIDITY) is cached: when
-        none is, a listing fetches the header fields in its first FETCH."""
-        return self._per_folder[(pool_key, folder, uidvalidity)] > 0
+    def holds(self, key: CacheKey) -> bool:
+        """Whether this summary is cached (without counting as a use)."""
+        return key in self._entries
 
     def get(self, key: CacheKey) -> MessageSummary | None:
         found = self._entries.get(key)
@@ -39,13 +37,7 @@ class SummaryCache:
     def put(self, key: CacheKey, summary: MessageSummary) -> None:
         if self._max <= 0:
             return
-        if key not in self._entries:
-            self._per_folder[key[:3]] += 1
         self._entries[key] = summary
         self._entries.move_to_end(key)
         while len(self._entries) > self._max:
-            gone, _ = self._entries.popitem(last=False)
-            folder = gone[:3]
-            self._per_folder[folder] -= 1
-            if not self._per_folder[folder]:
-                del self._per_folder[folder]
+            self._entries.popitem(last=False)

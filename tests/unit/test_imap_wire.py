@@ -1242,31 +1242,29 @@ async def _pages(
 
 
 @pytest.mark.parametrize("cached", [False, True])
-async def test_a_page_costs_one_fetch_of_numbers_and_at_most_one_of_summaries(
-    cached: bool,
-) -> None:
+async def test_a_page_costs_one_fetch_of_sequence_numbers(cached: bool) -> None:
     """No SEARCH for an unfiltered listing: the newest page by sequence numbers from
-    EXISTS, the next one by a window of numbers under the cursor's. Nothing cached: the
-    window brings the header fields (one FETCH a page); once the folder has cached
-    summaries, the window brings flags and the uncached page's fields follow by UID."""
+    EXISTS, the next one by a window of numbers under the cursor's. A page whose newest
+    message is not cached asks for the header fields in that FETCH; read again with the
+    summaries cached, the window asks for flags alone."""
     from service.protocols.summary_cache import SummaryCache
 
     pages, commands = await _pages(
         _hundreds(),
         ListQuery(limit=3),
         lambda p: ListQuery(limit=3, cursor=p.next_cursor),
+        ListQuery(limit=3),
         cache=SummaryCache(100) if cached else None,
     )
     assert [i.subject for i in pages[0].items] == ["m300", "m299", "m298"]
     assert [i.subject for i in pages[1].items] == ["m297", "m296", "m295"]
+    assert [i.subject for i in pages[2].items] == ["m300", "m299", "m298"]
     shapes = [c.split()[:2] + [b"HEADER.FIELDS" in c] for c in commands]
-    newest = [b"FETCH", b"297:300", True]  # the page and one more (is there a next page?)
-    window = [b"FETCH", b"286:298"]  # the cursor's own number, the page, one more, 8 slack
-    if cached:
-        assert shapes == [newest, [*window, False], [b"UID", b"FETCH", True]]
-        assert commands[-1].split()[2] == b"295:297"  # the page's UIDs only, never 1:*
-    else:
-        assert shapes == [newest, [*window, True]]
+    assert shapes == [
+        [b"FETCH", b"297:300", True],  # the page and one more (is there a next page?)
+        [b"FETCH", b"286:298", True],  # the cursor's own number, the page, one more, 8 slack
+        [b"FETCH", b"297:300", not cached],
+    ]
 
 
 async def test_a_cached_page_costs_one_fetch() -> None:
@@ -1384,21 +1382,19 @@ def test_esearch_max_and_the_highest_of_a_plain_search() -> None:
     assert parse_search([b'ESEARCH (TAG "a1")']).maximum is None
 
 
-def test_the_summary_cache_knows_which_folders_it_holds() -> None:
+def test_the_summary_cache_tells_what_it_holds_without_a_use() -> None:
     from service.models.message import MessageSummary
     from service.protocols.summary_cache import SummaryCache
 
     cache = SummaryCache(2)
     summary = MessageSummary(id="x", folder="INBOX")
-    assert not cache.holds_any("k", "INBOX", 7)
+    assert not cache.holds(("k", "INBOX", 7, 1))
     cache.put(("k", "INBOX", 7, 1), summary)
-    cache.put(("k", "INBOX", 7, 1), summary)  # the same key again counts once
-    assert cache.holds_any("k", "INBOX", 7) and not cache.holds_any("k", "INBOX", 8)
-    cache.put(("k", "Sent", 7, 1), summary)
-    cache.put(("other", "INBOX", 7, 1), summary)  # evicts the INBOX entry of "k"
-    assert not cache.holds_any("k", "INBOX", 7)
-    assert cache.holds_any("k", "Sent", 7) and cache.holds_any("other", "INBOX", 7)
-    assert not SummaryCache(0).holds_any("k", "INBOX", 7)
+    cache.put(("k", "INBOX", 7, 2), summary)
+    assert cache.holds(("k", "INBOX", 7, 1))  # asking is not a use: 1 stays the oldest
+    cache.put(("k", "INBOX", 7, 3), summary)
+    assert not cache.holds(("k", "INBOX", 7, 1)) and cache.holds(("k", "INBOX", 7, 2))
+    assert not SummaryCache(0).holds(("k", "INBOX", 7, 1))
 
 
 def _fetch_replies() -> list[bytes]:
