@@ -10,6 +10,7 @@ from typing import Annotated, Any, Literal, TypeVar
 from urllib.parse import quote
 
 from fastapi import APIRouter, Depends, Header, Path, Query, Response
+from pydantic import BaseModel
 
 from service import mime
 from service.api.pagejson import PageEncoder
@@ -83,6 +84,18 @@ MarkSeenQuery = Annotated[
     Query(description="keep mode: set \\Seen once the response was written (IMAP only)."),
 ]
 IdPath = Annotated[str, Path(description="Opaque message id from a listing.")]
+
+
+class ReadParams(BaseModel):
+    """The query of the fetches (parsed, raw, attachment): one model, validated in one
+    pass by :class:`~service.api.query.QueryModel`."""
+
+    protocol: ProtocolQuery = None
+    mode: ModeQuery = None
+    mark_seen: MarkSeenQuery = False
+
+
+_READ_QUERY = QueryModel(ReadParams)
 FolderQuery = Annotated[
     str, Query(description="IMAP folder; POP3 has only INBOX.", min_length=1, max_length=1000)
 ]
@@ -249,6 +262,7 @@ async def list_messages(
 @router.get(
     "/messages/{id}",
     operation_id="getMessage",
+    openapi_extra={"parameters": _READ_QUERY.parameters},
     response_model=ParsedMessage,
     summary="Fetch one message parsed to JSON",
     description=(
@@ -269,12 +283,9 @@ async def list_messages(
     responses={200: {"headers": _MODE_HEADER}, **problem_responses(413, *_ERRS)},
 )
 async def get_message(
-    ctx: ContextDep,
-    id: IdPath,
-    protocol: ProtocolQuery = None,
-    mode: ModeQuery = None,
-    mark_seen: MarkSeenQuery = False,
+    ctx: ContextDep, id: IdPath, params: Annotated[ReadParams, Depends(_READ_QUERY)]
 ) -> Response:
+    protocol, mode, mark_seen = params.protocol, params.mode, params.mark_seen
     mode_ = mode or ctx.settings.default_mode
     msg, proto = await _open(ctx, id, protocol, mode_)
     async with _answering(msg, mode_):
@@ -294,6 +305,7 @@ async def get_message(
 @router.get(
     "/messages/{id}/raw",
     operation_id="getRawMessage",
+    openapi_extra={"parameters": _READ_QUERY.parameters},
     summary="The exact RFC 5322 bytes, streamed",
     description=(
         "Streamed in bounded chunks (IMAP partial fetches, POP3 RETR as it arrives), so a "
@@ -322,11 +334,10 @@ async def get_message(
 async def get_raw(
     ctx: ContextDep,
     id: IdPath,
-    protocol: ProtocolQuery = None,
-    mode: ModeQuery = None,
-    mark_seen: MarkSeenQuery = False,
+    params: Annotated[ReadParams, Depends(_READ_QUERY)],
     range_: Annotated[str | None, Header(alias="range")] = None,
 ) -> Response:
+    protocol, mode, mark_seen = params.protocol, params.mode, params.mark_seen
     mode_ = mode or ctx.settings.default_mode
     if mode_ == "remove" and range_ is not None:
         raise ValidationFailed("mode=remove cannot be combined with Range: use keep, then DELETE.")
@@ -378,6 +389,7 @@ def content_disposition(filename: str | None, kind: str | None = "attachment") -
 @router.get(
     "/messages/{id}/attachments/{attachment_id}",
     operation_id="getAttachment",
+    openapi_extra={"parameters": _READ_QUERY.parameters},
     summary="One attachment, decoded, streamed",
     description=(
         "`attachment_id` is the MIME part number (IMAP section) listed by the parsed fetch; "
@@ -405,10 +417,9 @@ async def get_attachment(
     ctx: ContextDep,
     id: IdPath,
     attachment_id: Annotated[str, Path(pattern=r"^[0-9]+(\.[0-9]+)*$", max_length=2000)],
-    protocol: ProtocolQuery = None,
-    mode: ModeQuery = None,
-    mark_seen: MarkSeenQuery = False,
+    params: Annotated[ReadParams, Depends(_READ_QUERY)],
 ) -> Response:
+    protocol, mode, mark_seen = params.protocol, params.mode, params.mark_seen
     mode_ = mode or ctx.settings.default_mode
     msg, proto = await _open(ctx, id, protocol, mode_, prefetch="structure")
     async with _answering(msg, mode_):
