@@ -128,7 +128,7 @@ def make_live_gateway(stack: dict[str, str]) -> Callable[..., Any]:
             if task.done():
                 task.result()
             await asyncio.sleep(0.01)
-        assert config.http_protocol_class.__module__.endswith(uvicorn_options()["http"] + "_impl")
+        assert config.http_protocol_class is uvicorn_options()["http"]
         try:
             yield f"http://127.0.0.1:{port}"
         finally:

@@ -7,12 +7,15 @@ import base64
 import binascii
 import hashlib
 import hmac
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import replace
 from typing import Annotated, Any, Literal
 
 from fastapi import Depends, Query, Request
 
 from service.config import Provider, Settings
-from service.errors import AuthRequired, Forbidden, ValidationFailed
+from service.errors import AuthFailed, AuthRequired, Forbidden, ValidationFailed
 from service.protocols.base import Credentials
 
 
@@ -102,12 +105,23 @@ def _check_printable(value: str) -> None:
         raise AuthRequired("Credentials must not contain control characters.")
 
 
-def check_login_rate(request: Request, provider: Provider, creds: Credentials) -> None:
-    """429 while this mailbox has too many refused logins; remembers whose login this is."""
-    limiter = request.app.state.login_limiter
-    key = limiter.key(provider.name, creds.user)
-    limiter.check(key)
-    request.state.login_key = key
+@asynccontextmanager
+async def guarded_login(
+    request: Request, provider: Provider, creds: Credentials
+) -> AsyncIterator[Credentials]:
+    """The credentials, guarded: a login they make answers 429 without reaching the
+    mail server when it is over the limits (see :mod:`service.state.limiter`); a
+    refused login (AuthFailed leaving the block) is counted."""
+    limiter = request.app.state.state.limiter
+    client = request.client.host if request.client else ""
+    attempt = limiter.attempt(provider.name, creds, client)
+    try:
+        yield replace(creds, guard=attempt)
+    except AuthFailed:
+        await limiter.login_refused(attempt)
+        raise
+    finally:
+        limiter.finished(attempt)
 
 
 def get_provider(settings: Settings, x_mail_provider: str | None) -> Provider:

@@ -3,6 +3,7 @@ built from them (SMTP sender, IMAP or POP3 reader)."""
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Annotated, Literal
 
@@ -10,9 +11,9 @@ from fastapi import Depends, Request
 
 from service.api.deps import (
     check_api_key,
-    check_login_rate,
     get_credentials,
     get_provider,
+    guarded_login,
 )
 from service.config import Provider, Settings
 from service.errors import NotSupported
@@ -69,19 +70,19 @@ class MailContext:
         )
 
 
-async def get_context(request: Request) -> MailContext:
+async def get_context(request: Request) -> AsyncIterator[MailContext]:
     """The one dependency of every /v1 route: gateway key (403), provider (422), mailbox
-    credentials (401) and the failed-login limit (429), checked in that order. One
-    dependency reading its headers itself, not a tree of dependencies and parameters:
-    FastAPI's cost is per dependency and parameter (the headers are documented by
-    ``CONTEXT_HEADERS``)."""
+    credentials (401), then the credentials guarded by the login limits (429; a refused
+    login is counted when AuthFailed leaves the route). One dependency reading its
+    headers itself, not a tree of dependencies and parameters: FastAPI's cost is per
+    dependency and parameter (the headers are documented by ``CONTEXT_HEADERS``)."""
     settings: Settings = request.app.state.settings
     headers = request.headers
     check_api_key(settings, headers.get("x-api-key"))
     provider = get_provider(settings, headers.get("x-mail-provider"))
     creds = get_credentials(request)
-    check_login_rate(request, provider, creds)
-    return MailContext(request, settings, provider, creds)
+    async with guarded_login(request, provider, creds) as guarded:
+        yield MailContext(request, settings, provider, guarded)
 
 
 ContextDep = Annotated[MailContext, Depends(get_context)]

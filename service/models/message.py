@@ -40,6 +40,9 @@ class AddressOut(TypedDict):
     address: str
 
 
+DATE_1970_9999 = r"^(19[7-9][0-9]|[2-9][0-9]{3})-(0[1-9]|1[0-2])-(0[1-9]|[12][0-9]|3[01])$"
+
+
 class ListParams(BaseModel):
     """The query of ``GET /v1/messages``: one model, so that FastAPI validates it in one
     pass rather than parameter by parameter."""
@@ -59,8 +62,16 @@ class ListParams(BaseModel):
     cursor: str | None = Field(default=None, max_length=4096)
     unseen: bool | None = None
     flagged: bool | None = None
-    since: date | None = Field(default=None, description="On or after this date (IMAP SINCE).")
-    before: date | None = Field(default=None, description="Before this date (IMAP BEFORE).")
+    since: date | None = Field(
+        default=None,
+        description="On or after this date (IMAP SINCE); years 1970-9999.",
+        json_schema_extra={"pattern": DATE_1970_9999},
+    )
+    before: date | None = Field(
+        default=None,
+        description="Before this date (IMAP BEFORE); years 1970-9999.",
+        json_schema_extra={"pattern": DATE_1970_9999},
+    )
     from_: str | None = Field(default=None, alias="from", max_length=500)
     to: str | None = Field(default=None, max_length=500)
     subject: str | None = Field(default=None, max_length=500)

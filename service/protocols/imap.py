@@ -453,6 +453,12 @@ class ImapReader:
         raise UpstreamUnavailable("The IMAP server closed the connection.")  # pragma: no cover
 
     # -- folders ----------------------------------------------------------------------------
+    async def verify(self) -> None:
+        async def op(session: ImapSession) -> None:
+            return None
+
+        await self._run(op)
+
     async def folders(self, *, counts: bool) -> list[Folder]:
         async def op(session: ImapSession) -> list[Folder]:
             if session.selected is not None:

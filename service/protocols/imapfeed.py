@@ -58,7 +58,9 @@ class ImapFeed:
 
     async def open(self) -> str:
         """Take a slot of the budget, log in, ENABLE QRESYNC, select; the state now."""
-        self._slot = await self._pool.acquire_slot(self._session_key, self._connect)
+        self._slot = await self._pool.acquire_slot(
+            self._session_key, self._connect, long_lived=True
+        )
         session = self._slot.value
         await session.enable("QRESYNC")
         state = await current_state(session, self.folder)

@@ -43,7 +43,7 @@ from dataclasses import dataclass
 from datetime import date
 from typing import TypeGuard
 
-from service.errors import BadRequest, StaleId, ValidationFailed
+from service.errors import StaleId, ValidationFailed
 from service.ids import ImapRef, decode_cursor, encode_cursor
 from service.mime import needs_declared_charset, summary_fields
 from service.models.message import MessagePage, MessageSummary
@@ -178,7 +178,8 @@ def _is_int(value: object, low: int, high: int) -> TypeGuard[int]:
 @dataclass(frozen=True)
 class PageRequest:
     """One listing call, checked before any session is used: folder, filters, limit and
-    the cursor's position (BadRequest for a cursor of another listing or malformed)."""
+    the cursor's position (ValidationFailed, 422, for a cursor of another listing or
+    malformed)."""
 
     folder: str
     criteria: list[Word]
@@ -195,11 +196,11 @@ class PageRequest:
             data = decode_cursor(query.cursor)
             v, u, s = data.get("v"), data.get("u"), data.get("s")
             if not (_is_int(v, 1, 2**32) and _is_int(u, 1, 2**32)):
-                raise BadRequest("The cursor is malformed.")
+                raise ValidationFailed("The cursor is malformed.")
             if s is not None and not _is_int(s, 1, 2**32):
-                raise BadRequest("The cursor is malformed.")
+                raise ValidationFailed("The cursor is malformed.")
             if data.get("f") != folder or data.get("q") != qhash:
-                raise BadRequest(
+                raise ValidationFailed(
                     "The cursor belongs to another listing (folder or filters differ)."
                 )
             position = Position(v, u, s)

@@ -49,7 +49,7 @@ from dataclasses import dataclass, field
 from typing import Generic, Protocol, TypeVar, cast
 
 from service.config import Settings
-from service.errors import MailGatewayError, UpstreamUnavailable
+from service.errors import MailGatewayError, RateLimited, UpstreamUnavailable
 
 __all__ = [
     "PoolStats",
@@ -139,6 +139,7 @@ class Slot(Generic[T]):
 
     key: str
     value: T
+    long_lived: bool = False
     released: bool = field(default=False)
 
 
@@ -191,6 +192,7 @@ class SessionPool(Generic[S]):
         self._reaper: asyncio.Task[None] | None = None
         self._closed = False
         self._lowered: dict[str, tuple[int, float]] = {}
+        self._long_lived: dict[str, int] = {}  # by budget key
 
     # -- public API -------------------------------------------------------------------------
     @contextlib.asynccontextmanager
@@ -264,23 +266,55 @@ class SessionPool(Generic[S]):
         self._idle.setdefault(key, []).append(_Idle(session, time.monotonic()))
         self._ensure_reaper()
 
-    async def acquire_slot(self, key: str, factory: Callable[[], Awaitable[T]]) -> Slot[T]:
+    async def acquire_slot(
+        self, key: str, factory: Callable[[], Awaitable[T]], *, long_lived: bool = False
+    ) -> Slot[T]:
         """Open a connection that the pool counts but does not keep (a POP3 session, an
         IMAP IDLE session): waits for room in the budget of ``key`` as :meth:`acquire`
         does (idle sessions of the mailbox are closed to make room), then calls
         ``factory``. The caller closes the connection itself and then calls
-        :meth:`release_slot`. Raises what ``factory`` raises, or UpstreamUnavailable."""
+        :meth:`release_slot`. Raises what ``factory`` raises, or UpstreamUnavailable.
+
+        ``long_lived`` (a session held for minutes: an event stream's IDLE) may take at
+        most half of the budget, so that the mailbox's reads always have room; past
+        that, RateLimited (429) at once."""
         self._check_open()
+        bkey = budget_key(key)
+        if long_lived and self._long_lived.get(bkey, 0) >= self.long_lived_cap:
+            raise RateLimited(
+                f"This mailbox has {self.long_lived_cap} long-lived sessions (event streams) "
+                "on this gateway already; close one or try again later.",
+                retry_after=30,
+            )
         deadline = asyncio.get_running_loop().time() + self.wait_timeout
-        while True:
-            if not self._reserve(key):
-                await self._wait(key, deadline, wants_session=False)
-            try:
-                value = await self._open_counted(key, factory, deadline)
-            except _RetryInQueue:
-                continue
-            self._unpooled += 1
-            return Slot(key, value)
+        if long_lived:  # counted while it waits too, so that a burst cannot pass the cap
+            self._long_lived[bkey] = self._long_lived.get(bkey, 0) + 1
+        try:
+            while True:
+                if not self._reserve(key):
+                    await self._wait(key, deadline, wants_session=False)
+                try:
+                    value = await self._open_counted(key, factory, deadline)
+                except _RetryInQueue:
+                    continue
+                self._unpooled += 1
+                return Slot(key, value, long_lived=long_lived)
+        except BaseException:
+            if long_lived:
+                self._uncount_long_lived(bkey)
+            raise
+
+    @property
+    def long_lived_cap(self) -> int:
+        """Long-lived slots per mailbox and protocol: half of the budget, at least one."""
+        return max(1, self.per_key // 2)
+
+    def _uncount_long_lived(self, bkey: str) -> None:
+        left = self._long_lived.get(bkey, 1) - 1
+        if left > 0:
+            self._long_lived[bkey] = left
+        else:
+            self._long_lived.pop(bkey, None)
 
     def release_slot(self, slot: Slot[T]) -> None:
         """The connection of ``slot`` is closed: its room goes to the next waiter.
@@ -290,6 +324,8 @@ class SessionPool(Generic[S]):
         slot.released = True
         self._unpooled -= 1
         bkey = budget_key(slot.key)
+        if slot.long_lived:
+            self._uncount_long_lived(bkey)
         waiter = self._next_waiter(bkey)
         if waiter is not None:
             waiter.fut.set_result(_GRANTED)  # the room passes on, still counted

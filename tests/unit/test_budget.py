@@ -180,3 +180,24 @@ async def test_server_limit_with_none_of_ours_retries_until_room_then_503() -> N
     assert short.stats().open == 0
     await p.close_all()
     await short.close_all()
+
+
+async def test_long_lived_slots_take_at_most_half_of_the_budget() -> None:
+    """Event streams (IDLE) never leave the mailbox's reads without room."""
+    from service.errors import RateLimited
+
+    p = pool(per_key=4)
+    streams = [await p.acquire_slot(A, conn, long_lived=True) for _ in range(2)]
+    with pytest.raises(RateLimited) as info:
+        await p.acquire_slot(B, conn, long_lived=True)  # any secret of the user
+    assert info.value.retry_after is not None
+    reads = [await p.acquire(A, conn) for _ in range(2)]  # the other half is the reads'
+    assert p.stats().open == 4
+    other = await p.acquire_slot(OTHER, conn, long_lived=True)  # another user is not capped
+    p.release_slot(streams.pop())
+    for s in reads:
+        p.release(s, healthy=True)
+    again = await p.acquire_slot(B, conn, long_lived=True)  # room again after a release
+    for held in (*streams, other, again):
+        p.release_slot(held)
+    await p.close_all()
