@@ -88,6 +88,7 @@ run: venv mailstack
 	  MAILGATE_LOG_FORMAT=$${MAILGATE_LOG_FORMAT:-text} exec $(BIN)/mailgate serve
 
 bench: venv mailstack
+	$(BIN)/python bench/run.py
 	$(BIN)/python bench/list_throughput.py
 	$(BIN)/python bench/send_throughput.py
 	$(BIN)/python bench/raw_memory.py

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import base64
 import imaplib
 import os
 import socket
@@ -50,9 +51,35 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
+GATEWAY_CPU = 0  # the core `mailgate serve` is pinned to (when the machine has two or more)
+CLIENT_CPU = 1  # the core of the load generator and the direct clients
+
+
+def pin_self() -> None:
+    """Pin this process (load generator, direct clients) to its own core, away from the
+    gateway's, as the issue's measurements did; a no-op on a single core."""
+    if (os.cpu_count() or 1) > 1:
+        os.sched_setaffinity(0, {CLIENT_CPU})
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of process ``pid`` so far (from /proc/PID/stat)."""
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def basic_auth(user: str, password: str) -> dict[str, str]:
+    token = base64.b64encode(f"{user}:{password}".encode()).decode()
+    return {"Authorization": f"Basic {token}"}
+
+
 @contextmanager
-def gateway(env: dict[str, str], workers: int = 1, **settings: str) -> Iterator[tuple[str, int]]:
-    """Run `mailgate serve` as a subprocess; yield (base URL, pid)."""
+def gateway(
+    env: dict[str, str], workers: int = 1, *, pin: bool = False, **settings: str
+) -> Iterator[tuple[str, int]]:
+    """Run `mailgate serve` as a subprocess (pinned to GATEWAY_CPU if ``pin``); yield
+    (base URL, pid)."""
     port = free_port()
     child_env = dict(os.environ)
     child_env.update(
@@ -66,7 +93,10 @@ def gateway(env: dict[str, str], workers: int = 1, **settings: str) -> Iterator[
     )
     child_env.update({f"MAILGATE_{k.upper()}": v for k, v in settings.items()})
     exe = str(Path(sys.executable).parent / "mailgate")
-    proc = subprocess.Popen([exe, "serve"], env=child_env, stdin=subprocess.DEVNULL)
+    cmd = [exe, "serve"]
+    if pin and (os.cpu_count() or 1) > 1:
+        cmd = ["taskset", "-c", str(GATEWAY_CPU), *cmd]
+    proc = subprocess.Popen(cmd, env=child_env, stdin=subprocess.DEVNULL)
     base = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 20
     while True:
@@ -77,7 +107,7 @@ def gateway(env: dict[str, str], workers: int = 1, **settings: str) -> Iterator[
             if time.monotonic() > deadline or proc.poll() is not None:
                 proc.kill()
                 raise RuntimeError("gateway did not start") from None
-            time.sleep(0.05)
+            time.sleep(0.01)
     try:
         yield base, proc.pid
     finally:
@@ -101,4 +131,13 @@ async def rate(clients: int, seconds: float, once: Callable[[], Awaitable[None]]
     return done / (time.monotonic() - start)
 
 
-__all__ = ["fresh_address", "gateway", "rate", "seed", "stack"]
+__all__ = [
+    "basic_auth",
+    "cpu_seconds",
+    "fresh_address",
+    "gateway",
+    "pin_self",
+    "rate",
+    "seed",
+    "stack",
+]

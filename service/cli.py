@@ -70,7 +70,7 @@ def serve_forever(settings: Settings, overrides: dict[str, object]) -> int:
     )
     import uvicorn
 
-    from service.api.httpserver import ProblemH11Protocol
+    from service.serving import uvicorn_options
 
     try:
         uvicorn.run(
@@ -82,9 +82,7 @@ def serve_forever(settings: Settings, overrides: dict[str, object]) -> int:
             log_level=settings.log_level,
             log_config=logging_config(settings.log_format, settings.log_level),
             access_log=False,  # the gateway writes its own access line (route, duration)
-            proxy_headers=True,
-            server_header=False,
-            http=ProblemH11Protocol,
+            **uvicorn_options(),
         )
     finally:
         if metrics_dir is not None:

@@ -18,6 +18,7 @@ from pydantic import Field, SecretStr, ValidationError, ValidationInfo, field_va
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from service.mime.structure import Limits
+from service.tls import client_context
 
 Security = Literal["implicit", "starttls", "plain"]
 _SCHEMES: dict[str, tuple[str, Security, int]] = {
@@ -228,6 +229,11 @@ class Settings(BaseSettings):
         le=16 * 1024 * 1024,
         description="size of the partial fetches that stream a body",
     )
+    warm_up: bool = Field(
+        default=True,
+        description="pay the first request's one-time costs at start-up (route plans, TLS "
+        "contexts) and freeze start-up objects out of the garbage collector's scans",
+    )
     mime_max_parts: int = Field(
         default=10_000,
         ge=2,
@@ -383,9 +389,11 @@ class Settings(BaseSettings):
             out.update(load_providers_file(self.providers_file, self.ca_file))
         return out
 
-    def ssl_context(self, provider: Provider) -> ssl.SSLContext:
-        """Verified TLS context: the provider's CA file, else the gateway's, else the system."""
-        return _ssl_context(str(provider.ca_file or self.ca_file or ""))
+    def ssl_context(self, provider: Provider, service: str = "") -> ssl.SSLContext:
+        """Verified TLS context: the provider's CA file, else the gateway's, else the system.
+        One per CA file and ``service`` (``imap``, ``pop3``, ``smtp``), each resuming the
+        TLS sessions of its own servers (:mod:`service.tls`)."""
+        return _ssl_context(str(provider.ca_file or self.ca_file or ""), service)
 
 
 def _check_url(value: str | None, protocol: str, info: ValidationInfo) -> str | None:
@@ -394,15 +402,13 @@ def _check_url(value: str | None, protocol: str, info: ValidationInfo) -> str | 
     return value or None
 
 
-_SSL_CACHE: dict[str, ssl.SSLContext] = {}
+_SSL_CACHE: dict[tuple[str, str], ssl.SSLContext] = {}
 
 
-def _ssl_context(cafile: str) -> ssl.SSLContext:
-    ctx = _SSL_CACHE.get(cafile)
+def _ssl_context(cafile: str, service: str) -> ssl.SSLContext:
+    ctx = _SSL_CACHE.get((cafile, service))
     if ctx is None:
-        ctx = ssl.create_default_context(cafile=cafile or None)
-        ctx.minimum_version = ssl.TLSVersion.TLSv1_2
-        _SSL_CACHE[cafile] = ctx
+        ctx = _SSL_CACHE[(cafile, service)] = client_context(cafile or None)
     return ctx
 
 

@@ -6,10 +6,9 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from functools import partial
 from importlib.resources import files
-from typing import Any
 
 from asgi_correlation_id import CorrelationIdMiddleware
-from fastapi import Depends, FastAPI
+from fastapi import FastAPI
 from fastapi.middleware.cors import CORSMiddleware
 from fastapi.openapi.docs import get_redoc_html, get_swagger_ui_html
 from fastapi.responses import HTMLResponse, Response
@@ -18,12 +17,13 @@ from starlette.types import Receive, Scope, Send
 
 from service import __version__
 from service.api.bodylimit import BodyLimitMiddleware
-from service.api.deps import check_api_key
 from service.api.openapi_doc import DOCS_CSP, document_openapi, offline_redoc_js
+from service.api.pagejson import PageEncoder
 from service.api.peer import attach_peer
 from service.api.problems import install_problem_handlers
 from service.api.routes import folders, health, messages, send, sync
 from service.api.routes.send import body_limit
+from service.api.warmup import warm_up
 from service.config import Settings, load_settings
 from service.observability import tracing, valid_request_id, watch_sessions
 from service.observability.http import RequestObserver
@@ -75,6 +75,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         app.state.pop3_pool = SessionPool[PooledSession](settings)  # a budget of slots only
         app.state.event_hub = Hub(buffer=settings.events_buffer)
         restore = end_streams_on_signal(app.state.event_hub)
+        if settings.warm_up:
+            await warm_up(app, settings)
         try:
             async with watch_sessions(app.state.session_stats):
                 yield
@@ -99,10 +101,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.session_stats = lambda: session_stats(app)
     app.state.state = open_state(settings)
     app.state.summary_cache = SummaryCache(settings.summary_cache_entries)
+    app.state.page_encoder = PageEncoder(settings.summary_cache_entries)
     install_problem_handlers(app)
-    v1_deps: list[Any] = [Depends(check_api_key)]
     for router in (send.router, folders.router, messages.router, sync.router):
-        app.include_router(router, prefix="/v1", dependencies=v1_deps)
+        app.include_router(router, prefix="/v1")  # each route takes the mail context
     app.include_router(health.router)
     app.mount("/static", StaticFiles(directory=_static_dir()), name="static")
 

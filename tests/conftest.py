@@ -12,6 +12,12 @@ from mailstack_env import ensure_mailstack, fresh_address
 
 from service.config import Settings
 from service.main import create_app
+from service.serving import new_event_loop, uvicorn_options
+
+
+def pytest_asyncio_loop_factories(config: Any, item: Any) -> dict[str, Callable[[], Any]]:
+    """Every async test runs on the event loop `mailgate serve` uses (uvloop)."""
+    return {"uvloop": new_event_loop}
 
 
 @pytest.fixture(scope="session")
@@ -28,6 +34,7 @@ def make_settings(stack: dict[str, str], **overrides: Any) -> Settings:
         "ca_file": stack["MAILSTACK_CA_FILE"],
         "command_timeout": 10.0,
         "connect_timeout": 5.0,
+        "warm_up": False,  # start-up warm-up has its own test; apps start faster without
     }
     values.update(overrides)
     return Settings(**values)
@@ -98,7 +105,8 @@ def other_mailbox(password: str) -> Mailbox:
 
 @pytest.fixture
 def make_live_gateway(stack: dict[str, str]) -> Callable[..., Any]:
-    """Factory: a real uvicorn server on a free loopback port (for disconnect tests)."""
+    """Factory: a real uvicorn server on a free loopback port (for disconnect tests), with
+    the HTTP protocol and event loop of `mailgate serve` (the test loop is uvloop too)."""
     import asyncio
     import socket
     from contextlib import asynccontextmanager
@@ -112,13 +120,15 @@ def make_live_gateway(stack: dict[str, str]) -> Callable[..., Any]:
             port = s.getsockname()[1]
         app = create_app(make_settings(stack, **overrides))
         config = uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning",
-                                lifespan="on")  # fmt: skip
+                                lifespan="on", **uvicorn_options())  # fmt: skip
+        assert type(asyncio.get_running_loop()).__module__.startswith(uvicorn_options()["loop"])
         server = uvicorn.Server(config)
         task = asyncio.create_task(server.serve())
         while not server.started:
             if task.done():
                 task.result()
             await asyncio.sleep(0.01)
+        assert config.http_protocol_class is uvicorn_options()["http"]
         try:
             yield f"http://127.0.0.1:{port}"
         finally:

@@ -1,4 +1,5 @@
-"""FastAPI dependencies: settings, gateway key, mailbox credentials, provider, protocol."""
+"""FastAPI dependencies and the checks they are made of: settings, gateway key, mailbox
+credentials, provider, protocol."""
 
 from __future__ import annotations
 
@@ -7,10 +8,11 @@ import binascii
 import hashlib
 import hmac
 from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from dataclasses import replace
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
-from fastapi import Depends, Header, Query, Request
+from fastapi import Depends, Query, Request
 
 from service.config import Provider, Settings
 from service.errors import AuthFailed, AuthRequired, Forbidden, ValidationFailed
@@ -25,13 +27,29 @@ async def get_settings(request: Request) -> Settings:
 SettingsDep = Annotated[Settings, Depends(get_settings)]
 
 
-async def check_api_key(
-    settings: SettingsDep,
-    x_api_key: Annotated[
-        str | None,
-        Header(description="Gateway access key; required only when keys are configured."),
-    ] = None,
-) -> None:
+def _optional_header(name: str, title: str, description: str) -> dict[str, Any]:
+    """An optional string header as FastAPI documents a ``Header()`` parameter."""
+    schema = {"anyOf": [{"type": "string"}, {"type": "null"}], "description": description,
+              "title": title}  # fmt: skip
+    return {"name": name, "in": "header", "required": False, "description": description,
+            "schema": schema}  # fmt: skip
+
+
+CONTEXT_HEADERS = [
+    _optional_header(
+        "x-api-key",
+        "X-Api-Key",
+        "Gateway access key; required only when keys are configured.",
+    ),
+    _optional_header(
+        "x-mail-provider", "X-Mail-Provider", "A provider named in the providers file."
+    ),
+]
+"""The headers the mail context reads from the request itself (not as FastAPI
+parameters, which cost per request): added to every /v1 operation's document."""
+
+
+def check_api_key(settings: Settings, x_api_key: str | None) -> None:
     """403 unless the key's SHA-256 is configured (constant-time compare)."""
     if not settings.api_key_hashes:
         return
@@ -43,7 +61,7 @@ async def check_api_key(
         raise Forbidden("A valid X-API-Key header is required.")
 
 
-async def get_credentials(request: Request) -> Credentials:
+def get_credentials(request: Request) -> Credentials:
     """Mailbox credentials of this request; 401 auth-required when absent or unreadable.
 
     Read from the headers directly (documented as OpenAPI security schemes, so that
@@ -87,13 +105,13 @@ def _check_printable(value: str) -> None:
         raise AuthRequired("Credentials must not contain control characters.")
 
 
-async def check_login_rate(
-    request: Request,
-    creds: Annotated[Credentials, Depends(get_credentials)],
-    provider: Annotated[Provider, Depends(get_provider)],
+@asynccontextmanager
+async def guarded_login(
+    request: Request, provider: Provider, creds: Credentials
 ) -> AsyncIterator[Credentials]:
     """The credentials, guarded: a login they make answers 429 without reaching the
-    mail server when it is over the limits (see :mod:`service.state.limiter`)."""
+    mail server when it is over the limits (see :mod:`service.state.limiter`); a
+    refused login (AuthFailed leaving the block) is counted."""
     limiter = request.app.state.state.limiter
     client = request.client.host if request.client else ""
     attempt = limiter.attempt(provider.name, creds, client)
@@ -106,12 +124,8 @@ async def check_login_rate(
         limiter.finished(attempt)
 
 
-async def get_provider(
-    settings: SettingsDep,
-    x_mail_provider: Annotated[
-        str | None, Header(description="A provider named in the providers file.")
-    ] = None,
-) -> Provider:
+def get_provider(settings: Settings, x_mail_provider: str | None) -> Provider:
+    """The provider named by X-Mail-Provider (``default`` without it); 422 if unknown."""
     name = x_mail_provider or "default"
     provider = settings.providers.get(name)
     if provider is None:
@@ -129,6 +143,4 @@ async def get_protocol(
     return protocol or settings.default_protocol
 
 
-CredentialsDep = Annotated[Credentials, Depends(check_login_rate)]
-ProviderDep = Annotated[Provider, Depends(get_provider)]
 ProtocolDep = Annotated[Literal["imap", "pop3"], Depends(get_protocol)]

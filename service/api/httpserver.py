@@ -7,33 +7,54 @@ import uuid
 
 import h11
 from uvicorn.protocols.http.h11_impl import H11Protocol
+from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 from service.api.problems import PROBLEM_TYPE_BASE
 
+__all__ = ["ProblemH11Protocol", "ProblemHttpToolsProtocol"]
 
-class ProblemH11Protocol(H11Protocol):
-    """uvicorn's h11 protocol, answering a request it cannot parse (bad request line,
-    header syntax, framing) with application/problem+json ``bad-request`` like every
-    other error of the gateway, instead of a plain-text line."""
+
+def _bad_request() -> tuple[list[tuple[bytes, bytes]], bytes]:
+    """Headers and body of the problem answer to a request that cannot be read."""
+    request_id = uuid.uuid4().hex  # the request could not be read: a new id
+    body = json.dumps(
+        {
+            "type": PROBLEM_TYPE_BASE + "bad-request",
+            "title": "Bad request",
+            "status": 400,
+            "detail": "The HTTP request cannot be read.",
+            "code": "bad-request",
+            "request_id": request_id,
+        }
+    ).encode()
+    headers = [
+        (b"content-type", b"application/problem+json"),
+        (b"content-length", str(len(body)).encode()),
+        (b"connection", b"close"),
+        (b"x-request-id", request_id.encode()),
+    ]
+    return headers, body
+
+
+class ProblemHttpToolsProtocol(HttpToolsProtocol):
+    """uvicorn's httptools protocol (what `mailgate serve` runs), answering a request it
+    cannot parse (bad request line, header syntax, framing) with application/problem+json
+    ``bad-request`` like every other error of the gateway, instead of a plain-text line."""
 
     def send_400_response(self, msg: str) -> None:
-        request_id = uuid.uuid4().hex  # the request could not be read: a new id
-        body = json.dumps(
-            {
-                "type": PROBLEM_TYPE_BASE + "bad-request",
-                "title": "Bad request",
-                "status": 400,
-                "detail": "The HTTP request cannot be read.",
-                "code": "bad-request",
-                "request_id": request_id,
-            }
-        ).encode()
-        headers = [
-            (b"content-type", b"application/problem+json"),
-            (b"content-length", str(len(body)).encode()),
-            (b"connection", b"close"),
-            (b"x-request-id", request_id.encode()),
-        ]
+        headers, body = _bad_request()
+        head = b"HTTP/1.1 400 Bad Request\r\n" + b"".join(
+            name + b": " + value + b"\r\n" for name, value in headers
+        )
+        self.transport.write(head + b"\r\n" + body)
+        self.transport.close()
+
+
+class ProblemH11Protocol(H11Protocol):
+    """The same for uvicorn's h11 protocol."""
+
+    def send_400_response(self, msg: str) -> None:
+        headers, body = _bad_request()
         for event in (
             h11.Response(status_code=400, headers=headers, reason=b"Bad Request"),
             h11.Data(data=body),

@@ -9,6 +9,7 @@ from typing import Any
 
 from fastapi import FastAPI
 
+from service.api.deps import CONTEXT_HEADERS
 from service.models.problem import Problem
 from service.models.send import Draft
 
@@ -171,6 +172,8 @@ def _finish(schema: dict[str, Any]) -> None:
         for method, op in ops.items():
             if path.startswith("/v1/"):
                 op["security"] = MAILBOX_SECURITY
+                # read by the mail context itself, not as FastAPI parameters
+                op["parameters"] = [*op.get("parameters", []), *CONTEXT_HEADERS]
             elif path in OPEN_PATHS:
                 op["security"] = []
             for response in op.get("responses", {}).values():

@@ -3,12 +3,18 @@ built from them (SMTP sender, IMAP or POP3 reader)."""
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Annotated, Literal
 
 from fastapi import Depends, Request
 
-from service.api.deps import CredentialsDep, ProviderDep, SettingsDep
+from service.api.deps import (
+    check_api_key,
+    get_credentials,
+    get_provider,
+    guarded_login,
+)
 from service.config import Provider, Settings
 from service.errors import NotSupported
 from service.protocols.base import Credentials, MailboxReader, MessageSender
@@ -34,7 +40,7 @@ class MailContext:
         return SmtpSender(
             server,
             self.creds,
-            self.settings.ssl_context(self.provider),
+            self.settings.ssl_context(self.provider, "smtp"),
             connect_timeout=self.settings.connect_timeout,
             command_timeout=self.settings.command_timeout,
             deadline=self.settings.send_timeout,
@@ -64,10 +70,19 @@ class MailContext:
         )
 
 
-async def get_context(
-    request: Request, settings: SettingsDep, provider: ProviderDep, creds: CredentialsDep
-) -> MailContext:
-    return MailContext(request, settings, provider, creds)
+async def get_context(request: Request) -> AsyncIterator[MailContext]:
+    """The one dependency of every /v1 route: gateway key (403), provider (422), mailbox
+    credentials (401), then the credentials guarded by the login limits (429; a refused
+    login is counted when AuthFailed leaves the route). One dependency reading its
+    headers itself, not a tree of dependencies and parameters: FastAPI's cost is per
+    dependency and parameter (the headers are documented by ``CONTEXT_HEADERS``)."""
+    settings: Settings = request.app.state.settings
+    headers = request.headers
+    check_api_key(settings, headers.get("x-api-key"))
+    provider = get_provider(settings, headers.get("x-mail-provider"))
+    creds = get_credentials(request)
+    async with guarded_login(request, provider, creds) as guarded:
+        yield MailContext(request, settings, provider, guarded)
 
 
 ContextDep = Annotated[MailContext, Depends(get_context)]

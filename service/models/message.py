@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from datetime import date
 from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
@@ -37,6 +38,45 @@ class AddressOut(TypedDict):
 
     name: str | None
     address: str
+
+
+DATE_1970_9999 = r"^(19[7-9][0-9]|[2-9][0-9]{3})-(0[1-9]|1[0-2])-(0[1-9]|[12][0-9]|3[01])$"
+
+
+class ListParams(BaseModel):
+    """The query of ``GET /v1/messages``: one model, so that FastAPI validates it in one
+    pass rather than parameter by parameter."""
+
+    protocol: Literal["imap", "pop3"] | None = Field(
+        default=None,
+        description="imap or pop3. Default: the protocol the id was made by "
+        "(for lists: MAILGATE_DEFAULT_PROTOCOL).",
+    )
+    folder: str = Field(
+        default="INBOX",
+        min_length=1,
+        max_length=1000,
+        description="IMAP folder; POP3 has only INBOX.",
+    )
+    limit: int = Field(default=50, ge=1, le=200)
+    cursor: str | None = Field(default=None, max_length=4096)
+    unseen: bool | None = None
+    flagged: bool | None = None
+    since: date | None = Field(
+        default=None,
+        description="On or after this date (IMAP SINCE); years 1970-9999.",
+        json_schema_extra={"pattern": DATE_1970_9999},
+    )
+    before: date | None = Field(
+        default=None,
+        description="Before this date (IMAP BEFORE); years 1970-9999.",
+        json_schema_extra={"pattern": DATE_1970_9999},
+    )
+    from_: str | None = Field(default=None, alias="from", max_length=500)
+    to: str | None = Field(default=None, max_length=500)
+    subject: str | None = Field(default=None, max_length=500)
+    text: str | None = Field(default=None, max_length=500)
+    count: bool = Field(default=False, description="Also return `total` (one more count).")
 
 
 class MessageSummary(BaseModel):

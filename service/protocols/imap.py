@@ -15,10 +15,7 @@ UIDPLUS.
 from __future__ import annotations
 
 import contextlib
-import hashlib
-import json
 from collections.abc import AsyncIterator, Awaitable, Callable
-from datetime import date
 from typing import Literal, TypeVar, cast
 
 from service import mime
@@ -34,9 +31,8 @@ from service.errors import (
     TooLarge,
     UpstreamError,
     UpstreamUnavailable,
-    ValidationFailed,
 )
-from service.ids import ImapRef, MessageRef, decode_cursor, encode_cursor
+from service.ids import ImapRef, MessageRef
 from service.mime import (
     Limits,
     Part,
@@ -44,9 +40,7 @@ from service.mime import (
     PartDecoder,
     PartInfo,
     is_leaf,
-    needs_declared_charset,
     part_info,
-    summary_fields,
 )
 from service.models.message import (
     DeleteResult,
@@ -65,15 +59,16 @@ from service.protocols.imapchanges import (
 )
 from service.protocols.imapconn import ImapSession
 from service.protocols.imapfeed import ImapFeed
-from service.protocols.imapstructure import Located, declared_charset, locate
-from service.protocols.imapwire import (
-    FetchItem,
-    MailboxInfo,
-    SearchResult,
-    Word,
-    astring,
-    format_uid_set,
+from service.protocols.imaplisting import (
+    PageRequest,
+    filters_hash,
+    read_page,
+    search_criteria,
+    summaries,
 )
+from service.protocols.imaplisting import visible_flags as _visible_flags
+from service.protocols.imapstructure import Located, locate
+from service.protocols.imapwire import FetchItem, MailboxInfo, format_uid_set
 from service.protocols.parts import cut_from
 from service.protocols.parts import decoded as _decoded
 from service.protocols.pool import SessionPool
@@ -95,11 +90,6 @@ __all__ = [
 
 T = TypeVar("T")
 
-SUMMARY_ITEMS = (
-    "(UID FLAGS RFC822.SIZE BODY.PEEK[HEADER.FIELDS "
-    "(MESSAGE-ID SUBJECT FROM TO CC DATE CONTENT-TYPE CONTENT-DISPOSITION)])"
-)
-_MONTHS = ("Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec")
 _ROLES: dict[str, FolderRole] = {
     "\\sent": "sent",
     "\\drafts": "drafts",
@@ -108,78 +98,9 @@ _ROLES: dict[str, FolderRole] = {
     "\\archive": "archive",
 }
 _SENT_NAMES = ("sent", "sent items", "sent messages", "sent mail")
-_HIDDEN_FLAGS = {"\\recent"}  # per-session, changes between calls: not shown
 
 
 # --------------------------------------------------------------------------- pure helpers
-
-
-def imap_date(d: date) -> str:
-    """``date(2024, 2, 1)`` → ``1-Feb-2024`` (RFC 3501 date)."""
-    return f"{d.day}-{_MONTHS[d.month - 1]}-{d.year}"
-
-
-def search_criteria(query: ListQuery) -> list[Word]:
-    """The SEARCH keys of a listing's filters (no UID restriction, no CHARSET).
-
-    Strings go out quoted, or as UTF-8 literals when not ASCII, so no filter
-    value can inject IMAP syntax; NUL, CR and LF are refused (422).
-    """
-    out: list[Word] = []
-    if query.unseen is not None:
-        out.append("UNSEEN" if query.unseen else "SEEN")
-    if query.flagged is not None:
-        out.append("FLAGGED" if query.flagged else "UNFLAGGED")
-    if query.since is not None:
-        out += ["SINCE", imap_date(query.since)]
-    if query.before is not None:
-        out += ["BEFORE", imap_date(query.before)]
-    for key, value in (
-        ("FROM", query.from_),
-        ("TO", query.to),
-        ("SUBJECT", query.subject),
-        ("TEXT", query.text),
-    ):
-        if value is None:
-            continue
-        if any(c in value for c in "\0\r\n"):
-            raise ValidationFailed(f"The {key.lower()} filter must not contain NUL, CR or LF.")
-        out += [key, astring(value)]
-    return out
-
-
-def filters_hash(query: ListQuery) -> str:
-    """A short hash of the filters, bound into cursors."""
-    filters = {
-        "unseen": query.unseen,
-        "flagged": query.flagged,
-        "since": query.since.isoformat() if query.since else None,
-        "before": query.before.isoformat() if query.before else None,
-        "from": query.from_,
-        "to": query.to,
-        "subject": query.subject,
-        "text": query.text,
-    }
-    raw = json.dumps(filters, sort_keys=True, separators=(",", ":")).encode()
-    return hashlib.sha256(raw).hexdigest()[:12]
-
-
-def _cursor_position(token: str, folder: str, qhash: str) -> tuple[int, int]:
-    """(uidvalidity, last uid) from a cursor of this folder and filters; else BadRequest."""
-    data = decode_cursor(token)
-    v, u = data.get("v"), data.get("u")
-    if not (
-        isinstance(v, int)
-        and isinstance(u, int)
-        and not isinstance(v, bool)
-        and not isinstance(u, bool)
-        and 0 < v < 2**32
-        and 0 < u < 2**32
-    ):
-        raise ValidationFailed("The cursor is malformed.")
-    if data.get("f") != folder or data.get("q") != qhash:
-        raise ValidationFailed("The cursor belongs to another listing (folder or filters differ).")
-    return v, u
 
 
 def _role(box: MailboxInfo) -> FolderRole | None:
@@ -217,35 +138,6 @@ def _roles_from_names(folders: list[Folder]) -> None:
         if role is not None and role not in taken:
             folder.role = role
             taken.add(role)
-
-
-def _visible_flags(flags: list[str] | None) -> list[str]:
-    return [f for f in flags or [] if f.lower() not in _HIDDEN_FLAGS]
-
-
-def _summary(
-    folder: str, uidvalidity: int, item: FetchItem, assumed: str | None = None
-) -> MessageSummary:
-    fields = summary_fields(item.section("BODY[HEADER") or b"", assumed=assumed)
-    flags = _visible_flags(item.flags)
-    return MessageSummary.model_construct(
-        None,
-        **{
-            "id": ImapRef(folder, uidvalidity, item.uid).encode(),
-            "folder": folder,
-            "uid": item.uid,
-            "message_id": fields.get("message_id"),
-            "subject": fields.get("subject"),
-            "from": fields.get("from") or [],
-            "to": fields.get("to") or [],
-            "cc": fields.get("cc") or [],
-            "date": fields.get("date"),
-            "size": item.size,
-            "flags": flags,
-            "seen": "\\Seen" in flags,
-            "has_attachments": bool(fields.get("has_attachments")),
-        },
-    )
 
 
 def inbox_spelling(folder: str) -> str:
@@ -519,7 +411,7 @@ class ImapReader:
         self.settings = settings
         self.pool = pool
         self._server = server
-        self._ctx = settings.ssl_context(provider)
+        self._ctx = settings.ssl_context(provider, "imap")
         self._creds = creds
         self._key = creds.pool_key(provider.name, "imap")
         self._cache = cache
@@ -613,44 +505,12 @@ class ImapReader:
 
     # -- listing ----------------------------------------------------------------------------
     async def list_messages(self, folder: str, query: ListQuery) -> MessagePage:
-        """Newest first (highest UID first); one UID SEARCH + one UID FETCH per page."""
-        folder = inbox_spelling(folder)
-        qhash = filters_hash(query)
-        position = _cursor_position(query.cursor, folder, qhash) if query.cursor else None
-        criteria = search_criteria(query)
-        limit = max(1, min(query.limit, 200))
+        """Newest first (highest UID first), at a cost that follows the page, not the
+        folder: see :mod:`service.protocols.imaplisting`."""
+        request = PageRequest.of(inbox_spelling(folder), query)
 
         async def op(session: ImapSession) -> MessagePage:
-            current = await current_state(session, folder, digest=position is None)
-            uidvalidity, state = current.uidvalidity, current.encode()
-            if position is not None:
-                if position[0] != uidvalidity:
-                    raise StaleId("The folder changed (UIDVALIDITY); start the listing again.")
-                if position[1] > 1:
-                    found = await session.uid_search(["UID", f"1:{position[1] - 1}", *criteria])
-                else:
-                    found = SearchResult([], 0)  # nothing below UID 1
-            else:
-                found = await session.uid_search(criteria or ["ALL"])
-            # Only what the state knows: a message that arrived after the state was taken
-            # may be in the SEARCH (Dovecot brings the view up to date at the end of each
-            # command, e.g. the flags FETCH of a state without CONDSTORE); listed, and then
-            # expunged before the next /changes, it would stay in the client's copy
-            # forever ("created and destroyed since the state" is left out). /changes
-            # reports it as created instead.
-            uids = found.highest(limit + 1, below=current.base.uidnext)
-            page, more = uids[:limit], len(uids) > limit
-            total: int | None = None
-            if query.count:
-                if position is None:
-                    total = found.count
-                else:
-                    total = (await session.uid_search(criteria or ["ALL"], count=True)).count
-            items = await self._summaries(session, folder, uidvalidity, page)
-            cursor = None
-            if more:
-                cursor = encode_cursor({"f": folder, "v": uidvalidity, "u": page[-1], "q": qhash})
-            return MessagePage(items=items, next_cursor=cursor, total=total, state=state)
+            return await read_page(session, request, self._cache, self._key)
 
         return await self._run(op)
 
@@ -684,40 +544,9 @@ class ImapReader:
     async def _summaries(
         self, session: ImapSession, folder: str, uidvalidity: int, page: list[int]
     ) -> list[MessageSummary]:
-        """One FETCH: FLAGS only when every summary is cached, else the header fields."""
-        if not page:
-            return []
-        keys = {uid: (self._key, folder, uidvalidity, uid) for uid in page}
-        cached = {uid: self._cache.get(k) for uid, k in keys.items()} if self._cache else {}
-        if cached and all(v is not None for v in cached.values()):
-            fetched = await session.uid_fetch(format_uid_set(page), "(UID FLAGS)")
-            out = []
-            for uid in page:
-                known, item = cached[uid], fetched.get(uid)
-                if known is not None and item is not None:
-                    flags = _visible_flags(item.flags)
-                    out.append(known.model_copy(update={"flags": flags,
-                                                        "seen": "\\Seen" in flags}))  # fmt: skip
-            return out
-        fetched = await session.uid_fetch(format_uid_set(page), SUMMARY_ITEMS)
-        # Raw 8-bit header bytes of a multipart are read in the charset one of its parts
-        # declares, as the fetch reads them: that needs the parts' charsets (rare: one
-        # more FETCH of BODYSTRUCTURE for just those messages).
-        odd = [
-            u for u, i in fetched.items() if needs_declared_charset(i.section("BODY[HEADER") or b"")
-        ]
-        assumed: dict[int, str | None] = {}
-        if odd:
-            shapes = await session.uid_fetch(format_uid_set(odd), "(UID BODYSTRUCTURE)")
-            assumed = {u: declared_charset(i.structure) for u, i in shapes.items()}
-        out = []
-        for uid in page:
-            if uid in fetched:
-                summary = _summary(folder, uidvalidity, fetched[uid], assumed.get(uid))
-                if self._cache is not None:
-                    self._cache.put(keys[uid], summary)
-                out.append(summary)
-        return out
+        """Summaries of these UIDs with their current flags (for /changes and /events):
+        the listing's, from the cache where it can (:func:`imaplisting.summaries`)."""
+        return await summaries(session, folder, uidvalidity, page, {}, self._cache, self._key)
 
     # -- one message ------------------------------------------------------------------------
     async def open(self, ref: MessageRef, *, prefetch: Prefetch = "body") -> ImapOpenedMessage:

@@ -130,6 +130,34 @@ def parse_sequence_set(text: str) -> list[tuple[int, int]]:
     return out
 
 
+def track_exists(lines: Sequence[Line], exists: int | None) -> int | None:
+    """The selected folder's message count after one reply's untagged responses.
+
+    ``n EXISTS`` sets it (RFC 3501 7.3.1), each ``n EXPUNGE`` lowers it by one
+    (7.4.1), ``VANISHED uid-set`` by the set's size (RFC 7162 3.2.10; the
+    ``(EARLIER)`` form reports messages already gone and changes nothing). None
+    (not known) stays None until an EXISTS. Literal data (``bytearray``) is skipped.
+    """
+    for line in lines:
+        if type(line) is not bytes:
+            continue
+        first = line[:1]
+        try:
+            if first.isdigit():
+                tail = line[-8:].upper()
+                if tail.endswith(b" EXISTS"):
+                    exists = int(line.split(b" ", 1)[0])
+                elif tail == b" EXPUNGE" and exists is not None:
+                    exists = max(0, exists - 1)
+            elif first in (b"V", b"v") and exists is not None:
+                if line[:9].upper() == b"VANISHED " and not line[9:].lstrip().startswith(b"("):
+                    gone = parse_sequence_set(line[9:].strip().decode("ascii"))
+                    exists = max(0, exists - sum(hi - lo + 1 for lo, hi in gone))
+        except (ValueError, UnicodeDecodeError):
+            exists = None  # garbled: not known any more (listings then search)
+    return exists
+
+
 _CODE_RE = re.compile(r"^\[([^\]]*)\]")
 
 
@@ -244,6 +272,7 @@ class FetchItem:
     sections: dict[str, bytes] = field(default_factory=dict)
     structure: Token = None  # BODYSTRUCTURE, as parsed tokens
     modseq: int | None = None  # MODSEQ (RFC 7162), when the server sent it
+    seq: int | None = None  # the message sequence number the (last) response named
 
     def section(self, prefix: str) -> bytes | None:
         """The first body section whose name (upper case, e.g. ``BODY[]<0>``) starts so."""
@@ -271,13 +300,18 @@ _SUMMARY_HEAD = re.compile(
 )
 
 
+def _seq(head: Line) -> int:
+    """The sequence number at the start of a ``n FETCH (...)`` response (already matched)."""
+    return int(head[: head.index(b" ")])
+
+
 def _fast_summary(record: list[Line]) -> FetchItem | None:
     if len(record) != 3 or record[2] != b")" or not isinstance(record[1], bytearray):
         return None
     m = _SUMMARY_HEAD.fullmatch(record[0])
     if m is None or int(m.group(5)) != len(record[1]):
         return None
-    item = FetchItem(int(m.group(1)))
+    item = FetchItem(int(m.group(1)), seq=_seq(record[0]))
     item.flags = m.group(2).decode("utf-8", "replace").split()
     item.size = int(m.group(3))
     item.sections[m.group(4).decode("ascii").upper()] = bytes(record[1])
@@ -296,6 +330,7 @@ def parse_fetch(lines: Sequence[Line]) -> dict[int, FetchItem]:
             flag_text = simple.group(2) if simple.group(1) else simple.group(3)
             item = out.setdefault(int(uid_text), FetchItem(int(uid_text)))
             item.flags = flag_text.decode("utf-8", "replace").split()
+            item.seq = _seq(record[0])
             continue
         if not FETCH_HEAD.match(record[0]):
             continue
@@ -334,6 +369,7 @@ def parse_fetch(lines: Sequence[Line]) -> dict[int, FetchItem]:
         if uid is None:
             continue
         item = out.setdefault(uid, FetchItem(uid))
+        item.seq = _seq(record[0])
         if flags is not None:
             item.flags = flags
         if size is not None:
@@ -430,10 +466,12 @@ def parse_list(lines: Sequence[Line]) -> list[MailboxInfo]:
 
 @dataclass(frozen=True)
 class SearchResult:
-    """UIDs found by UID SEARCH (as ranges, highest last) and the ESEARCH COUNT."""
+    """UIDs (or numbers) found by SEARCH, as ranges, highest last; the ESEARCH COUNT; the
+    highest one found (ESEARCH MAX, else from the ranges; None when nothing matched)."""
 
     ranges: list[tuple[int, int]]
     count: int
+    maximum: int | None = None
 
     def highest(self, limit: int, below: int | None = None) -> list[int]:
         """Up to ``limit`` UIDs (only those under ``below``, if given), highest first;
@@ -450,10 +488,11 @@ class SearchResult:
 
 
 def parse_search(lines: Sequence[Line]) -> SearchResult:
-    """``SEARCH 1 2 3`` or ``ESEARCH (TAG "x") UID ALL 1:3 COUNT 3`` responses."""
+    """``SEARCH 1 2 3`` or ``ESEARCH (TAG "x") UID ALL 1:3 COUNT 3 MAX 3`` responses."""
     uids: list[int] = []
     ranges: list[tuple[int, int]] = []
     count: int | None = None
+    maximum: int | None = None
     for record in split_records(lines):
         head = bytes(record[0])
         upper = head[:8].upper()
@@ -474,7 +513,10 @@ def parse_search(lines: Sequence[Line]) -> SearchResult:
                 elif key == "COUNT" and isinstance(val, str) and val.isdigit():
                     count = int(val)
                     k += 2
-                elif key in ("MIN", "MAX", "MODSEQ"):
+                elif key == "MAX" and isinstance(val, str) and val.isdigit():
+                    maximum = int(val)
+                    k += 2
+                elif key in ("MIN", "MODSEQ"):
                     k += 2
                 else:
                     k += 1
@@ -489,4 +531,6 @@ def parse_search(lines: Sequence[Line]) -> SearchResult:
         ranges.sort()
     if count is None:
         count = sum(hi - lo + 1 for lo, hi in ranges)
-    return SearchResult(ranges, count)
+    if maximum is None and ranges:
+        maximum = ranges[-1][1]
+    return SearchResult(ranges, count, maximum)

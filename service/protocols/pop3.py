@@ -173,7 +173,7 @@ class Pop3Reader:
             raise NotSupported(f"Provider {provider.name!r} has no POP3 server.")
         self.settings = settings
         self._server = provider.pop3
-        self._ssl = settings.ssl_context(provider)
+        self._ssl = settings.ssl_context(provider, "pop3")
         self._creds = creds
         self.secrets = (creds.secret,)
         self.pool = pool
@@ -251,6 +251,8 @@ class Pop3Reader:
             if query.cursor is not None:
                 below = _after_cursor(query.cursor, uidls)
             heads = _Heads(client)
+            if wanted is None:  # the page is known: its headers in one round trip
+                await heads.prefetch(below[: query.limit])
             total: int | None = len(uidls) if query.count and wanted is None else None
             page: list[int] = []
             items: list[MessageSummary] = []
@@ -589,6 +591,13 @@ class _Heads:
     def __init__(self, client: Pop3Client) -> None:
         self._client = client
         self._use_top = not client.capabilities or "TOP" in client.capabilities
+        self._ready: dict[int, bytes] = {}
+
+    async def prefetch(self, numbers: list[int]) -> None:
+        """Read these headers in one go (pipelined where the server offers PIPELINING)."""
+        if self._use_top and len(numbers) > 1:
+            found = await self._client.tops(numbers, max_bytes=_TOP_MAX_BYTES)
+            self._ready.update((n, head) for n, head in found.items() if head is not None)
 
     async def get(self, n: int) -> tuple[bytes, str | None]:
         """The header section, and the charset the message declares when the listing
@@ -598,7 +607,8 @@ class _Heads:
 
         Raises Pop3NoSuchMessage when message ``n`` is gone (expunged by another
         session since this one's UIDL)."""
-        if self._use_top:
+        head: bytes | None = self._ready.pop(n, None)
+        if head is None and self._use_top:
             try:
                 head = await self._client.top(n, 0, max_bytes=_TOP_MAX_BYTES, truncate=True)
             except Pop3NoSuchMessage:
@@ -608,15 +618,15 @@ class _Heads:
                 head = await _head_by_retr(self._client, n)
                 self._use_top = False
                 return head, None
-            else:
-                if not needs_declared_charset(head):
-                    return head, None
-                more = await self._client.top(
-                    n, _DECLARED_LINES, max_bytes=_TOP_MAX_BYTES, truncate=True
-                )
-                parts = mime.MimeScanner(Limits())
-                parts.feed(more, final=True)
-                return head, mime.declared_charset(parts.headers_done)
+        if head is not None:
+            if not needs_declared_charset(head):
+                return head, None
+            more = await self._client.top(
+                n, _DECLARED_LINES, max_bytes=_TOP_MAX_BYTES, truncate=True
+            )
+            parts = mime.MimeScanner(Limits())
+            parts.feed(more, final=True)
+            return head, mime.declared_charset(parts.headers_done)
         return await _head_by_retr(self._client, n), None
 
 

@@ -8,7 +8,7 @@ import binascii
 import contextlib
 import re
 import ssl
-from collections.abc import AsyncGenerator, AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator, Sequence
 from types import TracebackType
 from typing import Literal
 
@@ -310,6 +310,54 @@ class Pop3Client:
                     del out[cut + 2 if cut >= 0 else 0 :]
                     full = True
         return bytes(out)
+
+    async def tops(self, numbers: Sequence[int], *, max_bytes: int) -> dict[int, bytes | None]:
+        """``TOP n 0`` of each message, cut to whole lines within ``max_bytes`` as
+        :meth:`top` with ``truncate`` does; None where the server answered -ERR.
+
+        With PIPELINING (RFC 2449 6.6) the commands go out in one write and the replies
+        are read in order: one round trip instead of one per message. Without it, one
+        after the other. The timeout applies to each read.
+        """
+        for n in numbers:
+            _check_msgno(n)
+        out: dict[int, bytes | None] = {}
+        if "PIPELINING" not in self.capabilities or len(numbers) < 2:
+            for n in numbers:
+                try:
+                    out[n] = await self.top(n, 0, max_bytes=max_bytes, truncate=True)
+                except Pop3NoSuchMessage:
+                    out[n] = None
+            return out
+        self._begin()
+        pending = len(numbers)
+        try:
+            async with self._guard():
+                self._writer.write(b"".join(b"TOP %d 0\r\n" % n for n in numbers))
+                await self._writer.drain()
+            for n in numbers:
+                async with self._guard():
+                    kind, text = await self._reply_line()
+                if kind == "-ERR":
+                    out[n] = None
+                    pending -= 1
+                    continue
+                if kind != "+OK":
+                    raise self._fatal(Pop3ProtocolError("TOP failed", reply=text[:200]))
+                head = bytearray()
+                room = max_bytes
+                while (line := await self._body_line(self._max_line, timed=True)) is not None:
+                    if len(head) + len(line) + 2 <= room:
+                        head += line + b"\r\n"
+                    else:
+                        room = -1  # cut to whole lines: the rest is read and dropped
+                out[n] = bytes(head)
+                pending -= 1
+        finally:
+            self._busy = False
+            if pending:
+                self._break()  # replies still on the wire: the session is out of step
+        return out
 
     def retr(self, n: int, *, chunk_size: int = 65536) -> AsyncGenerator[bytes, None]:
         """Stream message ``n`` in chunks of at most ``chunk_size`` bytes.

@@ -24,6 +24,10 @@ class SummaryCache:
     def __len__(self) -> int:
         return len(self._entries)
 
+    def holds(self, key: CacheKey) -> bool:
+        """Whether this summary is cached (without counting as a use)."""
+        return key in self._entries
+
     def get(self, key: CacheKey) -> MessageSummary | None:
         found = self._entries.get(key)
         if found is not None:

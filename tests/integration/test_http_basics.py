@@ -8,6 +8,7 @@ import socket
 from pathlib import Path
 from typing import Any
 
+import pytest
 from mailboxes import Mailbox
 from metrics_text import value as metric
 
@@ -91,6 +92,24 @@ async def test_api_keys_when_configured(make_client: Any, mailbox: Mailbox) -> N
         assert (await c.get("/healthz")).status_code == 200
 
 
+async def test_every_v1_route_checks_the_api_key_first(make_client: Any) -> None:
+    """The key is checked by the one mail-context dependency of each /v1 route (not a
+    router-wide one): every operation answers 403 without it, before credentials (401)."""
+    key_hash = hashlib.sha256(b"k").hexdigest()
+    async with make_client(api_key_hashes=[key_hash]) as c:
+        paths = (await c.get("/openapi.json")).json()["paths"]
+        operations = [(m.upper(), p) for p, ops in paths.items() if p.startswith("/v1/")
+                      for m in ops]  # fmt: skip
+        assert len(operations) >= 9
+        for method, template in operations:  # documented, although read by the context
+            names = {p["name"] for p in paths[template][method.lower()]["parameters"]}
+            assert {"x-api-key", "x-mail-provider"} <= names, (method, template)
+        for method, template in operations:
+            path = template.replace("{id}", "x").replace("{attachment_id}", "1")
+            r = await c.request(method, path)
+            assert r.status_code == 403, (method, path, r.text)
+
+
 async def test_malformed_credentials_are_401(client: Any) -> None:
     import base64
 
@@ -135,6 +154,32 @@ async def test_metrics_show_the_pooled_sessions(client: Any, mailbox: Mailbox) -
     assert metric(r.text, "mailgate_sessions", protocol="imap", state="idle") == 1
     assert metric(r.text, "mailgate_sessions", protocol="imap", state="in_use") == 0
     assert metric(r.text, count, **labels) == before + 1
+
+
+async def test_start_up_warm_up_reaches_no_mail_server_and_counts_nothing(
+    make_client: Any, mailbox: Mailbox
+) -> None:
+    """mailgate serve warms up in its lifespan (the tests' apps skip it to start faster):
+    one request per /v1 operation stops at the missing credentials, no session is opened,
+    no metric counts them, and the start-up objects end up frozen out of the collector."""
+    import gc
+
+    from metrics_text import value
+
+    count = "mailgate_http_request_duration_seconds_count"
+    gc.unfreeze()
+    try:
+        async with make_client() as c:  # the metrics are per process: before the start
+            before = value((await c.get("/metrics")).text, count, status="401")
+        async with make_client(warm_up=True) as c:
+            assert gc.get_freeze_count() > 0
+            text = (await c.get("/metrics")).text
+            assert value(text, count, status="401") == before
+            assert value(text, "mailgate_sessions", protocol="imap") == 0
+            r = await c.get("/v1/messages", headers=mailbox.auth)
+            assert r.status_code == 200 and r.json()["items"] == []
+    finally:
+        gc.unfreeze()
 
 
 async def test_overlong_id_is_invalid_id(client: Any, mailbox: Mailbox) -> None:
@@ -194,8 +239,10 @@ async def test_cors_when_origins_are_configured(make_client: Any) -> None:
         assert "access-control-allow-origin" not in r.headers
 
 
-async def test_unreadable_http_is_a_problem_too(settings: Any) -> None:
-    """uvicorn's own 400 (the request line or headers cannot be parsed) is problem+json."""
+@pytest.mark.parametrize("http", ["served", "h11"])
+async def test_unreadable_http_is_a_problem_too(settings: Any, http: str) -> None:
+    """uvicorn's own 400 (the request line or headers cannot be parsed) is problem+json,
+    with the protocol `mailgate serve` runs (httptools) and with h11."""
     import asyncio
     import json
 
@@ -203,12 +250,16 @@ async def test_unreadable_http_is_a_problem_too(settings: Any) -> None:
 
     from service.api.httpserver import ProblemH11Protocol
     from service.main import create_app
+    from service.serving import uvicorn_options
 
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
+    options = uvicorn_options()
+    if http == "h11":
+        options["http"] = ProblemH11Protocol
     config = uvicorn.Config(create_app(settings), host="127.0.0.1", port=port,
-                            log_level="critical", http=ProblemH11Protocol)  # fmt: skip
+                            log_level="critical", **options)  # fmt: skip
     server = uvicorn.Server(config)
     task = asyncio.create_task(server.serve())
     try:

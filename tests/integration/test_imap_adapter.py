@@ -326,6 +326,48 @@ async def test_paging_1500_messages_with_changes_between_pages(
     assert flat[:3] == [1503, 1502, 1501] and len(flat) == 1500
 
 
+async def test_pages_stay_exact_when_much_below_the_cursor_goes(
+    mailbox: Mailbox, checker: imaplib.IMAP4_SSL, make_imap_reader: MakeReader
+) -> None:
+    """Pages are read by sequence numbers under the cursor's: expunges below it (fewer
+    and more than a window's slack, most of the rest, the cursor's own message) and
+    arrivals between pages neither repeat nor skip a message; two pools (two views of
+    the folder) take turns with the same cursors."""
+    for n in range(120):
+        put(checker, raw_message(f"m{n}"))
+    readers = [make_imap_reader(mailbox), make_imap_reader(mailbox)]
+    seen: list[int] = []
+    unlisted_gone: set[int] = set()
+
+    def expunge(uids: list[int]) -> None:
+        checker.select("INBOX")
+        checker.uid("STORE", ",".join(map(str, uids)), "+FLAGS", "(\\Deleted)")
+        checker.expunge()
+        unlisted_gone.update(u for u in uids if u not in seen)
+
+    changes: list[Callable[[], object]] = [
+        lambda: expunge([105, 104, 103]),
+        lambda: (put(checker, raw_message("late")), expunge(list(range(60, 95)))),
+        lambda: expunge(seen[-3:] + [seen[-1] - 1]),  # the cursor's message and the next
+        lambda: expunge(list(range(2, 50, 2))),
+        lambda: put(checker, raw_message("later")),
+    ]
+    page = await readers[0].list_messages("INBOX", ListQuery(limit=10, count=True))
+    assert page.total == 120
+    seen += [int(i.uid or 0) for i in page.items]
+    turn = 1
+    while page.next_cursor is not None:
+        if changes:
+            changes.pop(0)()
+        query = ListQuery(limit=10, cursor=page.next_cursor)
+        page = await readers[turn % 2].list_messages("INBOX", query)
+        seen += [int(i.uid or 0) for i in page.items]
+        turn += 1
+    assert seen == sorted(seen, reverse=True) and len(seen) == len(set(seen))
+    assert set(seen) == set(range(1, 121)) - unlisted_gone
+    assert not changes
+
+
 async def test_listing_filters(
     mailbox: Mailbox, checker: imaplib.IMAP4_SSL, make_imap_reader: MakeReader
 ) -> None:

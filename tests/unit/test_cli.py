@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import re
 import subprocess
 import sys
 from pathlib import Path
+
+from service.serving import uvicorn_options
 
 ROOT = Path(__file__).resolve().parents[2]
 MAILGATE = str(Path(sys.executable).parent / "mailgate")
@@ -81,3 +84,12 @@ def test_readme_configuration_table_is_generated_from_the_settings() -> None:
 
     for name in Settings.model_fields:
         assert f"| `MAILGATE_{name.upper()}` |" in table
+
+
+async def test_the_tests_run_on_the_event_loop_of_mailgate_serve() -> None:
+    """`mailgate serve` runs on uvloop with httptools; so does every async test."""
+    from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+
+    options = uvicorn_options()
+    assert options["loop"] == "uvloop" and issubclass(options["http"], HttpToolsProtocol)
+    assert type(asyncio.get_running_loop()).__module__.split(".")[0] == "uvloop"

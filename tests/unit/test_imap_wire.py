@@ -872,6 +872,8 @@ async def _serve(peer: Peer, caps: bytes, *, hang_up_on: bytes | None = None) ->
             out += header + b")\r\n"
         elif name == b"UID FETCH":
             out = b"* 1 FETCH (UID 7 FLAGS (\\Seen) RFC822.SIZE 30)\r\n"
+        elif name == b"FETCH":
+            out = b"* 1 FETCH (UID 7 FLAGS ())\r\n"
         elif name == b"LOGOUT":
             await peer.send(b"* BYE bye\r\n" + tag + b" OK bye\r\n")
             return
@@ -947,6 +949,11 @@ async def _serve_box(
             if read_only:
                 await peer.send(out + tag + b" OK [READ-ONLY] Select done\r\n")
                 continue
+        elif name == b"STATUS":  # of the selected folder: what the sync state asks
+            values = b"UIDNEXT %d MESSAGES %d UIDVALIDITY 42" % (max(box, default=0) + 1, len(box))
+            if b"CONDSTORE" in caps:
+                values += b" HIGHESTMODSEQ 9"
+            out = b'* STATUS "INBOX" (' + values + b")\r\n"
         elif name == b"UID COPY" and copied is not None:
             copied.append(int(rest.split()[2]))
         elif name == b"UID SEARCH":
@@ -954,6 +961,8 @@ async def _serve_box(
                 found = [u for u, (_, f) in box.items() if "\\Deleted" in f]
             else:
                 crit = rest.split(b" ", 2)[2].split()
+                if crit[:1] == [b"RETURN"]:  # ESEARCH: answered the RFC 3501 way
+                    crit = crit[2:]
                 if crit[:1] == [b"UID"]:
                     span = parse_sequence_set(crit[1].decode())
                     found = [u for u in box if any(lo <= u <= hi for lo, hi in span)]
@@ -970,6 +979,25 @@ async def _serve_box(
                               reverse=True):  # fmt: skip
                 out += b"* %d EXPUNGE\r\n" % seqs[uid]
                 del box[uid]
+        elif name == b"FETCH":  # by sequence numbers: a listing's window
+            span = parse_sequence_set(rest.split()[1].decode())
+            for uid, n in seqs.items():
+                if any(lo <= n <= hi for lo, hi in span):
+                    flags = " ".join(sorted(box[uid][1])).encode()
+                    out += b"* %d FETCH (UID %d FLAGS (%s)" % (n, uid, flags)
+                    if b"HEADER.FIELDS" in rest:
+                        fields = box[uid][0].split(b"\r\n\r\n")[0] + b"\r\n\r\n"
+                        out += b" RFC822.SIZE %d BODY[HEADER.FIELDS (SUBJECT)] {%d}\r\n" % (
+                            len(box[uid][0]),
+                            len(fields),
+                        )
+                        out += fields
+                    out += b")\r\n"
+        elif name == b"SEARCH":  # SEARCH RETURN (MAX) UID a:b, by sequence numbers
+            span = parse_sequence_set(rest.split()[-1].decode())
+            found = [n for uid, n in seqs.items() if any(lo <= uid <= hi for lo, hi in span)]
+            out = b'* ESEARCH (TAG "%s")' % tag + (b" MAX %d" % max(found) if found else b"")
+            out += b"\r\n"
         elif name == b"UID FETCH":
             wanted = {
                 u
@@ -1182,13 +1210,17 @@ def test_summary_fetch_fast_path_matches_the_general_parser(
     assert fast[7] == (["\\Seen", "$Junk"], 300, {"BODY[HEADER.FIELDS (SUBJECT FROM)]": head})
 
 
-@pytest.mark.parametrize("condstore", [True, False])
-async def test_a_page_costs_one_search_and_one_fetch_of_that_page(condstore: bool) -> None:
-    box: dict[int, list[Any]] = {
-        uid: [b"Subject: m%d\r\n\r\nbody\r\n" % uid, set()] for uid in range(1, 301)
-    }
+def _hundreds() -> dict[int, list[Any]]:
+    return {uid: [b"Subject: m%d\r\n\r\nbody\r\n" % uid, set()] for uid in range(1, 301)}
+
+
+async def _pages(
+    box: dict[int, list[Any]], *queries: Any, cache: Any = None, condstore: bool = True
+) -> tuple[list[Any], list[bytes]]:
+    """Each query's page in turn (a callable query gets the previous page) on one pooled
+    session of a scripted server; the pages and the commands the server received."""
     received: list[bytes] = []
-    caps = b"IMAP4rev1 UIDPLUS LITERAL+" + (b" CONDSTORE" if condstore else b"")
+    caps = b"IMAP4rev1 UIDPLUS ESEARCH LITERAL+" + (b" CONDSTORE" if condstore else b"")
 
     async def serve(peer: Peer) -> None:
         try:
@@ -1196,22 +1228,239 @@ async def test_a_page_costs_one_search_and_one_fetch_of_that_page(condstore: boo
         finally:
             received.extend(peer.received)
 
+    pages: list[Any] = []
     pool = SessionPool[ImapSession](Settings())
     async with scripted(serve) as (port, errors):
         reader = _reader(port, pool)
-        page = await reader.list_messages("INBOX", ListQuery(limit=3))
-        assert [i.subject for i in page.items] == ["m300", "m299", "m298"]
-        await reader.list_messages("INBOX", ListQuery(limit=3, cursor=page.next_cursor))
+        reader._cache = cache  # noqa: SLF001 - the reader as the app builds it, with its cache
+        for query in queries:
+            query = query(pages[-1]) if callable(query) else query
+            pages.append(await reader.list_messages("INBOX", query))
         await pool.close_all()
     assert not errors
-    commands = [line.split(b" ", 1)[1] for line in received if b" UID " in line]
+    commands = [line.split(b" ", 1)[1] for line in received]
+    return pages, [c for c in commands if c.split(b" ", 1)[0] in (b"UID", b"FETCH", b"SEARCH")]
+
+
+@pytest.mark.parametrize("cached", [False, True])
+async def test_a_page_costs_one_fetch_of_sequence_numbers(cached: bool) -> None:
+    """No SEARCH for an unfiltered listing: the newest page by sequence numbers from
+    EXISTS, the next one by a window of numbers under the cursor's. A page whose newest
+    message is not cached asks for the header fields in that FETCH; read again with the
+    summaries cached, the window asks for flags alone."""
+    from service.protocols.summary_cache import SummaryCache
+
+    pages, commands = await _pages(
+        _hundreds(),
+        ListQuery(limit=3),
+        lambda p: ListQuery(limit=3, cursor=p.next_cursor),
+        ListQuery(limit=3),
+        cache=SummaryCache(100) if cached else None,
+    )
+    assert [i.subject for i in pages[0].items] == ["m300", "m299", "m298"]
+    assert [i.subject for i in pages[1].items] == ["m297", "m296", "m295"]
+    assert [i.subject for i in pages[2].items] == ["m300", "m299", "m298"]
+    shapes = [c.split()[:2] + [b"HEADER.FIELDS" in c] for c in commands]
+    assert shapes == [
+        [b"FETCH", b"297:300", True],  # the page and one more (is there a next page?)
+        [b"FETCH", b"286:298", True],  # the cursor's own number, the page, one more, 8 slack
+        [b"FETCH", b"297:300", not cached],
+    ]
+
+
+async def test_a_cached_page_costs_one_fetch() -> None:
+    from service.protocols.summary_cache import SummaryCache
+
+    box = _hundreds()
+    peers: list[Peer] = []
+
+    async def serve(peer: Peer) -> None:
+        peers.append(peer)
+        await _serve_box(peer, b"IMAP4rev1 UIDPLUS ESEARCH LITERAL+ CONDSTORE", box)
+
+    pool = SessionPool[ImapSession](Settings())
+    async with scripted(serve) as (port, errors):
+        from service.protocols.imap import imap_reader
+
+        settings = Settings(imap_url=f"imap+plain://127.0.0.1:{port}", command_timeout=2)
+        reader = imap_reader(
+            settings, settings.providers["default"], CREDS, pool, SummaryCache(100)
+        )
+        first = await reader.list_messages("INBOX", ListQuery(limit=3))
+        box[299][1].add("\\Seen")
+        mark = len(peers[0].received)
+        again = await reader.list_messages("INBOX", ListQuery(limit=3))
+        received = peers[0].received[mark:]
+        await pool.close_all()
+    assert not errors
+    assert [i.id for i in again.items] == [i.id for i in first.items]
+    assert [i.seen for i in again.items] == [False, True, False]  # flags are always fresh
+    assert [c.split(b" ", 1)[1].split()[:2] for c in received] == [
+        [b"NOOP"],  # the pooled session's re-sync
+        [b"STATUS", b'"INBOX"'],  # the listing's sync state, from the session's view
+        [b"FETCH", b"297:300"],
+    ]
+
+
+async def test_a_cursor_from_another_view_is_placed_exactly() -> None:
+    """A cursor whose number does not hold, in this session's view, a message at or
+    above the cursor's UID (made in an older view, or forged) is placed by one SEARCH,
+    and the page is still exactly the next older messages."""
+    from service.ids import decode_cursor, encode_cursor
+
+    def lower_number(page: Any) -> ListQuery:
+        data = decode_cursor(page.next_cursor)
+        assert data["s"] == 298
+        data["s"] = 290  # UID 290 sits there: older messages would be skipped
+        return ListQuery(limit=3, cursor=encode_cursor(data))
+
+    pages, commands = await _pages(_hundreds(), ListQuery(limit=3), lower_number)
+    assert [i.subject for i in pages[1].items] == ["m297", "m296", "m295"]
+    assert [b"SEARCH", b"RETURN", b"(MAX)", b"UID", b"1:297"] in [c.split() for c in commands]
+
+
+async def test_expunges_and_arrivals_between_pages_keep_the_number_usable() -> None:
+    """Eight older messages go and ten new ones come between the pages: the cursor's
+    number still holds a message at or above its UID, so no SEARCH is needed."""
+    box = _hundreds()
+
+    def after_changes(page: Any) -> ListQuery:
+        for uid in range(290, 298):
+            del box[uid]
+        for uid in range(301, 311):
+            box[uid] = [b"Subject: m%d\r\n\r\nbody\r\n" % uid, set()]
+        return ListQuery(limit=3, cursor=page.next_cursor)
+
+    pages, commands = await _pages(box, ListQuery(limit=3), after_changes)
+    assert [i.subject for i in pages[1].items] == ["m289", "m288", "m287"]
+    assert not any(c.startswith((b"SEARCH", b"UID SEARCH")) for c in commands)
+
+
+async def test_a_cursor_without_a_number_still_pages() -> None:
+    """Cursors made before numbers were added carry only the UID: placed by one SEARCH."""
+    from service.ids import decode_cursor, encode_cursor
+
+    def old_style(page: Any) -> ListQuery:
+        data = decode_cursor(page.next_cursor)
+        del data["s"]
+        return ListQuery(limit=3, cursor=encode_cursor(data))
+
+    pages, commands = await _pages(_hundreds(), ListQuery(limit=3), old_style)
+    assert [i.subject for i in pages[1].items] == ["m297", "m296", "m295"]
+    assert sum(c.startswith(b"SEARCH") for c in commands) == 1
+
+
+async def test_a_filtered_page_searches_below_the_cursor() -> None:
+    box = _hundreds()
+    pages, commands = await _pages(
+        box,
+        ListQuery(limit=3, subject="m"),
+        lambda p: ListQuery(limit=3, subject="m", cursor=p.next_cursor),
+    )
+    assert [i.subject for i in pages[1].items] == ["m297", "m296", "m295"]
     searches = [c for c in commands if c.startswith(b"UID SEARCH")]
-    fetches = [c.split()[2] for c in commands if c.startswith(b"UID FETCH")]
-    assert len(searches) == 2 and searches[1].split()[2:4] == [b"UID", b"1:297"]
-    if condstore:  # the sync state comes with SELECT
-        assert fetches == [b"298:300", b"295:297"]  # the page's UIDs only, never 1:*
-    else:  # the first page's state needs a digest of every message's flags (documented)
-        assert fetches == [b"1:300", b"298:300", b"295:297"]
+    assert len(searches) == 2 and b"UID 1:297" in searches[1]
+
+
+def test_the_message_count_follows_exists_expunge_and_vanished() -> None:
+    from service.protocols.imapwire import track_exists
+
+    literal = bytearray(b"9 EXISTS")  # literal data is never a response
+    assert track_exists([b"FLAGS (\\Seen)", b"12 EXISTS", b"0 RECENT"], None) == 12
+    assert track_exists([b"3 EXPUNGE", b"3 expunge", literal], 12) == 10
+    assert track_exists([b"2 FETCH (UID 9 FLAGS ())", b"11 EXISTS"], 10) == 11
+    assert track_exists([b"VANISHED 4:6,9"], 11) == 7
+    assert track_exists([b"VANISHED (EARLIER) 1:3"], 7) == 7  # already gone before
+    assert track_exists([b"3 EXPUNGE"], None) is None  # not known until an EXISTS
+    assert track_exists([b"VANISHED x:y"], 7) is None  # garbled: not known any more
+
+
+def test_esearch_max_and_the_highest_of_a_plain_search() -> None:
+    from service.protocols.imapwire import parse_search
+
+    assert parse_search([b'ESEARCH (TAG "a1") MAX 4711']).maximum == 4711
+    assert parse_search([b"SEARCH 3 9 5"]).maximum == 9
+    assert parse_search([b'ESEARCH (TAG "a1")']).maximum is None
+
+
+def test_the_summary_cache_tells_what_it_holds_without_a_use() -> None:
+    from service.models.message import MessageSummary
+    from service.protocols.summary_cache import SummaryCache
+
+    cache = SummaryCache(2)
+    summary = MessageSummary(id="x", folder="INBOX")
+    assert not cache.holds(("k", "INBOX", 7, 1))
+    cache.put(("k", "INBOX", 7, 1), summary)
+    cache.put(("k", "INBOX", 7, 2), summary)
+    assert cache.holds(("k", "INBOX", 7, 1))  # asking is not a use: 1 stays the oldest
+    cache.put(("k", "INBOX", 7, 3), summary)
+    assert not cache.holds(("k", "INBOX", 7, 1)) and cache.holds(("k", "INBOX", 7, 2))
+    assert not SummaryCache(0).holds(("k", "INBOX", 7, 1))
+
+
+def _fetch_replies() -> list[bytes]:
+    """FETCH replies of every shape the framing meets, each ending with its tagged OK."""
+    lit = b'Subject: (hi\r\nFrom: "Q" <q@x.test>\r\n\r\n'
+    two = b"* 4 FETCH (UID 9 BODY[HEADER] {%d}\r\n%s BODY[TEXT] {3}\r\nabc)\r\n" % (len(lit), lit)
+    return [
+        b"".join(b"* %d FETCH (UID %d FLAGS (\\Seen $Junk))\r\n" % (i, i + 7) for i in range(51)),
+        b"".join(
+            b"* %d FETCH (UID %d FLAGS () RFC822.SIZE 9 BODY[HEADER.FIELDS (SUBJECT)] {%d}\r\n"
+            % (i, i, len(lit))
+            + lit
+            + b")\r\n"
+            for i in range(1, 30)
+        ),
+        b"* 3 EXISTS\r\n* 1 EXPUNGE\r\n* 2 FETCH (UID 5 FLAGS (\\Deleted))\r\n* 0 RECENT\r\n",
+        b'* 1 FETCH (UID 3 ENVELOPE ("d" "s (x" NIL NIL NIL NIL NIL NIL NIL NIL))\r\n'
+        b"* 2 FETCH (UID 4 FLAGS ())\r\n",
+        two + b"* 5 FETCH (UID 10 FLAGS ())\r\n",
+        b"* 1 FETCH (UID 3 BODY[] {0}\r\n)\r\n* 2 FETCH (FLAGS (\\Seen) UID 4)\r\n",
+        b"* 1 FETCH (UID 3 FLAGS ())\r\n* BYE shutting down\r\n",
+    ]
+
+
+@pytest.mark.parametrize("seed", range(12))
+async def test_fast_fetch_framing_reads_what_the_general_loop_reads(
+    seed: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The shortcut for simple FETCH responses yields the very lines (bytes, literals as
+    bytearray) the library's general loop yields, however the bytes are split."""
+    import random
+
+    import service.protocols.imapconn as conn
+
+    rng = random.Random(seed)
+    loop = asyncio.get_running_loop()
+
+    class Sink:
+        def write(self, data: bytes) -> None: ...
+
+        def is_closing(self) -> bool:
+            return False
+
+        def abort(self) -> None: ...
+
+    def read(reply: bytes, fast: bool) -> tuple[list[Any], str, bytes | None]:
+        monkeypatch.setattr(conn, "FAST_FETCH_FRAMING", fast)
+        proto = conn._Protocol(loop)
+        proto.transport = Sink()
+        proto.state = "SELECTED"
+        cmd = conn._FetchCommand("A1", "FETCH", [b""], loop)
+        proto.pending_sync_command = cmd
+        data = reply + b"A1 OK done\r\n"
+        cuts = sorted(rng.sample(range(1, len(data)), min(len(data) - 1, rng.randint(0, 6))))
+        for a, b in zip([0, *cuts], [*cuts, len(data)], strict=True):
+            proto.data_received(data[a:b])
+        assert cmd._event.is_set()
+        lines = [(type(x).__name__, bytes(x)) for x in cmd.response.lines]
+        return lines, str(cmd.response.result), proto.bye
+
+    for reply in _fetch_replies():
+        state = rng.getstate()
+        general = read(reply, False)
+        rng.setstate(state)  # the same cuts for both
+        assert read(reply, True) == general
 
 
 @pytest.mark.parametrize(

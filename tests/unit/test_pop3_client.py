@@ -459,6 +459,65 @@ async def test_top_truncate_keeps_the_lines_that_fit_and_the_session() -> None:
         assert srv.errors == []
 
 
+async def test_tops_pipelines_when_the_server_offers_it() -> None:
+    """The server answers only once all three commands arrived: they went out at once."""
+    long_head = b"".join(b"X-%03d: %s\r\n" % (i, b"v" * 90) for i in range(30))
+    async with serve(
+        hello(b"TOP\r\nUIDL\r\nPIPELINING\r\n"),
+        Expect(b"TOP 3 0"),
+        Expect(b"TOP 2 0"),
+        Expect(b"TOP 1 0"),
+        send(
+            b"+OK\r\nSubject: three\r\n..dotted: x\r\n\r\n.\r\n-ERR no such message\r\n",
+            b"+OK\r\n" + long_head + b"\r\n.\r\n",
+        ),
+        Expect(b"NOOP"),
+        send(b"+OK\r\n"),
+        QUIT,
+    ) as srv:
+        client = await connect(srv)
+        got = await client.tops([3, 2, 1], max_bytes=1000)
+        assert got[3] == b"Subject: three\r\n.dotted: x\r\n\r\n" and got[2] is None
+        assert len(got[1] or b"") <= 1000 and long_head.startswith(got[1] or b"-")
+        assert len(got[1] or b"") > 1000 - 100  # whole lines, cut at the limit
+        await client.noop()  # every reply was read to its terminator: in step
+        await client.quit()
+        assert srv.errors == []
+
+
+async def test_tops_one_after_the_other_without_pipelining() -> None:
+    async with serve(
+        hello(),
+        Expect(b"TOP 2 0"),
+        send(b"+OK\r\nSubject: two\r\n\r\n.\r\n"),
+        Expect(b"TOP 1 0"),
+        send(b"-ERR gone\r\n"),
+        QUIT,
+    ) as srv:
+        client = await connect(srv)
+        assert await client.tops([2, 1], max_bytes=1000) == {
+            2: b"Subject: two\r\n\r\n",
+            1: None,
+        }
+        await client.quit()
+        assert srv.errors == []
+
+
+async def test_tops_that_stall_drop_the_session() -> None:
+    async with serve(
+        hello(b"TOP\r\nPIPELINING\r\n"),
+        Expect(b"TOP 2 0"),
+        Expect(b"TOP 1 0"),
+        send(b"+OK\r\nSubject: two\r\n\r\n.\r\n"),
+        HANG,
+    ) as srv:
+        client = await connect(srv, timeout=0.3)
+        with pytest.raises(Pop3TimeoutError):
+            await client.tops([2, 1], max_bytes=1000)
+        with pytest.raises(Pop3DisconnectedError):
+            await client.noop()  # a reply is still owed: never read as another's
+
+
 async def test_top_truncate_reads_under_the_per_read_timeout() -> None:
     async with serve(
         hello(), Expect(b"TOP 1 0"), send(b"+OK\r\n" + b"X-Long: " + b"y" * 3000 + b"\r\n"), HANG

@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Annotated
 
 from fastapi import APIRouter, Query
-from starlette.responses import JSONResponse
+from starlette.responses import Response
 
 from service.api.deps import ProtocolDep
 from service.api.readers import ContextDep
@@ -30,9 +30,9 @@ async def list_folders(
     ctx: ContextDep,
     protocol: ProtocolDep,
     counts: Annotated[bool, Query(description="Add messages and unseen per folder.")] = False,
-) -> JSONResponse:
+) -> Response:
     reader = ctx.reader(protocol)
     folders = FolderList(items=await reader.folders(counts=counts))
     # messages/unseen appear only with counts=true (unseen stays null on POP3).
     exclude = None if counts else {"items": {"__all__": {"messages", "unseen"}}}
-    return JSONResponse(folders.model_dump(mode="json", exclude=exclude))
+    return Response(folders.model_dump_json(exclude=exclude), media_type="application/json")

@@ -3,19 +3,19 @@
 from __future__ import annotations
 
 import asyncio
-import json
 import re
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
-from datetime import date
 from typing import Annotated, Any, Literal, TypeVar
 from urllib.parse import quote
 
-from fastapi import APIRouter, Header, Path, Query, Response
-from starlette.responses import JSONResponse
+from fastapi import APIRouter, Depends, Header, Path, Query, Response
+from pydantic import BaseModel
 
 from service import mime
+from service.api.pagejson import PageEncoder
 from service.api.peer import can_confirm_delivery
+from service.api.query import QueryModel
 from service.api.readers import ContextDep, MailContext
 from service.api.responses import CommitAfterSendResponse, one_chunk, parse_range
 from service.config import Settings
@@ -33,6 +33,7 @@ from service.models.message import (
     DeleteRequest,
     DeleteResult,
     DeleteResults,
+    ListParams,
     MessagePage,
     MessagePatch,
     ParsedMessage,
@@ -89,7 +90,19 @@ IdPath = Annotated[
         json_schema_extra={"pattern": "^[ip][A-Za-z0-9_-]{2,2048}$"},
     ),
 ]
-_DATE_1970_9999 = r"^(19[7-9][0-9]|[2-9][0-9]{3})-(0[1-9]|1[0-2])-(0[1-9]|[12][0-9]|3[01])$"
+
+
+class ReadParams(BaseModel):
+    """The query of the fetches (parsed, raw, attachment): one model, validated in one
+    pass by :class:`~service.api.query.QueryModel`."""
+
+    protocol: ProtocolQuery = None
+    mode: ModeQuery = None
+    mark_seen: MarkSeenQuery = False
+
+
+_READ_QUERY = QueryModel(ReadParams)
+
 FolderQuery = Annotated[
     str, Query(description="IMAP folder; POP3 has only INBOX.", min_length=1, max_length=1000)
 ]
@@ -198,6 +211,9 @@ def _commit_response(
     )
 
 
+_LIST_QUERY = QueryModel(ListParams)
+
+
 @router.get(
     "/messages",
     operation_id="listMessages",
@@ -220,60 +236,41 @@ def _commit_response(
         "first 200 body lines)."
     ),
     responses=problem_responses(*_ERRS),
+    openapi_extra={"parameters": _LIST_QUERY.parameters},
 )
 async def list_messages(
-    ctx: ContextDep,
-    protocol: ProtocolQuery = None,
-    folder: FolderQuery = "INBOX",
-    limit: Annotated[int, Query(ge=1, le=200)] = 50,
-    cursor: Annotated[str | None, Query(max_length=4096)] = None,
-    unseen: bool | None = None,
-    flagged: bool | None = None,
-    since: Annotated[
-        date | None,
-        Query(
-            description="On or after this date (IMAP SINCE); years 1970-9999.",
-            json_schema_extra={"pattern": _DATE_1970_9999},
-        ),
-    ] = None,
-    before: Annotated[
-        date | None,
-        Query(
-            description="Before this date (IMAP BEFORE); years 1970-9999.",
-            json_schema_extra={"pattern": _DATE_1970_9999},
-        ),
-    ] = None,
-    from_: Annotated[str | None, Query(alias="from", max_length=500)] = None,
-    to: Annotated[str | None, Query(max_length=500)] = None,
-    subject: Annotated[str | None, Query(max_length=500)] = None,
-    text: Annotated[str | None, Query(max_length=500)] = None,
-    count: Annotated[bool, Query(description="Also return `total` (one more count).")] = False,
-) -> JSONResponse:
-    for value in (from_, to, subject, text):
+    ctx: ContextDep, params: Annotated[ListParams, Depends(_LIST_QUERY)]
+) -> Response:
+    for value in (params.from_, params.to, params.subject, params.text):
         if value is not None and any(ord(c) < 32 for c in value):
             raise ValidationFailed("Search strings must not contain control characters.")
-    for day in (since, before):
+    for day in (params.since, params.before):
         if day is not None and not 1970 <= day.year <= 9999:
             raise ValidationFailed("since and before must lie between 1970 and 9999.")
     query = ListQuery(
-        limit=limit, cursor=cursor, unseen=unseen, flagged=flagged, since=since,
-        before=before, from_=from_, to=to, subject=subject, text=text, count=count,
+        limit=params.limit, cursor=params.cursor, unseen=params.unseen, flagged=params.flagged,
+        since=params.since, before=params.before, from_=params.from_, to=params.to,
+        subject=params.subject, text=params.text, count=params.count,
     )  # fmt: skip
-    proto = protocol or ctx.settings.default_protocol
+    proto = params.protocol or ctx.settings.default_protocol
     reader = ctx.reader(proto)
-    page = await reader.list_messages(folder, query)
-    body = page.model_dump(mode="json", by_alias=True)
-    if not count:
-        body.pop("total", None)
-    other = "uidl" if proto == "imap" else "uid"
-    for item in body["items"]:
-        item.pop(other, None)
-    return JSONResponse(body)
+    page = await reader.list_messages(params.folder, query)
+    # JSON bytes from the models (pydantic-core; a cached summary's kept from its last
+    # listing), without the other protocol's key, and `total` only when asked for.
+    encoder: PageEncoder = ctx.request.app.state.page_encoder
+    body = encoder.encode(
+        page,
+        leave_out="uidl" if proto == "imap" else "uid",
+        with_total=params.count,
+        remember=proto == "imap",
+    )
+    return Response(body, media_type="application/json")
 
 
 @router.get(
     "/messages/{id}",
     operation_id="getMessage",
+    openapi_extra={"parameters": _READ_QUERY.parameters},
     response_model=ParsedMessage,
     summary="Fetch one message parsed to JSON",
     description=(
@@ -294,12 +291,9 @@ async def list_messages(
     responses={200: {"headers": _MODE_HEADER}, **problem_responses(413, *_ERRS)},
 )
 async def get_message(
-    ctx: ContextDep,
-    id: IdPath,
-    protocol: ProtocolQuery = None,
-    mode: ModeQuery = None,
-    mark_seen: MarkSeenQuery = False,
+    ctx: ContextDep, id: IdPath, params: Annotated[ReadParams, Depends(_READ_QUERY)]
 ) -> Response:
+    protocol, mode, mark_seen = params.protocol, params.mode, params.mark_seen
     mode_ = mode or ctx.settings.default_mode
     msg, proto = await _open(ctx, id, protocol, mode_)
     async with _answering(msg, mode_):
@@ -309,7 +303,7 @@ async def get_message(
             limits=ctx.settings.mime_limits,
         )  # fmt: skip
         parsed.removed = mode_ == "remove"
-        body = json.dumps(parsed.model_dump(mode="json", by_alias=True)).encode()
+        body = parsed.model_dump_json(by_alias=True).encode()
         return _commit_response(
             msg, one_chunk(body), mode=mode_, mark_seen=mark_seen, protocol=proto,
             settings=ctx.settings, media_type="application/json",
@@ -319,6 +313,7 @@ async def get_message(
 @router.get(
     "/messages/{id}/raw",
     operation_id="getRawMessage",
+    openapi_extra={"parameters": _READ_QUERY.parameters},
     summary="The exact RFC 5322 bytes, streamed",
     description=(
         "Streamed in bounded chunks (IMAP partial fetches, POP3 RETR as it arrives), so a "
@@ -347,11 +342,10 @@ async def get_message(
 async def get_raw(
     ctx: ContextDep,
     id: IdPath,
-    protocol: ProtocolQuery = None,
-    mode: ModeQuery = None,
-    mark_seen: MarkSeenQuery = False,
+    params: Annotated[ReadParams, Depends(_READ_QUERY)],
     range_: Annotated[str | None, Header(alias="range")] = None,
 ) -> Response:
+    protocol, mode, mark_seen = params.protocol, params.mode, params.mark_seen
     mode_ = mode or ctx.settings.default_mode
     if mode_ == "remove" and range_ is not None:
         raise ValidationFailed("mode=remove cannot be combined with Range: use keep, then DELETE.")
@@ -403,6 +397,7 @@ def content_disposition(filename: str | None, kind: str | None = "attachment") -
 @router.get(
     "/messages/{id}/attachments/{attachment_id}",
     operation_id="getAttachment",
+    openapi_extra={"parameters": _READ_QUERY.parameters},
     summary="One attachment, decoded, streamed",
     description=(
         "`attachment_id` is the MIME part number (IMAP section) listed by the parsed fetch; "
@@ -436,10 +431,9 @@ async def get_attachment(
             json_schema_extra={"pattern": _PART_PATTERN, "maxLength": 2000},
         ),
     ],
-    protocol: ProtocolQuery = None,
-    mode: ModeQuery = None,
-    mark_seen: MarkSeenQuery = False,
+    params: Annotated[ReadParams, Depends(_READ_QUERY)],
 ) -> Response:
+    protocol, mode, mark_seen = params.protocol, params.mode, params.mark_seen
     if len(attachment_id) > 2000 or not re.fullmatch(_PART_PATTERN, attachment_id):
         raise InvalidId("The attachment id is malformed: a MIME part number such as 2 or 1.2.")
     mode_ = mode or ctx.settings.default_mode
