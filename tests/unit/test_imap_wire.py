@@ -1555,3 +1555,39 @@ async def test_a_small_message_read_costs_one_fetch_on_a_warm_session() -> None:
         assert again == [b"UID FETCH", b"NOOP", b"UID FETCH"]
         await pool.close_all()
     assert not errors
+
+
+async def test_a_command_cancelled_in_flight_never_returns_its_session_to_the_pool() -> None:
+    """A read cancelled while its FETCH is unanswered (a client's stall timer) must not
+    leave the session in the pool: its late reply would answer the next command."""
+    from service.ids import ImapRef
+
+    box: dict[int, list[Any]] = {1: [b"Subject: one\r\n\r\nbody\r\n", set()]}
+    connections = 0
+
+    async def serve(peer: Peer) -> None:
+        nonlocal connections
+        connections += 1
+        if connections == 1:  # the first connection never answers a FETCH
+            await peer.hello()
+            tag, _ = await peer.line()
+            await peer.send(tag + b" OK [CAPABILITY IMAP4rev1 UIDPLUS LITERAL+] in\r\n")
+            await peer.select()
+            await peer.line()  # the FETCH: no answer
+            await peer.until_closed()
+            return
+        await _serve_box(peer, b"IMAP4rev1 UIDPLUS LITERAL+", box)
+
+    pool = SessionPool[ImapSession](Settings())
+    async with scripted(serve) as (port, errors):
+        reader = _reader(port, pool)
+        task = asyncio.create_task(reader.open(ImapRef("INBOX", 42, 1)))
+        await asyncio.sleep(0.3)
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        assert pool.stats().open == 0  # dropped, not kept
+        msg = await reader.open(ImapRef("INBOX", 42, 1))  # a new connection answers right
+        assert await msg.read(10_000) == box[1][0]
+        await pool.close_all()
+    assert connections == 2 and not errors
