@@ -167,7 +167,7 @@ class MailboxReader(Protocol):
     async def list_messages(self, folder: str, query: ListQuery) -> MessagePage: ...
 
     async def open(
-        self, ref: MessageRef, *, prefetch: Literal["body", "structure", "none"] = "body"
+        self, ref: MessageRef, *, prefetch: Literal["body", "stream", "structure", "none"] = "body"
     ) -> OpenedMessage:
         """Open one message; NotFound, StaleId, InvalidId (id of the other protocol).
 

@@ -14,6 +14,7 @@ UIDPLUS.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Literal, TypeVar, cast
@@ -76,7 +77,11 @@ from service.protocols.summary_cache import SummaryCache
 from service.sync.source import ChangePage
 from service.sync.state import ImapState, decode_state
 
-Prefetch = Literal["body", "structure", "none"]
+Prefetch = Literal["body", "stream", "structure", "none"]
+# A streamed download's first chunk: small, so that its first bytes leave at once (the
+# rest follows in fetch_chunk_bytes pieces, one fetched ahead), and a small message
+# still comes whole in the opening FETCH.
+_FIRST_STREAMED = 64 * 1024
 
 __all__ = [
     "ImapOpenedMessage",
@@ -164,7 +169,7 @@ class ImapOpenedMessage:
     between chunks. Each lease checks that the folder's UIDVALIDITY is still the id's.
     """
 
-    def __init__(self, reader: ImapReader, ref: ImapRef, item: FetchItem) -> None:
+    def __init__(self, reader: ImapReader, ref: ImapRef, item: FetchItem, asked: int) -> None:
         self._reader = reader
         self._ref = ref
         self.id = ref.encode()
@@ -172,11 +177,11 @@ class ImapOpenedMessage:
         self.uid = ref.uid
         self.flags = _visible_flags(item.flags)
         self.structure = item.structure
-        step = reader.settings.fetch_chunk_bytes
         head = item.section("BODY[]")
         self._head = head if head is not None else b""
+        self._asked = asked  # the first chunk's length as asked for
         # A first chunk shorter than asked for is the whole message: its size is exact.
-        self.exact_size = head is not None and len(head) < step
+        self.exact_size = head is not None and len(head) < asked
         self.size = len(self._head) if self.exact_size else (item.size or 0)
 
     async def _fetch(self, items: str) -> FetchItem:
@@ -218,18 +223,36 @@ class ImapOpenedMessage:
             offset += len(data)
             if data:
                 yield data
-            if open_end and len(self._head) < step:
+            if open_end and len(self._head) < self._asked:
                 return  # the first chunk came short: it was the whole message
-        while open_end or offset < stop:
-            want = step if open_end else min(step, stop - offset)
-            data = await self._fetch_body(f"<{offset}.{want}>")
-            if len(data) != want and not (open_end and len(data) < want):
-                raise UpstreamError("The message changed on the server while it was read.")
-            offset += len(data)
-            if data:
-                yield data
-            if open_end and len(data) < want:
-                return
+        # One partial fetch ahead: the next chunk is on its way while this one is written.
+        pending: tuple[asyncio.Future[bytes], int] | None = None
+        if open_end or offset < stop:
+            pending = self._fetch_ahead(offset, step if open_end else min(step, stop - offset))
+        try:
+            while pending is not None:
+                task, want = pending
+                data = await task
+                pending = None
+                if len(data) != want and not (open_end and len(data) < want):
+                    raise UpstreamError("The message changed on the server while it was read.")
+                offset += len(data)
+                last = open_end and len(data) < want
+                if not last and (open_end or offset < stop):
+                    pending = self._fetch_ahead(
+                        offset, step if open_end else min(step, stop - offset)
+                    )
+                if data:
+                    yield data
+                if last:
+                    return
+        finally:
+            if pending is not None:  # the reader left: the fetch on its way is dropped
+                pending[0].cancel()
+                await asyncio.wait({pending[0]})  # its session is dropped, not reused
+
+    def _fetch_ahead(self, offset: int, want: int) -> tuple[asyncio.Future[bytes], int]:
+        return asyncio.ensure_future(self._fetch_body(f"<{offset}.{want}>")), want
 
     async def read(self, limit: int) -> bytes:
         """The whole message (what the opening FETCH brought, when that was all of it);
@@ -554,17 +577,18 @@ class ImapReader:
         ``prefetch`` says, its first ``fetch_chunk_bytes`` (``BODY.PEEK[]<0.n>``: a small
         message comes whole) or its BODYSTRUCTURE (part downloads). NotFound, StaleId."""
         iref = _imap_ref(ref)
-        extra = {
-            "body": f" BODY.PEEK[]<0.{self.settings.fetch_chunk_bytes}>",
-            "structure": " BODYSTRUCTURE",
-            "none": "",
-        }[prefetch]
+        asked = {"body": self.settings.fetch_chunk_bytes, "stream": _FIRST_STREAMED}.get(
+            prefetch, 0
+        )
+        extra = {"structure": " BODYSTRUCTURE", "none": ""}.get(
+            prefetch, f" BODY.PEEK[]<0.{asked}>"
+        )
         item = await self.fetch_message(iref, f"(UID FLAGS RFC822.SIZE{extra})")
         if item is None or item.size is None:
             raise NotFound("No such message.")
-        if prefetch == "body" and item.section("BODY[]") is None:
+        if asked and item.section("BODY[]") is None:
             raise NotFound("No such message.")
-        return ImapOpenedMessage(self, iref, item)
+        return ImapOpenedMessage(self, iref, item, asked)
 
     async def fetch_message(self, ref: ImapRef, items: str) -> FetchItem | None:
         """``UID FETCH uid items`` of one message on a leased session, or None when the

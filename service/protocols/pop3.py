@@ -286,7 +286,7 @@ class Pop3Reader:
         return MessagePage(items=items, next_cursor=cursor, total=total, state=state.encode())
 
     async def open(
-        self, ref: MessageRef, *, prefetch: Literal["body", "structure", "none"] = "body"
+        self, ref: MessageRef, *, prefetch: Literal["body", "stream", "structure", "none"] = "body"
     ) -> Pop3Message:
         """Open one message on a session of its own (held until release: a POP3 read
         cannot resume); ``prefetch`` changes nothing here."""

@@ -139,7 +139,7 @@ def _mode_headers(mode: Mode) -> dict[str, str]:
 
 
 async def _open(ctx: MailContext, msg_id: str, protocol: Protocol | None, mode: Mode,
-                prefetch: Literal["body", "structure"] = "body",
+                prefetch: Literal["body", "stream", "structure"] = "body",
                 ) -> tuple[OpenedMessage, Protocol]:  # fmt: skip
     ref = decode_id(msg_id)
     proto = _protocol_for(ref, protocol)
@@ -349,7 +349,7 @@ async def get_raw(
     mode_ = mode or ctx.settings.default_mode
     if mode_ == "remove" and range_ is not None:
         raise ValidationFailed("mode=remove cannot be combined with Range: use keep, then DELETE.")
-    msg, proto = await _open(ctx, id, protocol, mode_)
+    msg, proto = await _open(ctx, id, protocol, mode_, prefetch="stream")
     async with _answering(msg, mode_):
         await msg.check_size()
         if range_ is not None and not msg.exact_size:
