@@ -56,7 +56,13 @@ from dataclasses import dataclass, field
 from typing import Generic, Protocol, TypeVar, cast
 
 from service.config import Settings
-from service.errors import AuthFailed, MailGatewayError, RateLimited, UpstreamUnavailable
+from service.errors import (
+    AuthFailed,
+    MailGatewayError,
+    NotSupported,
+    RateLimited,
+    UpstreamUnavailable,
+)
 
 __all__ = [
     "PoolStats",
@@ -292,9 +298,15 @@ class SessionPool(Generic[S]):
 
         ``long_lived`` (a session held for minutes: an event stream's IDLE) may take at
         most half of the budget, so that the mailbox's reads always have room; past
-        that, RateLimited (429) at once."""
+        that, RateLimited (429) at once; with a budget of one, none: NotSupported."""
         self._check_open()
         bkey = budget_key(key)
+        if long_lived and self.long_lived_cap == 0:
+            raise NotSupported(
+                "Event streams hold a mail session, and this gateway has a connection budget "
+                "of one per mailbox and worker (MAILGATE_POOL_SIZE_PER_USER divided by "
+                "MAILGATE_WORKERS), which the mailbox's reads need: poll /v1/changes instead."
+            )
         if long_lived and self._long_lived.get(bkey, 0) >= self.long_lived_cap:
             raise RateLimited(
                 f"This mailbox has {self.long_lived_cap} long-lived sessions (event streams) "
@@ -328,8 +340,9 @@ class SessionPool(Generic[S]):
 
     @property
     def long_lived_cap(self) -> int:
-        """Long-lived slots per mailbox and protocol: half of the budget, at least one."""
-        return max(1, self.per_key // 2)
+        """Long-lived slots per mailbox and protocol: half of the budget (none of a
+        budget of one: it is the reads')."""
+        return self.per_key // 2
 
     def _uncount_long_lived(self, bkey: str) -> None:
         left = self._long_lived.get(bkey, 1) - 1
