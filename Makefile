@@ -5,7 +5,7 @@ PYTHON ?= /usr/bin/python3
 BIN := $(VENV)/bin
 STACK_ENV ?= $${MAILSTACK_DIR:-/tmp/mailgate-stack}/env
 
-.PHONY: venv lock lock-check spec-lint mailstack mailstack-stop stop test lint readme openapi openapi-check check run bench
+.PHONY: venv lock lock-check spec-lint mailstack mailstack-stop stop test fuzz lint readme openapi openapi-check check run bench
 
 # Locked, hashed dependencies (requirements-dev.lock), then the project itself.
 $(BIN)/.installed: pyproject.toml requirements-dev.lock
@@ -51,6 +51,10 @@ mailstack-stop stop:
 test: venv mailstack
 	$(BIN)/pytest
 
+# schemathesis against the app's own OpenAPI document, real mail stack behind it (~4 min)
+fuzz: venv mailstack
+	$(BIN)/python tests/fuzz/run.py
+
 lint: venv
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
@@ -76,7 +80,7 @@ openapi-check: venv
 	$(BIN)/mailgate openapi | diff -u openapi/openapi.json - \
 	  || (echo "openapi/openapi.json is stale: run 'make openapi'"; exit 1)
 
-check: lint lock-check openapi-check spec-lint test
+check: lint lock-check openapi-check spec-lint test fuzz
 
 run: venv mailstack
 	@. $(STACK_ENV); \
@@ -91,3 +95,5 @@ bench: venv mailstack
 	$(BIN)/python bench/changes_cost.py
 	$(BIN)/python bench/remove_mode_loss.py
 	$(BIN)/python bench/mailbox_load.py
+	$(BIN)/python bench/upload_memory.py
+	$(BIN)/python bench/lockout.py

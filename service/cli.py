@@ -70,6 +70,8 @@ def serve_forever(settings: Settings, overrides: dict[str, object]) -> int:
     )
     import uvicorn
 
+    from service.api.httpserver import ProblemH11Protocol
+
     try:
         uvicorn.run(
             "service.main:create_app",
@@ -82,6 +84,7 @@ def serve_forever(settings: Settings, overrides: dict[str, object]) -> int:
             access_log=False,  # the gateway writes its own access line (route, duration)
             proxy_headers=True,
             server_header=False,
+            http=ProblemH11Protocol,
         )
     finally:
         if metrics_dir is not None:

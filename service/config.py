@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 from urllib.parse import urlsplit
 
-from pydantic import Field, ValidationError, ValidationInfo, field_validator
+from pydantic import Field, SecretStr, ValidationError, ValidationInfo, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from service.mime.structure import Limits
@@ -242,15 +242,51 @@ class Settings(BaseSettings):
         description="multipart nesting read per message; a deeper multipart is one part",
     )
     idempotency_ttl_seconds: int = Field(
-        default=86400, ge=1, description="how long an `Idempotency-Key` is remembered"
+        default=86400, ge=1, description="how long an `Idempotency-Key` answer is remembered"
+    )
+    idempotency_wait_seconds: float = Field(
+        default=10.0,
+        ge=0,
+        le=600,
+        description="how long a duplicate waits for the answer of one with the same "
+        "`Idempotency-Key` still being sent, before 409",
     )
     auth_failures_max: int = Field(
         default=20,
         ge=0,
-        description="refused logins per mailbox and window before 429 (0 turns the limiter off)",
+        description="logins with a not-yet-proven secret per mailbox and window, all clients "
+        "together, before 429 (0 turns the limiter off)",
     )
-    auth_failures_window_seconds: float = Field(
-        default=60.0, gt=0, description="the window of `MAILGATE_AUTH_FAILURES_MAX`"
+    auth_failures_per_client: int = Field(
+        default=5,
+        ge=1,
+        description="the same per client address and mailbox",
+    )
+    auth_failures_window_seconds: int = Field(
+        default=60, ge=1, le=86400, description="the window of the login limits"
+    )
+    auth_known_good_seconds: int = Field(
+        default=86400,
+        ge=0,
+        description="a secret that logged in this recently is never limited, so guessers "
+        "cannot lock the owner out (0: no exemption)",
+    )
+    redis_url: SecretStr | None = Field(
+        default=None,
+        description="`redis://` or `rediss://` URL of the state replicas share (idempotency "
+        "records, login limits); without it each process keeps its own",
+    )
+    redis_timeout: float = Field(
+        default=1.0,
+        gt=0,
+        le=30,
+        description="seconds per Redis call; after a failure Redis is skipped for 2 s",
+    )
+    state_key: SecretStr | None = Field(
+        default=None,
+        description="secret (32+ characters, the same on every replica) for the keyed hashes "
+        "of credentials in the shared state; required with `MAILGATE_REDIS_URL` "
+        "(random per process without it)",
     )
     host: str = Field(default="127.0.0.1", description="`mailgate serve` bind address (`--host`)")
     port: int = Field(default=8025, ge=1, le=65535, description="`mailgate serve` port (`--port`)")
@@ -281,6 +317,23 @@ class Settings(BaseSettings):
                 raise ValueError("each entry must be a hex SHA-256 digest (64 characters)")
             out.append(item)
         return out
+
+    @field_validator("redis_url")
+    @classmethod
+    def _redis_url(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is None or not value.get_secret_value():
+            return None
+        scheme = urlsplit(value.get_secret_value()).scheme.lower()
+        if scheme not in ("redis", "rediss", "unix"):
+            raise ValueError("must be a redis://, rediss:// or unix:// URL")
+        return value
+
+    @field_validator("state_key")
+    @classmethod
+    def _state_key(cls, value: SecretStr | None, info: ValidationInfo) -> SecretStr | None:
+        if value is not None and len(value.get_secret_value()) < 32:
+            raise ValueError("must be at least 32 characters")
+        return value
 
     @field_validator("ca_file", "providers_file")
     @classmethod
@@ -315,6 +368,11 @@ class Settings(BaseSettings):
     @classmethod
     def _pop3(cls, value: str | None, info: ValidationInfo) -> str | None:
         return _check_url(value, "pop3", info)
+
+    def check_state(self) -> None:
+        """ValueError when the shared state is configured without its key."""
+        if self.redis_url is not None and self.state_key is None:
+            raise ValueError("MAILGATE_STATE_KEY is required when MAILGATE_REDIS_URL is set")
 
     @property
     def pool_size_per_process(self) -> int:
@@ -408,4 +466,11 @@ def load_settings(**overrides: Any) -> Settings:
         raise SettingsError(f"invalid setting {var}: {err['msg']}") from None
     except (ValueError, OSError) as exc:
         raise SettingsError(f"invalid setting MAILGATE_PROVIDERS_FILE: {exc}") from None
+    try:
+        settings.check_state()
+    except ValueError:
+        raise SettingsError(
+            "invalid setting MAILGATE_STATE_KEY: required (at least 32 characters, the same "
+            "on every replica) when MAILGATE_REDIS_URL is set"
+        ) from None
     return settings

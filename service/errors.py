@@ -23,6 +23,7 @@
     └── UpstreamFailure                   (the mail server's side)
         ├── UpstreamError                 502 upstream-error
         ├── UpstreamUnavailable           503 upstream-unavailable (Retry-After)
+        │   └── state.StoreUnavailable    503: the shared state store (Redis) is down
         └── UpstreamTimeout               504 upstream-timeout
 
 Protocol adapters raise these (``raise X(...) from exc``); nothing else crosses

@@ -8,7 +8,7 @@ import json
 from dataclasses import dataclass
 from typing import Any
 
-from service.errors import BadRequest, InvalidId
+from service.errors import InvalidId, ValidationFailed
 
 
 def _b64(data: bytes) -> str:
@@ -81,7 +81,7 @@ def decode_cursor(token: str) -> dict[str, Any]:
     try:
         data = json.loads(_unb64(token))
     except (ValueError, UnicodeDecodeError) as exc:
-        raise BadRequest("The cursor is malformed.") from exc
+        raise ValidationFailed("The cursor is malformed.") from exc
     if not isinstance(data, dict):
-        raise BadRequest("The cursor is malformed.")
+        raise ValidationFailed("The cursor is malformed.")
     return data

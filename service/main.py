@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from functools import partial
 from importlib.resources import files
 from typing import Any
 
@@ -16,20 +17,21 @@ from fastapi.staticfiles import StaticFiles
 from starlette.types import Receive, Scope, Send
 
 from service import __version__
+from service.api.bodylimit import BodyLimitMiddleware
 from service.api.deps import check_api_key
 from service.api.openapi_doc import DOCS_CSP, document_openapi, offline_redoc_js
 from service.api.peer import attach_peer
 from service.api.problems import install_problem_handlers
 from service.api.routes import folders, health, messages, send, sync
+from service.api.routes.send import body_limit
 from service.config import Settings, load_settings
-from service.idempotency import IdempotencyStore
 from service.observability import tracing, valid_request_id, watch_sessions
 from service.observability.http import RequestObserver
 from service.protocols.imap import new_imap_pool
 from service.protocols.pool import PooledSession, PoolStats, SessionPool
 from service.protocols.smtp import SmtpSession
 from service.protocols.summary_cache import SummaryCache
-from service.ratelimit import FailedLoginLimiter
+from service.state import open_state
 from service.sync.fanout import Hub, end_streams_on_signal
 
 DESCRIPTION = """\
@@ -82,6 +84,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             await app.state.imap_pool.close_all()
             await app.state.pop3_pool.close_all()
             await app.state.smtp_pool.close_all()
+            await app.state.state.close()
 
     app = MailgateApp(
         title="mailgate",
@@ -94,11 +97,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     )
     app.state.settings = settings
     app.state.session_stats = lambda: session_stats(app)
-    app.state.idempotency = IdempotencyStore(settings.idempotency_ttl_seconds)
+    app.state.state = open_state(settings)
     app.state.summary_cache = SummaryCache(settings.summary_cache_entries)
-    app.state.login_limiter = FailedLoginLimiter(
-        settings.auth_failures_max, settings.auth_failures_window_seconds
-    )
     install_problem_handlers(app)
     v1_deps: list[Any] = [Depends(check_api_key)]
     for router in (send.router, folders.router, messages.router, sync.router):
@@ -150,6 +150,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             expose_headers=["X-Mail-Mode", "Content-Range", "Idempotent-Replayed",
                             "Retry-After"],
         )  # fmt: skip
+    app.add_middleware(BodyLimitMiddleware, limit_for=partial(body_limit, settings))
     app.add_middleware(RequestObserver)
     if tracing.enabled():
         from opentelemetry.instrumentation.asgi import OpenTelemetryMiddleware

@@ -6,12 +6,14 @@ import base64
 import binascii
 import hashlib
 import hmac
+from collections.abc import AsyncIterator
+from dataclasses import replace
 from typing import Annotated, Literal
 
 from fastapi import Depends, Header, Query, Request
 
 from service.config import Provider, Settings
-from service.errors import AuthRequired, Forbidden, ValidationFailed
+from service.errors import AuthFailed, AuthRequired, Forbidden, ValidationFailed
 from service.protocols.base import Credentials
 
 
@@ -89,13 +91,19 @@ async def check_login_rate(
     request: Request,
     creds: Annotated[Credentials, Depends(get_credentials)],
     provider: Annotated[Provider, Depends(get_provider)],
-) -> Credentials:
-    """429 while this mailbox has too many refused logins; remembers whose login this is."""
-    limiter = request.app.state.login_limiter
-    key = limiter.key(provider.name, creds.user)
-    limiter.check(key)
-    request.state.login_key = key
-    return creds
+) -> AsyncIterator[Credentials]:
+    """The credentials, guarded: a login they make answers 429 without reaching the
+    mail server when it is over the limits (see :mod:`service.state.limiter`)."""
+    limiter = request.app.state.state.limiter
+    client = request.client.host if request.client else ""
+    attempt = limiter.attempt(provider.name, creds, client)
+    try:
+        yield replace(creds, guard=attempt)
+    except AuthFailed:
+        await limiter.login_refused(attempt)
+        raise
+    finally:
+        limiter.finished(attempt)
 
 
 async def get_provider(

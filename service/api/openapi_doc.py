@@ -74,7 +74,9 @@ TAGS = [
 
 ADDRESS_INPUT = {
     "description": "A mailbox: an object, or a string `a@example.com` or "
-    "`Name <a@example.com>` (RFC 5322 name-addr).",
+    "`Name <a@example.com>` (RFC 5322 name-addr). Exactly one mailbox per entry: several "
+    "addresses in one string, or anything after the address, are 422 naming the field "
+    "and index (give several as separate entries).",
     "anyOf": [
         {"$ref": "#/components/schemas/Address"},
         {"type": "string", "examples": ["Bob Example <bob@example.test>"]},
@@ -143,6 +145,7 @@ def document_openapi(app: FastAPI) -> None:
         if app.openapi_schema is None:
             schema = FastAPI.openapi(app)
             _finish(schema)
+            _name_providers(schema, sorted(app.state.settings.providers))
             app.openapi_schema = schema
         return app.openapi_schema
 
@@ -181,6 +184,19 @@ def _finish(schema: dict[str, Any]) -> None:
     send_body = schema["paths"]["/v1/send"]["post"]["requestBody"]["content"]
     for media, examples in SEND_EXAMPLES.items():
         send_body[media]["examples"] = examples
+
+
+def _name_providers(schema: dict[str, Any], names: list[str]) -> None:
+    """X-Mail-Provider takes the configured provider names only."""
+    for ops in schema["paths"].values():
+        for op in ops.values():
+            for param in op.get("parameters", []):
+                if param["name"].lower() == "x-mail-provider":
+                    param["schema"] = {"type": "string", "enum": names}
+                    param["description"] = (
+                        "A provider named in the providers file (default: `default`); "
+                        "any other name is 422."
+                    )
 
 
 def _accept_address_strings(node: Any) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import re
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -10,7 +11,8 @@ from fastapi.exceptions import RequestValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import JSONResponse
 
-from service.errors import AuthFailed, MailGatewayError
+from service.api.bodylimit import BodyTooLarge
+from service.errors import MailGatewayError, TooLarge
 from service.observability import current_request_id
 
 log = logging.getLogger("mailgate")
@@ -86,14 +88,32 @@ def _safe_errors(errors: Any) -> list[dict[str, Any]]:
     return out
 
 
+def _allowed_methods(request: Request) -> str:
+    """Every method the OpenAPI document gives this path (Starlette names only the first
+    route whose path matches, e.g. POST alone for /v1/messages/delete, which the
+    GET/DELETE/PATCH of /v1/messages/{id} match as well)."""
+    app = request.app
+    table: list[tuple[re.Pattern[str], set[str]]] | None = getattr(app.state, "allow_table", None)
+    if table is None:
+        table = []
+        for template, ops in app.openapi().get("paths", {}).items():
+            regex = re.sub(r"\\\{[^/]+?\\\}", "[^/]+", re.escape(template))
+            table.append((re.compile(regex), {m.upper() for m in ops}))
+        app.state.allow_table = table
+    methods: set[str] = set()
+    for pattern, ops in table:
+        if pattern.fullmatch(request.url.path):
+            methods |= ops
+    if "GET" in methods:
+        methods.add("HEAD")
+    return ", ".join(sorted(methods))
+
+
 def install_problem_handlers(app: FastAPI) -> None:
     """Route every error through the problem renderer; nothing leaks internals."""
 
     @app.exception_handler(MailGatewayError)
     async def _gateway(request: Request, exc: MailGatewayError) -> ProblemResponse:
-        login_key = getattr(request.state, "login_key", None)
-        if isinstance(exc, AuthFailed) and login_key is not None:
-            request.app.state.login_limiter.failed(login_key)
         return render_error(request, exc)
 
     @app.exception_handler(RequestValidationError)
@@ -120,6 +140,11 @@ def install_problem_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(StarletteHTTPException)
     async def _http(request: Request, exc: StarletteHTTPException) -> ProblemResponse:
+        if isinstance(exc, BodyTooLarge):
+            return render_error(request, TooLarge(str(exc.detail)))
+        headers = dict(exc.headers or {})
+        if exc.status_code == 405:
+            headers["Allow"] = _allowed_methods(request)
         code = _HTTP_CODES.get(exc.status_code, "error")
         return problem(
             request,
@@ -127,7 +152,7 @@ def install_problem_handlers(app: FastAPI) -> None:
             code=code,
             title=str(exc.detail) if isinstance(exc.detail, str) else "Error",
             detail=str(exc.detail) if isinstance(exc.detail, str) else "Error",
-            headers=dict(exc.headers or {}),
+            headers=headers,
         )
 
     @app.exception_handler(Exception)

@@ -57,7 +57,8 @@ class AttachmentIn(BaseModel):
 
 
 class Draft(BaseModel):
-    """A message to compose and send."""
+    """A message to compose and send. At least one recipient in `to`, `cc` or `bcc`
+    (else 422); each address entry is exactly one mailbox."""
 
     model_config = ConfigDict(extra="forbid", populate_by_name=True)
 

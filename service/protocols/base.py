@@ -18,13 +18,42 @@ from service.mime import PartInfo
 from service.models.message import DeleteResult, Folder, MessagePage, MessagePatch
 
 
+class LoginGuard(Protocol):
+    """Told by an adapter about each login it makes with a request's credentials."""
+
+    async def before_login(self) -> None:
+        """Just before the credentials go on the wire; RateLimited to send nothing."""
+        ...
+
+    async def login_accepted(self) -> None:
+        """The server accepted the credentials."""
+        ...
+
+
+class _Unguarded:
+    async def before_login(self) -> None:
+        return None
+
+    async def login_accepted(self) -> None:
+        return None
+
+
+UNGUARDED: LoginGuard = _Unguarded()
+
+
 @dataclass(frozen=True)
 class Credentials:
-    """Mailbox credentials of one request; never stored, never logged."""
+    """Mailbox credentials of one request; never stored, never logged.
+
+    Every adapter calls ``guard.before_login()`` right before it sends them in a
+    login (LOGIN, AUTHENTICATE, AUTH, USER/PASS) and ``guard.login_accepted()``
+    when the server accepted them; a reused session makes no login and no call.
+    """
 
     user: str
     secret: str = field(repr=False)
     kind: Literal["basic", "xoauth2"] = "basic"
+    guard: LoginGuard = field(default=UNGUARDED, repr=False, compare=False)
 
     def pool_key(self, provider: str, protocol: str) -> str:
         """A key for session reuse that does not reveal the secret:
@@ -130,6 +159,12 @@ class OpenedMessage(Protocol):
 
 class MailboxReader(Protocol):
     """Reads, lists and deletes mail in one mailbox (IMAP or POP3)."""
+
+    async def verify(self) -> None:
+        """Log in (or reuse a logged-in session) and do nothing else: AuthFailed when the
+        server refuses the credentials. For routes that might otherwise answer without
+        asking the server (no 2xx for refused credentials)."""
+        ...
 
     async def folders(self, *, counts: bool) -> list[Folder]: ...
 

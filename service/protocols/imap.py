@@ -24,7 +24,6 @@ from typing import Literal, TypeVar, cast
 from service import mime
 from service.config import Provider, Settings
 from service.errors import (
-    BadRequest,
     Conflict,
     InvalidId,
     MailGatewayError,
@@ -177,9 +176,9 @@ def _cursor_position(token: str, folder: str, qhash: str) -> tuple[int, int]:
         and 0 < v < 2**32
         and 0 < u < 2**32
     ):
-        raise BadRequest("The cursor is malformed.")
+        raise ValidationFailed("The cursor is malformed.")
     if data.get("f") != folder or data.get("q") != qhash:
-        raise BadRequest("The cursor belongs to another listing (folder or filters differ).")
+        raise ValidationFailed("The cursor belongs to another listing (folder or filters differ).")
     return v, u
 
 
@@ -562,6 +561,12 @@ class ImapReader:
         raise UpstreamUnavailable("The IMAP server closed the connection.")  # pragma: no cover
 
     # -- folders ----------------------------------------------------------------------------
+    async def verify(self) -> None:
+        async def op(session: ImapSession) -> None:
+            return None
+
+        await self._run(op)
+
     async def folders(self, *, counts: bool) -> list[Folder]:
         async def op(session: ImapSession) -> list[Folder]:
             if session.selected is not None:

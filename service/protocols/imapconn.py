@@ -338,7 +338,19 @@ _HIGHESTMODSEQ_RE = re.compile(rb"\[HIGHESTMODSEQ (\d+)\]", re.IGNORECASE)
 _EXISTS_RE = re.compile(rb"(\d+) EXISTS$", re.IGNORECASE)
 _EXPUNGE_RE = re.compile(rb"\d+ EXPUNGE$", re.IGNORECASE)
 _VANISHED_RE = re.compile(rb"VANISHED ", re.IGNORECASE)
-_UNAVAILABLE = {"UNAVAILABLE", "SERVERBUG", "LIMIT", "INUSE", "OVERQUOTA"}
+_UNAVAILABLE = {"UNAVAILABLE", "SERVERBUG", "LIMIT", "INUSE", "OVERQUOTA", "THROTTLED"}
+# A refusal without a response code that still says "try later" (Exchange answers a
+# throttled login with "NO Server Unavailable. 15").
+_TEMPORARY_TEXT = re.compile(
+    r"\b(unavailable|try again later|temporar(y|ily)|throttl\w*|too many connections)\b",
+    re.IGNORECASE,
+)
+
+
+def _temporary(reply: Reply) -> bool:
+    """A NO that means "not now" rather than "no": retrying later may work."""
+    code = reply.code
+    return code in _UNAVAILABLE or (not code and bool(_TEMPORARY_TEXT.search(reply.text)))
 
 
 @dataclass(frozen=True)
@@ -508,20 +520,22 @@ class ImapSession:
         if proto.state == AUTH:  # PREAUTH
             return
         caps = self.capabilities
+        if creds.kind == "xoauth2" and "AUTH=XOAUTH2" not in caps:
+            raise AuthFailed("The IMAP server does not offer XOAUTH2 (Bearer) logins.")
+        # LOGINDISABLED disables only the LOGIN command
+        if creds.kind == "basic" and "AUTH=PLAIN" not in caps and "LOGINDISABLED" in caps:
+            raise UpstreamError("The IMAP server does not allow a password login here.")
+        await creds.guard.before_login()
         if creds.kind == "xoauth2":
-            if "AUTH=XOAUTH2" not in caps:
-                raise AuthFailed("The IMAP server does not offer XOAUTH2 (Bearer) logins.")
             raw = f"user={creds.user}\x01auth=Bearer {creds.secret}\x01\x01".encode()
             reply = await self._sasl("XOAUTH2", base64.b64encode(raw).decode("ascii"))
-        elif "AUTH=PLAIN" in caps:  # LOGINDISABLED disables only the LOGIN command
+        elif "AUTH=PLAIN" in caps:
             raw = f"\0{creds.user}\0{creds.secret}".encode()
             reply = await self._sasl("PLAIN", base64.b64encode(raw).decode("ascii"))
-        elif "LOGINDISABLED" in caps:
-            raise UpstreamError("The IMAP server does not allow a password login here.")
         else:
             reply = await self.command("LOGIN", [astring(creds.user), astring(creds.secret)])
         if not reply.ok:
-            if reply.code in _UNAVAILABLE:
+            if _temporary(reply):
                 raise UpstreamUnavailable(
                     "The IMAP server cannot log in now.", upstream=Upstream("imap", reply.text)
                 )
@@ -529,6 +543,7 @@ class ImapSession:
                 "The IMAP server refused the credentials.", upstream=Upstream("imap", reply.text)
             )
         proto.state = AUTH
+        await creds.guard.login_accepted()
         self.capabilities = _caps_from(reply.raw) or await self._capability()
 
     async def _sasl(self, mechanism: str, payload: str) -> Reply:
@@ -657,7 +672,7 @@ class ImapSession:
 
     def _expect_ok(self, reply: Reply, what: str) -> None:
         if not reply.ok:
-            if reply.code in _UNAVAILABLE:
+            if _temporary(reply):
                 raise UpstreamUnavailable(
                     f"The IMAP server cannot {what} now.", upstream=Upstream("imap", reply.text)
                 )
@@ -714,7 +729,7 @@ class ImapSession:
             words.append("(CONDSTORE)")
         reply = await self.command("SELECT", words)
         if not reply.ok:
-            if reply.code in _UNAVAILABLE:
+            if _temporary(reply):
                 self._expect_ok(reply, "open the folder")
             raise NotFound("No such folder.", upstream=Upstream("imap", reply.text))
         uidnext = modseq = None

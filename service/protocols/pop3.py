@@ -44,7 +44,6 @@ from service import mime
 from service.config import Provider, Settings
 from service.errors import (
     AuthFailed,
-    BadRequest,
     CannotCalculateChanges,
     InvalidId,
     MailboxInUse,
@@ -57,6 +56,7 @@ from service.errors import (
     UpstreamError,
     UpstreamTimeout,
     UpstreamUnavailable,
+    ValidationFailed,
     scrub,
 )
 from service.ids import MessageRef, Pop3Ref, decode_cursor, encode_cursor
@@ -205,16 +205,22 @@ class Pop3Reader:
             timeout=self.settings.command_timeout,
         )
         try:
+            await self._creds.guard.before_login()
             if self._creds.kind == "xoauth2":
                 await client.auth_xoauth2(self._creds.user, self._creds.secret)
             else:
                 await client.login(self._creds.user, self._creds.secret)
+            await self._creds.guard.login_accepted()
         except BaseException as exc:
             await client.aclose_without_quit()
             if isinstance(exc, ValueError):  # CR, LF or NUL: cannot be sent, so refused
                 raise AuthFailed("The credentials contain characters POP3 cannot carry.") from None
             raise
         return client
+
+    async def verify(self) -> None:
+        async with _Session(self):
+            pass
 
     async def folders(self, *, counts: bool) -> list[Folder]:
         """One folder, INBOX, with its sync state (one UIDL) and, if asked, its count."""
@@ -703,13 +709,13 @@ def _pack(uidls: list[str]) -> str:
 
 def _unpack(value: object, most: int) -> frozenset[bytes]:
     if not isinstance(value, str) or len(value) > (most * 4 + 2) // 3 * 4:
-        raise BadRequest("The cursor is not a POP3 cursor.")
+        raise ValidationFailed("The cursor is not a POP3 cursor.")
     try:
         raw = base64.b64decode(value, validate=True)
     except (binascii.Error, ValueError):
-        raise BadRequest("The cursor is not a POP3 cursor.") from None
+        raise ValidationFailed("The cursor is not a POP3 cursor.") from None
     if len(raw) % 4 or len(raw) > most * 4:
-        raise BadRequest("The cursor is not a POP3 cursor.")
+        raise ValidationFailed("The cursor is not a POP3 cursor.")
     return frozenset(raw[i : i + 4] for i in range(0, len(raw), 4))
 
 
@@ -755,7 +761,7 @@ def _after_cursor(token: str, uidls: dict[int, str]) -> list[int]:
     data = decode_cursor(token)
     number = data.get("n")
     if type(number) is not int or number < 1:
-        raise BadRequest("The cursor is not a POP3 cursor.")
+        raise ValidationFailed("The cursor is not a POP3 cursor.")
     if data.get("p") == 2:
         page = _unpack(data.get("h"), _CURSOR_PAGE_MAX)
         older = _unpack(data.get("o"), _CURSOR_ANCHORS)
@@ -769,10 +775,10 @@ def _after_cursor(token: str, uidls: dict[int, str]) -> list[int]:
             or len(recent) > _LEGACY_CURSOR_UIDLS
             or not all(isinstance(u, str) for u in recent)
         ):
-            raise BadRequest("The cursor is not a POP3 cursor.")
+            raise ValidationFailed("The cursor is not a POP3 cursor.")
         page, older, newer = frozenset(_uidl_hash(u) for u in recent), frozenset(), frozenset()
     else:
-        raise BadRequest("The cursor is not a POP3 cursor.")
+        raise ValidationFailed("The cursor is not a POP3 cursor.")
     below = [(k, _uidl_hash(uidls[k])) for k in sorted(uidls, reverse=True) if k < number]
     bound = number
     anchor = next((k for k, h in below if h in older), None)

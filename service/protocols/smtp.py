@@ -121,12 +121,14 @@ class SmtpSender:
                 # A relay that offers no AUTH (a test server, a trusted smart
                 # host): its own policy decides; the credentials are not sent.
                 log.debug("SMTP server offers no AUTH; sending without it")
-            elif self._creds.kind == "xoauth2":
-                with _command("AUTH", host, port):
-                    await client.auth_xoauth2(self._creds.user, self._creds.secret)
             else:
+                await self._creds.guard.before_login()
                 with _command("AUTH", host, port):
-                    await client.login(self._creds.user, self._creds.secret)
+                    if self._creds.kind == "xoauth2":
+                        await client.auth_xoauth2(self._creds.user, self._creds.secret)
+                    else:
+                        await client.login(self._creds.user, self._creds.secret)
+                await self._creds.guard.login_accepted()
         except BaseException:
             if client.is_connected:
                 client.close()
@@ -181,8 +183,17 @@ class SmtpSender:
 
         if isinstance(exc, SMTPRecipientsRefused):
             rejected = {r.recipient: scrub(f"{r.code} {r.message}") for r in exc.recipients}
+            first = up(next(iter(rejected.values()), ""))
+            if exc.recipients and all(400 <= r.code < 500 for r in exc.recipients):
+                return UpstreamUnavailable(
+                    "The SMTP server refused every recipient for now; try again later.",
+                    upstream=first,
+                    extra={"rejected": rejected},
+                )
             return RecipientRejected(
-                "The SMTP server refused every recipient.", extra={"rejected": rejected}
+                "The SMTP server refused every recipient.",
+                upstream=first,
+                extra={"rejected": rejected},
             )
         if isinstance(exc, SMTPResponseException) and exc.code in (530, 535):
             # 530: the relay wants AUTH it never offered; 535: credentials refused.

@@ -116,6 +116,8 @@ async def test_health_and_readiness(client: Any, make_client: Any) -> None:
     async with make_client(smtp_url=f"smtp://127.0.0.1:{port}") as down:
         r = await down.get("/readyz")
     assert r.status_code == 503 and r.json()["checks"]["default.smtp"] == "unreachable"
+    assert r.headers["content-type"] == "application/problem+json"
+    assert r.json()["code"] == "upstream-unavailable" and int(r.headers["retry-after"]) > 0
     r = await client.get("/metrics")
     assert r.status_code == 200 and r.headers["content-type"].startswith("text/plain")
     healthz = metric(r.text, "mailgate_http_request_duration_seconds_count", route="/healthz")
@@ -190,3 +192,43 @@ async def test_cors_when_origins_are_configured(make_client: Any) -> None:
             "Origin": "https://evil.example", "Access-Control-Request-Method": "GET",
         })  # fmt: skip
         assert "access-control-allow-origin" not in r.headers
+
+
+async def test_unreadable_http_is_a_problem_too(settings: Any) -> None:
+    """uvicorn's own 400 (the request line or headers cannot be parsed) is problem+json."""
+    import asyncio
+    import json
+
+    import uvicorn
+
+    from service.api.httpserver import ProblemH11Protocol
+    from service.main import create_app
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    config = uvicorn.Config(create_app(settings), host="127.0.0.1", port=port,
+                            log_level="critical", http=ProblemH11Protocol)  # fmt: skip
+    server = uvicorn.Server(config)
+    task = asyncio.create_task(server.serve())
+    try:
+        while not server.started:
+            if task.done():
+                task.result()
+            await asyncio.sleep(0.01)
+        answers = []
+        for garbage in (b"GET / HTTP/1.1\r\nBad Header\r\n\r\n", b"\x16\x03\x01 hello\r\n\r\n"):
+            reader, writer = await asyncio.open_connection("127.0.0.1", port)
+            writer.write(garbage)
+            answers.append(await asyncio.wait_for(reader.read(), 5))
+            writer.close()
+    finally:
+        server.should_exit = True
+        await task
+    for raw in answers:
+        head, _, body = raw.partition(b"\r\n\r\n")
+        assert head.startswith(b"HTTP/1.1 400 ")
+        assert b"content-type: application/problem+json" in head.lower()
+        problem = json.loads(body)
+        assert problem["status"] == 400 and problem["code"] == "bad-request"
+        assert f"x-request-id: {problem['request_id']}".encode() in head.lower()

@@ -18,13 +18,13 @@ from mailboxes import Mailbox
 from service.config import ServerUrl, Settings
 from service.errors import (
     AuthFailed,
-    BadRequest,
     InvalidId,
     NotFound,
     StaleId,
     TooLarge,
     UpstreamError,
     UpstreamUnavailable,
+    ValidationFailed,
 )
 from service.ids import ImapRef, Pop3Ref, decode_id
 from service.models.message import MessagePatch
@@ -381,13 +381,13 @@ async def test_listing_filters(
     )
     assert [i.uid for i in page2.items] == [a] and page2.total == 2
     assert page2.next_cursor is None
-    with pytest.raises(BadRequest):  # the filters changed
+    with pytest.raises(ValidationFailed):  # the filters changed
         await reader.list_messages("INBOX", ListQuery(limit=1, cursor=page.next_cursor))
-    with pytest.raises(BadRequest):  # another folder
+    with pytest.raises(ValidationFailed):  # another folder
         await reader.list_messages(
             "Archive", ListQuery(limit=1, flagged=True, cursor=page.next_cursor)
         )
-    with pytest.raises(BadRequest):
+    with pytest.raises(ValidationFailed):
         await reader.list_messages("INBOX", ListQuery(cursor="not-a-cursor!"))
 
 

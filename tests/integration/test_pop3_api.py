@@ -496,12 +496,12 @@ async def test_cursor_of_the_earlier_form_is_still_read() -> None:
     [{"p": 2, "n": 3, "h": "!!", "o": "", "e": ""}, {"p": 2, "n": 3, "h": "AAA=", "o": "",
      "e": ""}, {"p": 2, "n": 0, "h": "", "o": "", "e": ""}, {"p": 3, "n": 3}],
 )  # fmt: skip
-async def test_a_cursor_that_is_not_ours_is_400(cursor: dict[str, Any]) -> None:
-    from service.errors import BadRequest
+async def test_a_cursor_that_is_not_ours_is_422(cursor: dict[str, Any]) -> None:
+    from service.errors import ValidationFailed
     from service.ids import encode_cursor
     from service.protocols import pop3
 
-    with pytest.raises(BadRequest):
+    with pytest.raises(ValidationFailed):  # an invalid query parameter
         pop3._after_cursor(encode_cursor(cursor), {1: "a", 2: "b"})
 
 

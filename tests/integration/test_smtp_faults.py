@@ -9,6 +9,7 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
 
+import pytest
 from mailboxes import Mailbox
 from scripted import serving
 
@@ -21,12 +22,17 @@ async def fake_smtp(
     data_reply: bytes = b"250 queued as 1\r\n",
     hang_up_after_data: bool = False,
     auth: bool = False,
+    auth_reply: bytes = b"235 2.7.0 Authentication successful\r\n",
+    greeting: bytes = b"220 fake ESMTP\r\n",
 ) -> AsyncIterator[tuple[int, list[str]]]:
     """An SMTP server without AUTH or STARTTLS; records the commands it gets."""
     received: list[str] = []
 
     async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        writer.write(b"220 fake ESMTP\r\n")
+        writer.write(greeting)
+        if not greeting.startswith(b"220"):
+            await writer.drain()
+            return
         while line := await reader.readline():
             cmd = line.decode().strip()
             verb = cmd.split(" ")[0].upper()
@@ -37,7 +43,7 @@ async def fake_smtp(
                 offer = b"250-AUTH XOAUTH2 PLAIN\r\n" if auth else b""
                 writer.write(b"250-fake\r\n" + offer + b"250-SIZE 1000000\r\n250 8BITMIME\r\n")
             elif verb == "AUTH":
-                writer.write(b"235 2.7.0 Authentication successful\r\n")
+                writer.write(auth_reply)
             elif verb == "RCPT":
                 writer.write(rcpt_reply)
             elif verb == "DATA":
@@ -103,7 +109,35 @@ async def test_every_recipient_refused_is_422_with_reasons(
             r = await client.post("/v1/send", json=DRAFT, headers=mailbox.auth)
     assert r.status_code == 422 and r.json()["code"] == "recipient-rejected"
     assert "no such user" in r.json()["rejected"]["rcpt@elsewhere.test"]
+    assert r.json()["upstream"] == {"protocol": "smtp", "reply": "550 5.1.1 no such user"}
     assert "DATA" not in received
+
+
+@pytest.mark.parametrize(
+    ("script", "words"),
+    [
+        ({"auth_reply": b"454 4.7.0 Temporary authentication failure\r\n"}, "454 4.7.0"),
+        ({"greeting": b"421 4.3.2 Service shutting down, try later\r\n"}, "421 4.3.2"),
+        ({"rcpt_reply": b"451 4.7.1 Greylisted, try again later\r\n"}, "451 4.7.1"),
+        ({"data_reply": b"452 4.3.1 Insufficient system storage\r\n"}, "452 4.3.1"),
+    ],
+    ids=["sasl-outage", "greeting-421", "rcpt-451", "data-452"],
+)
+async def test_temporary_smtp_refusals_are_503_with_retry_after_and_the_words(
+    script: dict[str, bytes], words: str, make_client: Any, mailbox: Mailbox
+) -> None:
+    async with fake_smtp(auth=True, **script) as (port, received):
+        async with make_client(smtp_url=f"smtp+plain://127.0.0.1:{port}") as client:
+            r = await client.post("/v1/send", json=DRAFT, headers=mailbox.auth)
+    assert r.status_code == 503, r.text
+    problem = r.json()
+    assert problem["code"] == "upstream-unavailable"
+    assert int(r.headers["retry-after"]) > 0
+    assert problem["upstream"]["protocol"] == "smtp"
+    assert problem["upstream"]["reply"].startswith(words)
+    assert mailbox.password not in r.text
+    if "data_reply" not in script:
+        assert not [c for c in received if c.startswith("> ")]  # no message data went out
 
 
 async def test_refusal_of_the_message_is_502_with_the_servers_words(

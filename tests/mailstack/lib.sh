@@ -18,6 +18,7 @@ POP3S_PORT=${MAILSTACK_POP3S_PORT:-31995}
 SUBMISSION_PORT=${MAILSTACK_SUBMISSION_PORT:-31587}
 SMTPS_PORT=${MAILSTACK_SMTPS_PORT:-31465}
 SMTP_PLAIN_PORT=${MAILSTACK_SMTP_PLAIN_PORT:-31025}
+REDIS_PORT=${MAILSTACK_REDIS_PORT:-31379}
 # Two more Dovecot instances on the same mailboxes (IMAPS only) that advertise
 # less: no QRESYNC ("condstore"), and no CONDSTORE, QRESYNC or IDLE ("basic").
 CONDSTORE_IMAPS_PORT=${MAILSTACK_CONDSTORE_IMAPS_PORT:-31994}
@@ -27,6 +28,7 @@ VARIANTS=(condstore basic)
 DOVECOT_CONF=$ROOT/etc/dovecot.conf
 POSTFIX_DIR=$ROOT/etc/postfix
 LOG_DIR=$ROOT/log
+REDIS_DIR=$ROOT/redis
 
 ms_say() { printf 'mailstack: %s\n' "$*" 2>/dev/null || true; }
 ms_die() { printf 'mailstack: ERROR: %s\n' "$*" >&2; exit 1; }
@@ -133,8 +135,30 @@ ms_wait_gone() {
     done
 }
 
+# PID of this root's redis-server (from its pidfile, checked against /proc).
+ms_redis_pid() {
+    local pid comm
+    [ -r "$REDIS_DIR/redis.pid" ] && read -r pid 2>/dev/null <"$REDIS_DIR/redis.pid" || return 0
+    read -r comm 2>/dev/null <"/proc/$pid/comm" || return 0
+    if [ "$comm" = redis-server ] && ms_alive "$pid"; then
+        echo "$pid"
+    fi
+    return 0
+}
+
+ms_stop_redis() {
+    local pid
+    pid=$(ms_redis_pid)
+    [ -n "$pid" ] || return 0
+    kill -TERM "$pid" 2>/dev/null || true
+    ms_wait_gone 10 "$pid"
+    rm -f "$REDIS_DIR/redis.pid"
+    ms_say "stopped Redis of $ROOT (pid $pid)"
+}
+
 ms_stop_stack() {
     local masters children
+    ms_stop_redis
     masters=$(ms_masters)
     [ -n "$masters" ] || return 0
     # shellcheck disable=SC2086

@@ -1,9 +1,10 @@
 """Greeting probe for the mailgate test mail stack (stdlib only).
 
 Usage: probe.py [--wait SECONDS] HOST CAFILE NAME:PROTO:PORT...
-  PROTO is one of imap, imaps, pop3, pop3s, smtp, smtps.
+  PROTO is one of imap, imaps, pop3, pop3s, smtp, smtps, redis.
 
-Checks that every port answers a real greeting ("* OK", "+OK", "220"); the
+Checks that every port answers a real greeting ("* OK", "+OK", "220"; Redis,
+which does not greet, must answer PING with "+PONG"); the
 implicit-TLS ports after a verified TLS handshake with CAFILE (and the
 server name "localhost"). Without --wait: one pass (with a short retry),
 exit 0 if all answer, 1 otherwise. With --wait: first wait until each port
@@ -25,6 +26,7 @@ QUIT = {
     "pop3s": b"QUIT\r\n",
     "smtp": b"QUIT\r\n",
     "smtps": b"QUIT\r\n",
+    "redis": b"QUIT\r\n",
 }
 
 GREETING = {
@@ -34,6 +36,7 @@ GREETING = {
     "pop3s": b"+OK",
     "smtp": b"220",
     "smtps": b"220",
+    "redis": b"+PONG",
 }
 
 
@@ -60,10 +63,12 @@ def greet(host: str, cafile: str, proto: str, port: int, timeout: float) -> str:
     except OSError as e:
         return f"connect: {e}"
     try:
-        if proto.endswith("s"):
+        if proto in ("imaps", "pop3s", "smtps"):
             ctx = ssl.create_default_context(cafile=cafile)
             sock = ctx.wrap_socket(sock, server_hostname="localhost")
         sock.settimeout(timeout)
+        if proto == "redis":
+            sock.sendall(b"PING\r\n")
         data = b""
         while b"\n" not in data and len(data) < 4096:
             chunk = sock.recv(4096)

@@ -15,7 +15,7 @@ umask 022
 . "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 HERE=$MAILSTACK_HERE
 START_TIMEOUT=${MAILSTACK_START_TIMEOUT:-30}
-PACKAGES=(dovecot-imapd dovecot-pop3d dovecot-lmtpd postfix openssl)
+PACKAGES=(dovecot-imapd dovecot-pop3d dovecot-lmtpd postfix openssl redis-server)
 
 ms_require_root "$@"
 ms_check_root_path
@@ -100,7 +100,7 @@ fingerprint() {
     {
         cat "$HERE"/start.sh "$HERE"/lib.sh "$HERE"/probe.py "$HERE"/*.in
         echo "$ROOT $IMAP_PORT $IMAPS_PORT $POP3_PORT $POP3S_PORT $SUBMISSION_PORT $SMTPS_PORT $SMTP_PLAIN_PORT"
-        echo "$CONDSTORE_IMAPS_PORT $BASIC_IMAPS_PORT"
+        echo "$CONDSTORE_IMAPS_PORT $BASIC_IMAPS_PORT $REDIS_PORT"
     } | sha256sum | cut -d' ' -f1
 }
 FINGERPRINT=$(fingerprint)
@@ -111,12 +111,14 @@ PROBE_TARGETS=(
     "submission:smtp:$SUBMISSION_PORT" "smtps:smtps:$SMTPS_PORT"
     "smtp-plain:smtp:$SMTP_PLAIN_PORT"
     "imaps-condstore:imaps:$CONDSTORE_IMAPS_PORT" "imaps-basic:imaps:$BASIC_IMAPS_PORT"
+    "redis:redis:$REDIS_PORT"
 )
 
 summary() {
     ms_say "$1"
     ms_say "  IMAP $HOST:$IMAP_PORT (plain+STARTTLS)  IMAPS :$IMAPS_PORT  POP3 :$POP3_PORT (plain+STLS)  POP3S :$POP3S_PORT"
     ms_say "  SMTP submission :$SUBMISSION_PORT (STARTTLS)  SMTPS :$SMTPS_PORT  plain AUTH :$SMTP_PLAIN_PORT"
+    ms_say "  Redis :$REDIS_PORT (no persistence)"
     ms_say "  IMAPS without QRESYNC :$CONDSTORE_IMAPS_PORT  IMAPS without CONDSTORE, QRESYNC, IDLE :$BASIC_IMAPS_PORT"
     ms_say "  users: any <name>@$DOMAIN and sink@sink.test, password '$PASSWORD'; mail to other domains -> sink@sink.test"
     ms_say "  CA: $ROOT/tls/ca.pem  env: $ROOT/env  logs: $LOG_DIR/"
@@ -124,7 +126,7 @@ summary() {
 
 if [ -f "$ROOT/env" ] && [ -f "$ROOT/fingerprint" ] \
     && [ "$(cat "$ROOT/fingerprint")" = "$FINGERPRINT" ] \
-    && [ "$(ms_masters | wc -l)" -eq $((2 + ${#VARIANTS[@]})) ] \
+    && [ "$(ms_masters | wc -l)" -eq $((2 + ${#VARIANTS[@]})) ] && [ -n "$(ms_redis_pid)" ] \
     && python3 "$HERE/probe.py" "$HOST" "$ROOT/tls/ca.pem" "${PROBE_TARGETS[@]}" 9>&- 2>/dev/null; then
     summary "already running and healthy ($ROOT)"
     exit 0
@@ -135,8 +137,8 @@ T0=$(date +%s.%N)
 # ---------------------------------------------------------- clean up
 ms_stop_stack
 rm -f "$ROOT/fingerprint" "$ROOT/env"
-rm -rf "$ROOT/run" "$ROOT/etc" "$ROOT/postfix" "$ROOT/state"
-LOGS=(dovecot.log dovecot.stderr postfix.log postfix.stderr)
+rm -rf "$ROOT/run" "$ROOT/etc" "$ROOT/postfix" "$ROOT/state" "$REDIS_DIR"
+LOGS=(dovecot.log dovecot.stderr postfix.log postfix.stderr redis.log)
 for v in "${VARIANTS[@]}"; do LOGS+=("dovecot-$v.log"); done
 for f in "${LOGS[@]}"; do
     [ -f "$LOG_DIR/$f" ] && mv -f "$LOG_DIR/$f" "$LOG_DIR/$f.old"
@@ -274,8 +276,27 @@ done
 postfix -c "$POSTFIX_DIR" start </dev/null >>"$LOG_DIR/postfix.stderr" 2>&1 9>&- \
     || { tail -n 20 "$LOG_DIR/postfix.stderr" "$LOG_DIR/postfix.log" >&2 2>/dev/null; ms_die "postfix failed to start"; }
 
+# Redis (the state gateway replicas share, in tests): loopback only, no
+# persistence, daemonized with a pidfile in its own directory.
+mkdir -p "$REDIS_DIR"
+REDIS_BIND=127.0.0.1
+[ "$LISTEN" = "127.0.0.1" ] || REDIS_BIND="127.0.0.1 -::1"
+cat >"$REDIS_DIR/redis.conf" <<EOF
+bind $REDIS_BIND
+port $REDIS_PORT
+protected-mode yes
+daemonize yes
+pidfile $REDIS_DIR/redis.pid
+logfile $LOG_DIR/redis.log
+dir $REDIS_DIR
+save ""
+appendonly no
+EOF
+redis-server "$REDIS_DIR/redis.conf" </dev/null >>"$LOG_DIR/redis.log" 2>&1 9>&- \
+    || { tail -n 20 "$LOG_DIR/redis.log" >&2 2>/dev/null; ms_die "redis-server failed to start"; }
+
 if ! python3 "$HERE/probe.py" --wait "$START_TIMEOUT" "$HOST" "$TLS/ca.pem" "${PROBE_TARGETS[@]}" 9>&-; then
-    for f in dovecot.stderr dovecot.log postfix.stderr postfix.log; do
+    for f in dovecot.stderr dovecot.log postfix.stderr postfix.log redis.log; do
         [ -s "$LOG_DIR/$f" ] && { echo "---- $LOG_DIR/$f (tail)"; tail -n 25 "$LOG_DIR/$f"; } >&2
     done
     ms_die "mail stack did not answer on every port within ${START_TIMEOUT}s (logs in $LOG_DIR)"
@@ -293,6 +314,8 @@ export MAILSTACK_POP3S_PORT=$POP3S_PORT
 export MAILSTACK_SUBMISSION_PORT=$SUBMISSION_PORT
 export MAILSTACK_SMTPS_PORT=$SMTPS_PORT
 export MAILSTACK_SMTP_PLAIN_PORT=$SMTP_PLAIN_PORT
+export MAILSTACK_REDIS_PORT=$REDIS_PORT
+export MAILSTACK_REDIS_URL=redis://127.0.0.1:$REDIS_PORT/0
 export MAILSTACK_CONDSTORE_IMAPS_PORT=$CONDSTORE_IMAPS_PORT
 export MAILSTACK_BASIC_IMAPS_PORT=$BASIC_IMAPS_PORT
 export MAILSTACK_DOMAIN=$DOMAIN

@@ -91,7 +91,9 @@ def test_example_overlay_pins_the_image_and_brings_the_secret() -> None:
     assert objs["Deployment"]["spec"]["replicas"] == 3
     secret = objs["Secret"]
     assert secret["metadata"]["name"] == "mailgate"
-    assert set(secret["stringData"]) == {"MAILGATE_API_KEY_HASHES", "MAILGATE_REDIS_URL"}
+    assert set(secret["stringData"]) == {
+        "MAILGATE_API_KEY_HASHES", "MAILGATE_REDIS_URL", "MAILGATE_STATE_KEY",
+    }  # fmt: skip
     Settings(api_key_hashes=secret["stringData"]["MAILGATE_API_KEY_HASHES"])  # valid form
 
 

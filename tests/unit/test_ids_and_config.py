@@ -6,7 +6,7 @@ import pytest
 
 from service.api.responses import parse_range
 from service.config import ServerUrl, SettingsError, is_loopback, load_settings
-from service.errors import BadRequest, InvalidId, RangeNotSatisfiable, scrub
+from service.errors import BadRequest, InvalidId, RangeNotSatisfiable, ValidationFailed, scrub
 from service.ids import ImapRef, Pop3Ref, decode_cursor, decode_id, encode_cursor
 
 
@@ -37,7 +37,7 @@ def test_imap_id_with_zero_uid_is_invalid() -> None:
 def test_cursor_round_trip_and_garbage() -> None:
     assert decode_cursor(encode_cursor({"u": 5, "f": "INBOX"})) == {"u": 5, "f": "INBOX"}
     for bad in ("!!", "bm90IGpzb24", "WzFd"):  # invalid chars, "not json", "[1]"
-        with pytest.raises(BadRequest):
+        with pytest.raises(ValidationFailed):  # an invalid query parameter: 422
             decode_cursor(bad)
 
 

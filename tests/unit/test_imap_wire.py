@@ -19,6 +19,7 @@ import trustme
 from service.config import ServerUrl, Settings
 from service.errors import (
     AuthFailed,
+    RateLimited,
     UpstreamError,
     UpstreamTimeout,
     UpstreamUnavailable,
@@ -1211,6 +1212,57 @@ async def test_a_page_costs_one_search_and_one_fetch_of_that_page(condstore: boo
         assert fetches == [b"298:300", b"295:297"]  # the page's UIDs only, never 1:*
     else:  # the first page's state needs a digest of every message's flags (documented)
         assert fetches == [b"1:300", b"298:300", b"295:297"]
+
+
+@pytest.mark.parametrize(
+    "refusal",
+    [
+        b"NO [LIMIT] Too many connections from your IP",
+        b"NO [UNAVAILABLE] Authentication backend down",
+        b"NO [THROTTLED] Slow down",
+        b"NO [INUSE] Mailbox locked",
+        b"NO Server Unavailable. 15",
+    ],
+    ids=["limit", "unavailable", "throttled", "inuse", "exchange-text"],
+)
+async def test_session_throttled_login_is_503_with_the_servers_words(refusal: bytes) -> None:
+    async def handler(peer: Peer) -> None:
+        await peer.hello()
+        tag, _ = await peer.line()
+        await peer.send(tag + b" " + refusal + b"\r\n")
+        await peer.until_closed()
+
+    async with scripted(handler) as (port, errors):
+        with pytest.raises(UpstreamUnavailable) as info:
+            await _connect(port)
+    assert not errors
+    exc = info.value
+    assert exc.status == 503 and exc.retry_after and exc.retry_after > 0
+    assert exc.upstream is not None and exc.upstream.protocol == "imap"
+    assert refusal.decode().removeprefix("NO ") in exc.upstream.reply
+
+
+async def test_session_login_guard_is_asked_before_the_credentials_go_out() -> None:
+    events: list[str] = []
+
+    class Guard:
+        async def before_login(self) -> None:
+            events.append("before")
+            raise RateLimited("over the limit", retry_after=7)
+
+        async def login_accepted(self) -> None:
+            events.append("accepted")
+
+    async def handler(peer: Peer) -> None:
+        await peer.hello()
+        line = await peer.reader.readline()
+        events.append("server got " + line.decode().split(" ")[1] if line else "server got none")
+
+    async with scripted(handler) as (port, errors):
+        with pytest.raises(RateLimited):
+            await _connect(port, creds=Credentials("u@example.test", "pw", guard=Guard()))
+    assert events[0] == "before"
+    assert not [e for e in events if e.startswith("server got AUTHENTICATE")]
 
 
 async def test_a_small_message_read_costs_one_fetch_on_a_warm_session() -> None:

@@ -8,9 +8,12 @@ from fastapi import APIRouter, Request
 from starlette.responses import JSONResponse, Response
 
 from service.api.deps import SettingsDep
+from service.errors import UpstreamUnavailable
+from service.models.problem import problem_responses
 from service.observability import render_metrics
 
 router = APIRouter(tags=["health"])
+_READY_503 = problem_responses(503)[503]
 
 
 @router.get("/healthz", operation_id="getHealth", summary="Liveness: the process answers")
@@ -36,10 +39,14 @@ async def _reachable(host: str, port: int, wait: float) -> bool:
     "/readyz",
     operation_id="getReadiness",
     summary="Readiness: settings loaded and the mail servers' ports reachable",
-    description="503 when a configured server's port cannot be reached within "
-    "MAILGATE_READY_TIMEOUT. Only a TCP connect: no login, no credentials.",
+    description="503 (problem+json `upstream-unavailable`, with the same `checks`) when a "
+    "configured server's port cannot be reached within MAILGATE_READY_TIMEOUT. Only a TCP "
+    "connect: no login, no credentials. `checks.state` tells whether the shared state "
+    "store (Redis) answers; it does not make the gateway unready, because only sends "
+    "with an Idempotency-Key need it (they answer 503 meanwhile).",
+    responses={503: _READY_503},
 )
-async def readyz(settings: SettingsDep) -> JSONResponse:
+async def readyz(request: Request, settings: SettingsDep) -> JSONResponse:
     checks = {}
     targets = []
     for provider in settings.providers.values():
@@ -52,12 +59,16 @@ async def readyz(settings: SettingsDep) -> JSONResponse:
     )
     for (name, _, _), ok in zip(targets, results, strict=True):
         checks[name] = "ok" if ok else "unreachable"
-    ready = all(results)
-    return JSONResponse(
-        {"status": "ready" if ready else "not-ready", "checks": checks},
-        status_code=200 if ready else 503,
-        headers=None if ready else {"Retry-After": "5"},
-    )
+    store = request.app.state.state.store
+    if store.name != "memory":
+        checks["state"] = "ok" if await store.available() else "unavailable"
+    if not all(results):
+        raise UpstreamUnavailable(
+            "A configured mail server cannot be reached.",
+            retry_after=5,
+            extra={"checks": checks},
+        )
+    return JSONResponse({"status": "ready", "checks": checks})
 
 
 @router.get(

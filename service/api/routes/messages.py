@@ -82,7 +82,14 @@ MarkSeenQuery = Annotated[
     bool,
     Query(description="keep mode: set \\Seen once the response was written (IMAP only)."),
 ]
-IdPath = Annotated[str, Path(description="Opaque message id from a listing.")]
+IdPath = Annotated[
+    str,
+    Path(
+        description="Opaque message id from a listing (anything else is 400 invalid-id).",
+        json_schema_extra={"pattern": "^[ip][A-Za-z0-9_-]{2,2048}$"},
+    ),
+]
+_DATE_1970_9999 = r"^(19[7-9][0-9]|[2-9][0-9]{3})-(0[1-9]|1[0-2])-(0[1-9]|[12][0-9]|3[01])$"
 FolderQuery = Annotated[
     str, Query(description="IMAP folder; POP3 has only INBOX.", min_length=1, max_length=1000)
 ]
@@ -148,6 +155,7 @@ async def _answering(msg: OpenedMessage, mode: Mode) -> AsyncIterator[None]:
         raise
 
 
+_PART_PATTERN = r"^[0-9]+(\.[0-9]+)*$"
 _TOKEN = re.compile(r"^[A-Za-z0-9!#$&^_.+-]{1,64}/[A-Za-z0-9!#$&^_.+-]{1,64}$")
 
 
@@ -221,8 +229,20 @@ async def list_messages(
     cursor: Annotated[str | None, Query(max_length=4096)] = None,
     unseen: bool | None = None,
     flagged: bool | None = None,
-    since: Annotated[date | None, Query(description="On or after this date (IMAP SINCE).")] = None,
-    before: Annotated[date | None, Query(description="Before this date (IMAP BEFORE).")] = None,
+    since: Annotated[
+        date | None,
+        Query(
+            description="On or after this date (IMAP SINCE); years 1970-9999.",
+            json_schema_extra={"pattern": _DATE_1970_9999},
+        ),
+    ] = None,
+    before: Annotated[
+        date | None,
+        Query(
+            description="Before this date (IMAP BEFORE); years 1970-9999.",
+            json_schema_extra={"pattern": _DATE_1970_9999},
+        ),
+    ] = None,
     from_: Annotated[str | None, Query(alias="from", max_length=500)] = None,
     to: Annotated[str | None, Query(max_length=500)] = None,
     subject: Annotated[str | None, Query(max_length=500)] = None,
@@ -409,11 +429,19 @@ def content_disposition(filename: str | None, kind: str | None = "attachment") -
 async def get_attachment(
     ctx: ContextDep,
     id: IdPath,
-    attachment_id: Annotated[str, Path(pattern=r"^[0-9]+(\.[0-9]+)*$", max_length=2000)],
+    attachment_id: Annotated[
+        str,
+        Path(
+            description="MIME part number (e.g. `2` or `1.2`); anything else is 400 invalid-id.",
+            json_schema_extra={"pattern": _PART_PATTERN, "maxLength": 2000},
+        ),
+    ],
     protocol: ProtocolQuery = None,
     mode: ModeQuery = None,
     mark_seen: MarkSeenQuery = False,
 ) -> Response:
+    if len(attachment_id) > 2000 or not re.fullmatch(_PART_PATTERN, attachment_id):
+        raise InvalidId("The attachment id is malformed: a MIME part number such as 2 or 1.2.")
     mode_ = mode or ctx.settings.default_mode
     msg, proto = await _open(ctx, id, protocol, mode_, prefetch="structure")
     async with _answering(msg, mode_):
@@ -481,12 +509,14 @@ async def delete_message(
     description=(
         "Answers 200 with each id's own status (204 deleted, 400 invalid-id, 404 not-found, "
         "409 conflict: an IMAP server without UIDPLUS while other messages of the folder are "
-        "flagged \\Deleted by another client; 410 stale-id) and problem code. The protocol "
+        "flagged \\Deleted by another client; 410 stale-id) and problem code. Credentials "
+        "are checked with the server first, even when every id is malformed: refused "
+        "credentials are 401, never 200 with per-id results. The protocol "
         "is the one the ids were made by. Without UIDPLUS, the gateway expunges only when "
         "no other message of the folder carries \\Deleted, so it never purges another "
-        "client's flagged messages."
+        "client's flagged messages. A body over 1 MiB is 413."
     ),
-    responses=problem_responses(*_ERRS),
+    responses=problem_responses(413, *_ERRS),
 )
 async def delete_many(
     ctx: ContextDep,
@@ -501,6 +531,9 @@ async def delete_many(
             by_proto[_protocol_for(ref, protocol)].append((i, ref))
         except InvalidId:
             results[i] = DeleteResult(id=raw_id, status=400, code="invalid-id")
+    if not any(by_proto.values()):
+        # Only malformed ids: still ask the server, so refused credentials are 401.
+        await ctx.reader(protocol or ctx.settings.default_protocol).verify()
     for proto, items in by_proto.items():
         if not items:
             continue
@@ -519,9 +552,9 @@ async def delete_many(
     summary="Set seen/flagged, or move to another folder (IMAP)",
     description=(
         "POP3 answers 422 not-supported. A move gives the message a new id in its new "
-        "folder (list that folder to get it)."
+        "folder (list that folder to get it). A body over 1 MiB is 413."
     ),
-    responses=problem_responses(*_ERRS),
+    responses=problem_responses(413, *_ERRS),
 )
 async def patch_message(
     ctx: ContextDep,

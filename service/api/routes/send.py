@@ -4,15 +4,19 @@ from __future__ import annotations
 
 import json
 import logging
+import tempfile
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Header, Query, Request
 from pydantic import ValidationError
 from starlette.datastructures import UploadFile
 from starlette.responses import JSONResponse
+from starlette.types import Scope
 
 from service import mime
+from service.api.bodylimit import BodyTooLarge, media_type
 from service.api.readers import ContextDep
+from service.config import Settings
 from service.errors import (
     BadRequest,
     MailGatewayError,
@@ -20,6 +24,7 @@ from service.errors import (
     UnsupportedMediaType,
     ValidationFailed,
 )
+from service.models.common import check_addr_spec
 from service.models.problem import problem_responses
 from service.models.send import Draft, SendResult
 
@@ -60,18 +65,40 @@ _REQUEST_BODY: dict[str, Any] = {
 }
 
 
+SMALL_BODY_BYTES = 1024 * 1024
+"""The limit of every request body but a send's (ids, patches: a few kB)."""
+
+
+def wire_limit(settings: Settings) -> int:
+    """A send's JSON or multipart body: the message limit, plus base64 (4/3) and room
+    for the other fields."""
+    return settings.max_message_bytes * 4 // 3 + 64 * 1024
+
+
+def body_limit(settings: Settings, scope: Scope) -> int:
+    """The body limit of a request (see :class:`BodyLimitMiddleware`), in bytes."""
+    if scope.get("path") == "/v1/send" and scope.get("method") == "POST":
+        if media_type(scope) == "message/rfc822":
+            return settings.max_message_bytes
+        return wire_limit(settings)
+    return SMALL_BODY_BYTES
+
+
 async def _read_body(request: Request, limit: int) -> bytes:
+    """The whole body; spooled to a temporary file past 1 MiB while it arrives, so that
+    a body refused at the limit never sat in memory."""
     length = request.headers.get("content-length")
     if length and length.isdigit() and int(length) > limit:
         raise TooLarge(f"The request body is over the limit of {limit} bytes.")
-    chunks: list[bytes] = []
     total = 0
-    async for chunk in request.stream():
-        total += len(chunk)
-        if total > limit:
-            raise TooLarge(f"The request body is over the limit of {limit} bytes.")
-        chunks.append(chunk)
-    return b"".join(chunks)
+    with tempfile.SpooledTemporaryFile(max_size=1024 * 1024) as spool:
+        async for chunk in request.stream():
+            total += len(chunk)
+            if total > limit:
+                raise TooLarge(f"The request body is over the limit of {limit} bytes.")
+            spool.write(chunk)
+        spool.seek(0)
+        return spool.read()
 
 
 def _draft_from_json(data: bytes | str) -> Draft:
@@ -97,6 +124,8 @@ async def _multipart(request: Request, limit: int) -> tuple[Draft, list[mime.Out
         raise TooLarge(f"The request body is over the limit of {limit} bytes.")
     try:
         form = await request.form(max_files=200, max_fields=50, max_part_size=limit)
+    except BodyTooLarge:
+        raise
     except Exception as exc:  # starlette raises its own MultiPartException / HTTPException
         raise BadRequest("The multipart/form-data body cannot be read.") from exc
     try:
@@ -110,10 +139,10 @@ async def _multipart(request: Request, limit: int) -> tuple[Draft, list[mime.Out
         for part in form.getlist("attachments"):
             if not isinstance(part, UploadFile):
                 raise ValidationFailed("Parts named 'attachments' must be files.")
-            data = await part.read()
-            total += len(data)
+            total += part.size or 0
             if total > limit:
                 raise TooLarge(f"The attachments are over the limit of {limit} bytes.")
+            data = await part.read()
             files.append(
                 mime.OutgoingAttachment(
                     filename=part.filename,
@@ -141,9 +170,15 @@ async def _multipart(request: Request, limit: int) -> tuple[Draft, list[mime.Out
         "not allow is refused (422). A non-ASCII local part needs SMTPUTF8 and is refused "
         "(422). `Idempotency-Key`: the same key with the "
         "same body within 24 h replays the first successful answer "
-        "(`Idempotent-Replayed: true`) without sending; with another body, 409. The key "
-        "store is per gateway process (in memory) and scoped to the mailbox user; failed "
-        "sends are not remembered, so a retry after an error sends again. For a raw message "
+        "(`Idempotent-Replayed: true`) without sending; with another body, 409. A key "
+        "belongs to the caller's provider, user and secret: other credentials never see its "
+        "answer nor learn that it exists (for them it is a new key). A second request with "
+        "the same key while the first is still sending waits for its answer (up to "
+        "MAILGATE_IDEMPOTENCY_WAIT_SECONDS, default 10 s), then answers 409 with "
+        "Retry-After. Records live in Redis when MAILGATE_REDIS_URL is set (shared by all "
+        "replicas), else in the process; when Redis cannot be reached, a send with a key "
+        "answers 503 with Retry-After and sends nothing. Failed sends are not remembered, "
+        "so a retry after an error sends again. For a raw message "
         "without a Message-ID header, `message_id` is null. `save_to_sent=true` appends the "
         "copy over IMAP after a successful send; if that fails, the send still answers 200 "
         "with `saved_to: null` (the message went out and must not be sent twice)."
@@ -156,31 +191,59 @@ async def send(
     save_to_sent: Annotated[
         bool, Query(description="Append a copy (with its Bcc header) to the \\Sent folder.")
     ] = False,
-    mail_from: Annotated[str | None, Query(description="Envelope sender for raw messages.")] = None,
-    rcpt_to: Annotated[
-        list[str] | None, Query(description="Envelope recipients for raw messages.")
+    mail_from: Annotated[
+        str | None,
+        Query(description="Envelope sender for raw messages: a bare addr-spec, else 422."),
     ] = None,
-    idempotency_key: Annotated[str | None, Header(max_length=255)] = None,
+    rcpt_to: Annotated[
+        list[str] | None,
+        Query(
+            description="Envelope recipients for raw messages (repeatable), each a bare "
+            "addr-spec such as a@example.com (no name, no angle brackets): else 422."
+        ),
+    ] = None,
+    idempotency_key: Annotated[
+        str | None,
+        Header(
+            max_length=255,
+            description="Any string chosen by the caller; the same key and body within "
+            "MAILGATE_IDEMPOTENCY_TTL_SECONDS replay the first answer (scoped to the "
+            "caller's provider, user and secret).",
+        ),
+    ] = None,
 ) -> JSONResponse:
     request, settings, creds = ctx.request, ctx.settings, ctx.creds
     limit = settings.max_message_bytes
     ctype = request.headers.get("content-type", "").split(";")[0].strip().lower()
     if ctype not in ("application/json", "multipart/form-data", "message/rfc822"):
         raise UnsupportedMediaType("Send application/json, multipart/form-data or message/rfc822.")
-    for value in [mail_from or "", *(rcpt_to or [])]:
-        if "\r" in value or "\n" in value:
-            raise ValidationFailed("mail_from and rcpt_to must not contain CR or LF.")
-    # JSON carries base64 (4/3 of the bytes): allow for it on the wire.
-    wire_limit = limit * 4 // 3 + 64 * 1024
+    for name, values in (("mail_from", [mail_from] if mail_from else []), ("rcpt_to", rcpt_to)):
+        for index, value in enumerate(values or []):
+            try:
+                check_addr_spec(value)
+            except ValueError as exc:
+                where = name if name == "mail_from" else f"{name}.{index}"
+                raise ValidationFailed(
+                    f"{where}: {exc}",
+                    extra={
+                        "errors": [
+                            {
+                                "loc": ["query", name, *([index] if name == "rcpt_to" else [])],
+                                "msg": str(exc),
+                                "type": "value_error",
+                            }
+                        ]
+                    },
+                ) from None
     if ctype == "multipart/form-data":
-        draft, files = await _multipart(request, wire_limit)
+        draft, files = await _multipart(request, wire_limit(settings))
         fingerprint_body = json.dumps(draft.model_dump(mode="json"), sort_keys=True).encode()
         fingerprint_parts = [fingerprint_body, *(f.data for f in files)]
     else:
-        body = await _read_body(request, wire_limit if ctype == "application/json" else limit)
+        body = await _read_body(request, body_limit(settings, request.scope))
         fingerprint_parts = [body]
-    store = request.app.state.idempotency
-    fingerprint = store.fingerprint(
+    state = request.app.state.state
+    fingerprint = state.idempotency.fingerprint(
         ctype.encode(),
         str(sorted(request.query_params.multi_items())).encode(),
         *fingerprint_parts,
@@ -225,7 +288,8 @@ async def send(
 
     if not idempotency_key:
         return JSONResponse(await do_send())
-    async with store.claim(creds.user, idempotency_key, fingerprint) as slot:
+    identity = state.hasher.identity(ctx.provider.name, creds)
+    async with state.idempotency.claim(identity, idempotency_key, fingerprint) as slot:
         if slot.replay is not None:
             return JSONResponse(slot.replay, headers={"Idempotent-Replayed": "true"})
         answer = await do_send()
