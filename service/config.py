@@ -353,6 +353,18 @@ class Settings(BaseSettings):
     def _smtp(cls, value: str | None, info: ValidationInfo) -> str | None:
         return _check_url(value, "smtp", info)
 
+    @field_validator("workers")
+    @classmethod
+    def _workers(cls, value: int, info: ValidationInfo) -> int:
+        budget = info.data.get("pool_size_per_user")
+        if budget is not None and value > budget:
+            raise ValueError(
+                f"{value} workers need at least one connection each per mailbox, more than "
+                f"MAILGATE_POOL_SIZE_PER_USER ({budget}) allows together: use at most "
+                f"{budget} workers, or raise the budget if the mail server allows it"
+            )
+        return value
+
     @field_validator("imap_url")
     @classmethod
     def _imap(cls, value: str | None, info: ValidationInfo) -> str | None:

@@ -114,13 +114,16 @@ def make_live_gateway(stack: dict[str, str]) -> Callable[..., Any]:
     import uvicorn
 
     @asynccontextmanager
-    async def factory(**overrides: Any) -> AsyncIterator[str]:
+    async def factory(
+        *, timeout_graceful_shutdown: float | None = None, **overrides: Any
+    ) -> AsyncIterator[str]:
         with socket.socket() as s:
             s.bind(("127.0.0.1", 0))
             port = s.getsockname()[1]
         app = create_app(make_settings(stack, **overrides))
         config = uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning",
-                                lifespan="on", **uvicorn_options())  # fmt: skip
+                                lifespan="on", **uvicorn_options(),
+                                timeout_graceful_shutdown=timeout_graceful_shutdown)  # fmt: skip
         assert type(asyncio.get_running_loop()).__module__.startswith(uvicorn_options()["loop"])
         server = uvicorn.Server(config)
         task = asyncio.create_task(server.serve())

@@ -19,9 +19,10 @@ T = TypeVar("T")
 SIZES = {"4KB": 4_000, "300KB": 300_000, "10MB": 10_000_000}
 KINDS = ("parsed", "raw", "attachment")
 # How a client leaves: after the status line, after the header section (0 % of the body),
-# after half or 99 % of the body, or with a tiny receive buffer after the header section
-# and 2 s of reading nothing.
-EARLY = ("status-line", "headers", "50%", "99%", "tiny-buffer-2s")
+# after half or 99 % of the body, with a tiny receive buffer after the header section
+# and 2 s of reading nothing, or after the header section with a half-close (its FIN says
+# nothing about what it read) and 0.2 s before it closes.
+EARLY = ("status-line", "headers", "50%", "99%", "tiny-buffer-2s", "half-close")
 
 
 def message(kind: str, size: int) -> bytes:
@@ -118,6 +119,9 @@ def leave_early(base: str, path: str, auth: dict[str, str], how: str, size: int)
             client.read_exactly(length * (50 if how == "50%" else 99) // 100)
         if how == "tiny-buffer-2s":
             time.sleep(2)
+        if how == "half-close":
+            client.sock.shutdown(socket.SHUT_WR)
+            time.sleep(0.2)
     finally:
         client.close()  # unread data pending: the kernel answers with a reset
 

@@ -158,10 +158,12 @@ class PeerSocket:
         than before the answer (an ASGI server drops writes quietly once it has seen
         the peer leave: they never reach the kernel), the connection is neither reset
         nor closed, and it stays so for ``linger`` seconds (a client that hangs up right
-        after reading part of the answer resets the connection within that time; one
-        that closes after reading everything sends FIN, which ends the wait at once).
-        Else the reason, for the log: a reset or close, bytes that never left, or no
-        progress (fewer bytes unacknowledged) for ``stall_timeout`` seconds. Never raises.
+        after reading part of the answer resets the connection within that time). The
+        peer's FIN does not end that wait: a client that half-closes
+        (``shutdown(SHUT_WR)``) sends it before reading, and still resets when it then
+        closes with bytes unread. Else the reason, for the log: a reset or close, bytes
+        that never left, or no progress (fewer bytes unacknowledged) for
+        ``stall_timeout`` seconds. Never raises.
         """
         loop = asyncio.get_running_loop()
         try:
@@ -189,9 +191,7 @@ class PeerSocket:
             looks = 0
             while True:  # and no reset right after (looked at often enough, even when
                 state = self.tcp_state()  # this loop was busy and woke up late)
-                if state == _CLOSE_WAIT:
-                    return None  # the peer closed cleanly having read all it received
-                if state != _ESTABLISHED:
+                if state not in (_ESTABLISHED, _CLOSE_WAIT):
                     return f"connection {_STATES.get(state, state)} right after the answer"
                 looks += 1
                 if loop.time() >= until and looks >= _LINGER_LOOKS:

@@ -27,7 +27,8 @@ class CommitAfterSendResponse(Response):
     """Streams ``chunks``; then, only if the peer has every byte, commits.
 
     ``on_complete`` (the deletion of mode=remove, or keep mode's ``\\Seen``) runs only
-    when every chunk was handed to the server and no disconnect was seen; with
+    when the answer ran to its end: every chunk was handed to the server, and no
+    disconnect, error or cancellation was seen; with
     ``confirm_delivery`` (mode=remove) also only once the kernel reports that the peer
     acknowledged every byte, and the connection was not reset within
     ``linger`` seconds after that (:meth:`service.api.peer.PeerSocket.acknowledged`).
@@ -77,7 +78,10 @@ class CommitAfterSendResponse(Response):
         peer = peer_of(scope) if self.confirm_delivery else None
         watcher = asyncio.create_task(watch())
         streamed = False
-        why: str | None = None
+        # Nothing is committed unless the answer ran to its end: an exception that none
+        # of the handlers below knows, or a cancellation (a server's graceful-shutdown
+        # timeout), keeps this reason.
+        why: str | None = "the answer was interrupted"
         removal: RemovalOutcome = "aborted"
         sent = 0
         # A lower bound of the answer's size on the wire: status line, headers, body.
@@ -105,6 +109,7 @@ class CommitAfterSendResponse(Response):
                 watcher.cancel()
                 await write({"type": "http.response.body", "body": b"", "more_body": False})
                 timer.reschedule(None)
+            why = None
             if self.confirm_delivery:
                 why = "the server cannot tell what the peer acknowledged"
                 if peer is not None:

@@ -56,9 +56,13 @@ class Credentials:
     guard: LoginGuard = field(default=UNGUARDED, repr=False, compare=False)
 
     def pool_key(self, provider: str, protocol: str) -> str:
-        """A key for session reuse that does not reveal the secret."""
+        """A key for session reuse that does not reveal the secret:
+        ``protocol:provider:user:digest``, the user in lower case (its head up to the
+        user is the connection budget's key, :func:`~service.protocols.pool.budget_key`:
+        servers such as Dovecot find a user whatever the case of its name, and count
+        its connections so)."""
         digest = hashlib.sha256(f"{self.kind}\0{self.user}\0{self.secret}".encode()).hexdigest()
-        return f"{protocol}:{provider}:{self.user}:{digest[:32]}"
+        return f"{protocol}:{provider}:{self.user.lower()}:{digest[:32]}"
 
 
 @dataclass(frozen=True)

@@ -24,6 +24,13 @@ Semantics (one :class:`SessionPool` per protocol per app):
   what we hold for ``lowered_for`` seconds and the request queues for one of
   our own sessions; when we hold none, it retries with a short back-off until
   its wait is over, then answers 503 with ``Retry-After``.
+- **Probation.** A secret that has not logged in here yet (a stranger's guess, or
+  the owner's first call) logs in with at most ``probe_cap`` others of the mailbox
+  at a time; the rest wait outside the budget until one ends or the secret is seen to
+  work. A server holds a wrong password for seconds (Dovecot's
+  ``auth_failure_delay``): guesses must not fill the budget that the owner's known
+  secret needs. The most recent ``proven_max`` secrets that worked are remembered
+  (by session key: a digest, never the secret); one refused is forgotten.
 - A session is leased to one request at a time, never shared. Idle sessions
   are kept LIFO (the warmest first) and closed after ``idle_seconds``: lazily
   when met on acquire and by a background reaper that runs only while idle
@@ -43,13 +50,19 @@ import asyncio
 import contextlib
 import re
 import time
-from collections import deque
+from collections import OrderedDict, deque
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Generic, Protocol, TypeVar, cast
 
 from service.config import Settings
-from service.errors import MailGatewayError, RateLimited, UpstreamUnavailable
+from service.errors import (
+    AuthFailed,
+    MailGatewayError,
+    NotSupported,
+    RateLimited,
+    UpstreamUnavailable,
+)
 
 __all__ = [
     "PoolStats",
@@ -193,6 +206,10 @@ class SessionPool(Generic[S]):
         self._closed = False
         self._lowered: dict[str, tuple[int, float]] = {}
         self._long_lived: dict[str, int] = {}  # by budget key
+        self.proven_max = 10_000
+        self._proven: OrderedDict[str, None] = OrderedDict()  # session keys that logged in
+        self._probing: dict[str, int] = {}  # logins on probation, by budget key
+        self._probe_ended: dict[str, asyncio.Event] = {}  # by budget key
 
     # -- public API -------------------------------------------------------------------------
     @contextlib.asynccontextmanager
@@ -213,6 +230,10 @@ class SessionPool(Generic[S]):
         """
         self._check_open()
         deadline = asyncio.get_running_loop().time() + self.wait_timeout
+        async with self._probation(key, deadline):
+            return await self._acquire(key, factory, deadline)
+
+    async def _acquire(self, key: str, factory: Callable[[], Awaitable[S]], deadline: float) -> S:
         while True:
             found = self._take_idle(key)
             if found is not None:
@@ -277,9 +298,15 @@ class SessionPool(Generic[S]):
 
         ``long_lived`` (a session held for minutes: an event stream's IDLE) may take at
         most half of the budget, so that the mailbox's reads always have room; past
-        that, RateLimited (429) at once."""
+        that, RateLimited (429) at once; with a budget of one, none: NotSupported."""
         self._check_open()
         bkey = budget_key(key)
+        if long_lived and self.long_lived_cap == 0:
+            raise NotSupported(
+                "Event streams hold a mail session, and this gateway has a connection budget "
+                "of one per mailbox and worker (MAILGATE_POOL_SIZE_PER_USER divided by "
+                "MAILGATE_WORKERS), which the mailbox's reads need: poll /v1/changes instead."
+            )
         if long_lived and self._long_lived.get(bkey, 0) >= self.long_lived_cap:
             raise RateLimited(
                 f"This mailbox has {self.long_lived_cap} long-lived sessions (event streams) "
@@ -290,24 +317,32 @@ class SessionPool(Generic[S]):
         if long_lived:  # counted while it waits too, so that a burst cannot pass the cap
             self._long_lived[bkey] = self._long_lived.get(bkey, 0) + 1
         try:
-            while True:
-                if not self._reserve(key):
-                    await self._wait(key, deadline, wants_session=False)
-                try:
-                    value = await self._open_counted(key, factory, deadline)
-                except _RetryInQueue:
-                    continue
-                self._unpooled += 1
-                return Slot(key, value, long_lived=long_lived)
+            async with self._probation(key, deadline):
+                while True:
+                    if not self._reserve(key):
+                        await self._wait(key, deadline, wants_session=False)
+                    try:
+                        value = await self._open_counted(key, factory, deadline)
+                    except _RetryInQueue:
+                        continue
+                    self._unpooled += 1
+                    return Slot(key, value, long_lived=long_lived)
         except BaseException:
             if long_lived:
                 self._uncount_long_lived(bkey)
             raise
 
     @property
+    def probe_cap(self) -> int:
+        """Logins on probation per mailbox and protocol: a quarter of the budget, at
+        least one."""
+        return max(1, self.per_key // 4)
+
+    @property
     def long_lived_cap(self) -> int:
-        """Long-lived slots per mailbox and protocol: half of the budget, at least one."""
-        return max(1, self.per_key // 2)
+        """Long-lived slots per mailbox and protocol: half of the budget (none of a
+        budget of one: it is the reads')."""
+        return self.per_key // 2
 
     def _uncount_long_lived(self, bkey: str) -> None:
         left = self._long_lived.get(bkey, 1) - 1
@@ -355,6 +390,9 @@ class SessionPool(Generic[S]):
                 w.fut.set_exception(error)
         self._waiters.clear()
         self._global_waiters.clear()
+        for ended in self._probe_ended.values():
+            ended.set()  # logins waiting on probation: they find the pool closed
+        self._probe_ended.clear()
         if self._reaper is not None:
             self._reaper.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -379,6 +417,53 @@ class SessionPool(Generic[S]):
     def _check_open(self) -> None:
         if self._closed:
             raise UpstreamUnavailable("The gateway is shutting down.")
+
+    @contextlib.asynccontextmanager
+    async def _probation(self, key: str, deadline: float) -> AsyncIterator[None]:
+        """Around an acquisition: a secret not proven yet waits until fewer than
+        ``probe_cap`` logins of its mailbox are on probation (or it is proven meanwhile);
+        UpstreamUnavailable when that takes past ``deadline``."""
+        bkey = budget_key(key)
+        counted = False
+        while key not in self._proven:
+            if self._probing.get(bkey, 0) < self.probe_cap:
+                self._probing[bkey] = self._probing.get(bkey, 0) + 1
+                counted = True
+                break
+            # A probe is in flight: its end (or a proof) sets this event and drops it.
+            ended = self._probe_ended.setdefault(bkey, asyncio.Event())
+            try:
+                async with asyncio.timeout_at(deadline):
+                    await ended.wait()
+            except TimeoutError:
+                raise UpstreamUnavailable(
+                    "Too many concurrent logins for this mailbox; try again shortly.",
+                    retry_after=1,
+                ) from None
+            self._check_open()
+        try:
+            yield
+        finally:
+            if counted:
+                left = self._probing[bkey] - 1
+                if left:
+                    self._probing[bkey] = left
+                else:
+                    del self._probing[bkey]
+                self._end_probe(bkey)
+
+    def _end_probe(self, bkey: str) -> None:
+        ended = self._probe_ended.pop(bkey, None)
+        if ended is not None:
+            ended.set()
+
+    def _prove(self, key: str) -> None:
+        """``key``'s secret logged in: its later acquisitions skip probation."""
+        self._proven[key] = None
+        self._proven.move_to_end(key)
+        while len(self._proven) > self.proven_max:
+            self._proven.popitem(last=False)
+        self._end_probe(budget_key(key))
 
     def _take_idle(self, key: str) -> tuple[S, float] | None:
         """Pop the warmest idle session of ``key``; expired or dead ones are closed."""
@@ -532,9 +617,11 @@ class SessionPool(Generic[S]):
         loop = asyncio.get_running_loop()
         while True:
             try:
-                return await factory()
+                session = await factory()
             except BaseException as exc:
                 others = self._open.get(bkey, 1) - 1
+                if isinstance(exc, AuthFailed):
+                    self._proven.pop(key, None)
                 if not is_connection_limit(exc):
                     self._free(bkey)
                     raise
@@ -552,6 +639,9 @@ class SessionPool(Generic[S]):
                     raise
                 await asyncio.sleep(min(backoff, left))
                 backoff = min(backoff * 2, 1.0)
+            else:
+                self._prove(key)
+                return session
 
     async def _ping(self, session: S) -> bool:
         try:

@@ -80,6 +80,7 @@ async def fake_pop3(
     list_n_multiline: bool = False,
     listings: list[dict[int, str]] | None = None,
     dele: dict[int, bytes | float] | None = None,
+    guess_delay: float | None = None,
 ) -> AsyncIterator[tuple[int, Recorded]]:
     """A scripted POP3 server with one message (``body``, sent dot-stuffed).
 
@@ -93,6 +94,8 @@ async def fake_pop3(
     UIDL gave, and every number reads as ``body``. That is how a server that numbers
     the live list (GreenMail) answers when another session's QUIT removes messages.
     ``dele``: DELE n's reply (bytes), or seconds to wait before its "+OK" (float).
+    ``guess_delay``: a PASS other than "secret" is refused after this many seconds (as
+    Dovecot holds a wrong password for its auth_failure_delay, 2 s by default).
     """
     received = Recorded()
     views = listings or [{1: "uid-one"}]
@@ -131,6 +134,9 @@ async def fake_pop3(
                 writer.write(b"+OK authenticated\r\n")
             elif verb == "USER":
                 writer.write(b"+OK\r\n")
+            elif verb == "PASS" and guess_delay is not None and args != ["secret"]:
+                await asyncio.sleep(guess_delay)
+                writer.write(b"-ERR [AUTH] Authentication failed.\r\n")
             elif verb == "PASS":
                 writer.write(pass_reply)
             elif verb == "UIDL":
@@ -233,6 +239,37 @@ async def test_repeated_refused_logins_are_rate_limited(make_client: Any, mailbo
             assert r.status_code == 401  # another mailbox is not affected
     assert codes == [(401, "auth-failed"), (401, "auth-failed"), (429, "rate-limited")]
     assert received.count("PASS") == 3  # the third call never reached the server
+
+
+async def test_guessed_passwords_leave_the_owner_room(make_client: Any, mailbox: Mailbox) -> None:
+    """Strangers guessing the password without pause, each guess held by the server for
+    a while, never take more than a quarter of the mailbox's budget: the owner, whose
+    password worked before, gets in at once (before: behind every queued guess, 503)."""
+    stranger = Mailbox(mailbox.address, "guess")
+    params = {"protocol": "pop3"}
+    codes: set[int] = set()
+    done = False
+    async with (
+        fake_pop3("ok", guess_delay=2.0) as (port, _),
+        make_client(
+            pop3_url=f"pop3+plain://127.0.0.1:{port}", auth_failures_max=0, command_timeout=3
+        ) as client,
+    ):
+
+        async def guess() -> None:
+            while not done:
+                r = await client.get("/v1/messages", params=params, headers=stranger.auth)
+                codes.add(r.status_code)
+
+        r = await client.get("/v1/messages", params=params, headers=mailbox.auth)
+        assert r.status_code == 200, r.text
+        guesses = [asyncio.create_task(guess()) for _ in range(40)]
+        await asyncio.sleep(0.5)  # the guesses fill what they can
+        r = await client.get("/v1/messages", params=params, headers=mailbox.auth)
+        done = True
+        await asyncio.gather(*guesses)
+    assert r.status_code == 200, r.text
+    assert codes <= {401, 503}  # refused, or no room for the guess
 
 
 async def test_bearer_token_is_sent_as_xoauth2(make_client: Any) -> None:

@@ -110,6 +110,31 @@ async def test_a_client_that_reads_everything_gets_it_removed(
             assert len(body) == SIZES[size]
 
 
+@pytest.mark.parametrize("proto", ["imap", "pop3"])
+async def test_an_answer_cancelled_by_the_server_commits_nothing(
+    proto: str, make_live_gateway: Any, stack: dict[str, str], password: str
+) -> None:
+    """uvicorn's graceful-shutdown timeout cancels the answers still running: a
+    cancelled answer was not delivered (before: a POP3 attachment was deleted after the
+    client had read 2 KB of it)."""
+    boxes = {kind: Mailbox(fresh_address("rm"), password) for kind in ("raw", "attachment")}
+    for kind, box in boxes.items():
+        await asyncio.to_thread(box.append, stack, message(kind, 3_000_000))
+    stalled = []
+    async with (
+        make_live_gateway(fetch_chunk_bytes=65536, timeout_graceful_shutdown=0.5) as base,
+        httpx.AsyncClient(base_url=base, timeout=60) as client,
+    ):
+        for kind, box in boxes.items():
+            path = path_of(kind, await _id_of(client, box, proto))
+            stalled.append(await in_client_thread(RawClient, base, path, box.auth, 4096))
+            await in_client_thread(stalled[-1].read_exactly, 2000)
+    for reader in stalled:  # the server has stopped, cancelling both answers
+        reader.close()
+    for box in boxes.values():
+        assert len(await asyncio.to_thread(box.messages, stack)) == 1
+
+
 async def test_in_process_clients_cannot_use_remove(
     client: httpx.AsyncClient, stack: dict[str, str], mailbox: Mailbox
 ) -> None:

@@ -105,3 +105,25 @@ async def test_all_connections_taken_by_the_user_waits_then_answers_503(
     finally:
         for conn in others:
             bye(conn)
+
+
+@pytest.mark.parametrize("proto", ["imap", "pop3"])
+async def test_spellings_of_one_user_share_its_budget(
+    proto: str, client: Any, stack: dict[str, str], mailbox: Mailbox
+) -> None:
+    """Dovecot finds a user whatever the case of the name (and counts its connections
+    so): ALICE@ and alice@ are one mailbox, with one budget, not one each."""
+    body = b"x" * 998 + b"\r\n"
+    mailbox.append(stack, raw("big") + body * 2000)
+    shouted = Mailbox(mailbox.address.upper(), mailbox.password)
+    boxes = (mailbox, shouted)
+    r = await client.get("/v1/messages", params={"protocol": proto}, headers=mailbox.auth)
+    [item] = r.json()["items"]
+
+    async def one(box: Mailbox) -> Any:
+        return await client.get(f"/v1/messages/{item['id']}/raw", headers=box.auth)
+
+    results = await asyncio.gather(*(one(boxes[i % 2]) for i in range(60)))
+    assert [r.status_code for r in results] == [200] * 60, results[0].text
+    assert all(r.content.endswith(body) for r in results)
+    assert refusals_for(stack, mailbox.address) == 0

@@ -318,3 +318,21 @@ async def test_errors_before_streaming_and_clean_shutdown(
             await gw.app.state.event_hub.close()  # as on SIGTERM
             assert await s.next() is None
             assert any("shutting down" in c for c in s.comments)
+
+
+async def test_a_budget_of_one_is_left_to_the_reads(
+    stack: dict[str, str], mailbox: Mailbox
+) -> None:
+    """One session per mailbox and worker (MAILGATE_POOL_SIZE_PER_USER=1, or 8 over 8
+    workers): a stream would hold it for hours and lock the mailbox's reads out (503),
+    so it is refused and the reads go on."""
+    mailbox.append(stack, b"Subject: x\r\n\r\nhi\r\n")
+    async with (
+        live_gateway(stack, pool_size_per_user=1, command_timeout=3) as gw,
+        httpx.AsyncClient(base_url=gw.url) as c,
+        c.stream("GET", "/v1/events", headers=mailbox.auth) as events,
+    ):
+        r = await c.get("/v1/messages", headers=mailbox.auth)
+        assert r.status_code == 200, r.text
+        assert events.status_code == 422
+        assert "/v1/changes" in json.loads(await events.aread())["detail"]

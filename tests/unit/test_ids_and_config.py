@@ -76,6 +76,18 @@ def test_bad_setting_names_the_variable(monkeypatch: pytest.MonkeyPatch) -> None
     assert load_settings().api_key_hashes == ["a" * 64, "b" * 64]
 
 
+def test_more_workers_than_the_budget_is_refused(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each worker holds at least one connection per mailbox: 11 workers would open 11
+    to a mailbox under a budget of 8, past Dovecot's limit of 10."""
+    monkeypatch.setenv("MAILGATE_WORKERS", "11")
+    with pytest.raises(SettingsError, match="MAILGATE_WORKERS.*MAILGATE_POOL_SIZE_PER_USER"):
+        load_settings()
+    monkeypatch.setenv("MAILGATE_POOL_SIZE_PER_USER", "12")
+    assert load_settings().pool_size_per_process == 1
+    monkeypatch.setenv("MAILGATE_WORKERS", "4")
+    assert load_settings().pool_size_per_process == 3
+
+
 def test_range_parsing() -> None:
     assert parse_range(None, 100) is None
     assert parse_range("bytes=0-9", 100) == (0, 10)
