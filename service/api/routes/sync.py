@@ -72,7 +72,7 @@ list again.
     summary="What changed since a state",
     description=CHANGES_DESCRIPTION,
     responses={
-        **problem_responses(401, 403, 404, 409, 410, 422, 502, 503, 504),
+        **problem_responses(401, 403, 404, 409, 410, 422, 429, 502, 503, 504),
         200: {
             "description": "The changes since `since`",
             "content": {
@@ -168,7 +168,10 @@ data: "iMTc6MjpJTkJPWA"
 - IMAP: IDLE (RFC 2177) where offered, else polling every
   `MAILGATE_EVENTS_POLL_SECONDS`; POP3: polling (UIDL). All streams of one mailbox,
   folder and credentials in one gateway process share one IMAP session, counted with
-  the read sessions in the mailbox's connection budget.
+  the read sessions in the mailbox's connection budget. Event streams may hold at most
+  half of that budget (the rest stays for reads): past it, 429 with `Retry-After`; where
+  the budget is one session per mailbox and worker, 422 `not-supported` (use
+  `/changes`).
 - A client that stops reading is dropped (`MAILGATE_EVENTS_BUFFER` events waiting, or
   `MAILGATE_STALL_TIMEOUT`), never buffered without bound (the events that fit are
   sent first: a replay longer than the buffer comes over several connections); the
@@ -231,7 +234,7 @@ async def _events(sub: Subscription, heartbeat: float, path: str) -> AsyncIterat
     description=EVENTS_DESCRIPTION,
     response_class=CommitAfterSendResponse,
     responses={
-        **problem_responses(401, 403, 404, 409, 422, 502, 503, 504),
+        **problem_responses(401, 403, 404, 409, 422, 429, 502, 503, 504),
         200: {
             "description": "An endless `text/event-stream`; see the description for its events",
             "content": {"text/event-stream": {"schema": {"type": "string"}}},
