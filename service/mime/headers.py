@@ -64,21 +64,25 @@ def header_block(data: bytes) -> HeaderBlock:
     end = _header_end(data)
     block = HeaderBlock()
     lines = data[:end].split(b"\n")
+    pieces: list[list[bytes]] = []  # each field's lines, joined once at the end
     for number, line in enumerate(lines, 1):
         line = line.removesuffix(b"\r")
         if not line:
             continue
         if line[:1] in (b" ", b"\t"):
-            if block.fields and number > 1:
-                name, value = block.fields[-1]
-                block.fields[-1] = (name, value + b"\r\n" + line)
+            if pieces and number > 1:
+                pieces[-1].append(line)
             continue
         match = _FIELD.match(line)
         if match:
             value = line[match.end() :]
-            block.fields.append((match.group(1).decode("ascii"), value))
+            block.fields.append((match.group(1).decode("ascii"), b""))
+            pieces.append([value])
         elif not (number == 1 and line.startswith(b"From ")):
             block.defects.append(f"InvalidHeaderDefect (header line {number}: not a field)")
+    block.fields = [
+        (name, b"\r\n".join(lines)) for (name, _), lines in zip(block.fields, pieces, strict=True)
+    ]
     return block
 
 
