@@ -112,14 +112,29 @@ FORWARDED_LF_INNER = (  # an attached message with odd spacing, folding and no f
 )
 
 
+DIGEST = (  # RFC 2046 5.1.5: a digest's parts are messages unless they say otherwise; the
+    # inner boundary "dd" starts with the digest's own "d" (the longer open one wins)
+    b"From: list@other.test\r\nTo: alice@example.test\r\nSubject: digest\r\n"
+    b"MIME-Version: 1.0\r\nContent-Type: multipart/mixed; boundary=d0\r\n\r\n"
+    b"--d0\r\nContent-Type: text/plain\r\n\r\nToC\r\n"
+    b"--d0\r\nContent-Type: multipart/digest; boundary=d\r\n\r\n"
+    b"--d\r\n\r\nFrom: one@other.test\r\nSubject: one\r\n\r\nfirst message\r\n"
+    b"--d\r\n\r\nFrom: two@other.test\r\nSubject: two\r\n"
+    b"Content-Type: multipart/alternative; boundary=dd\r\n\r\n"
+    b"--dd\r\nContent-Type: text/plain\r\n\r\nalt\r\n--dd--\r\n"
+    b"--d\r\nContent-Type: text/plain\r\n\r\nnot a message\r\n--d--\r\n--d0--\r\n"
+)
+
+
 @pytest.mark.parametrize("limit", [None, 4096], ids=["parsed-path", "over-the-limit"])
 @pytest.mark.parametrize(
     "raw, sections",
     [
         (case("forwarded-message-part.eml"), ["2", "3"]),
         (FORWARDED_LF_INNER, ["2"]),
+        (DIGEST, ["2.1", "2.2", "2.3"]),
     ],
-    ids=["case", "odd-spacing"],
+    ids=["case", "odd-spacing", "digest"],
 )
 async def test_attached_message_is_the_servers_bytes(
     make_client: Any, stack: dict[str, str], mailbox: Mailbox, proto: str,
@@ -138,6 +153,11 @@ async def test_attached_message_is_the_servers_bytes(
             got = await part(client, mailbox, item["id"], section)
             assert got == server_part(mailbox, stack, section)
             assert sizes.get(section, len(got)) == len(got)
+    if raw is DIGEST and limit is None:
+        kinds = [(a["id"], a["content_type"]) for a in full["attachments"]]
+        assert kinds == [("2.1", "message/rfc822"), ("2.2", "message/rfc822"),
+                         ("2.3", "text/plain")]  # fmt: skip
+        assert full["text"] == "ToC" and sizes == {"2.1": 51, "2.2": 135, "2.3": 13}
     if raw is FORWARDED_LF_INNER:
         assert got.endswith(b"last line without break")  # the boundary's CRLF is not ours
         async with make_client() as client:
