@@ -122,8 +122,23 @@ def to_str(
     bytes (no encoded words, RFC 2047 ignored) with ``assumed``, the charset the message
     declares for its text, as Thunderbird and mutt's assumed_charset do; where that is
     absent or does not fit, windows-1252 (every byte maps to a character). Each of
-    those two cases adds an ``UndecodableBytesDefect`` naming what was used."""
+    those two cases adds an ``UndecodableBytesDefect`` naming what was used.
+
+    Raw ISO-2022-JP (7-bit: escape sequences switch the character set; old Japanese
+    mailers wrote headers so) is ASCII, but is read as ISO-2022-JP-2 where it decodes,
+    as Thunderbird does, whatever the message declares, with the same defect: its
+    escapes are control characters, and the ``(`` of ``ESC ( B`` opens a comment."""
     if raw.isascii():
+        if b"\x1b" in raw:
+            try:
+                text = raw.decode("iso2022_jp_2")
+            except UnicodeDecodeError:
+                pass
+            else:
+                if defects is not None:
+                    defects.append(f"UndecodableBytesDefect ({where}: escape sequences "
+                                   "read as iso2022_jp_2)")  # fmt: skip
+                return text
         return raw.decode("ascii")
     try:
         return raw.decode("utf-8")

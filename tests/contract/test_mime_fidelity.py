@@ -245,6 +245,20 @@ RAW_8BIT = [
         "会议通知",
         "王伟",
     ),
+    (  # ISO-2022-JP is 7-bit: its escapes are controls, and "ESC ( B" opens a comment
+        "Subject: 会議の資料\r\nFrom: 山田 太郎 <yamada@other.test>\r\n",
+        "iso-2022-jp",
+        False,
+        "会議の資料",
+        "山田 太郎",
+    ),
+    (
+        "Subject: 表計算\r\nFrom: 山田 <yamada@other.test>\r\n",
+        "iso-2022-jp",
+        True,
+        "表計算",
+        "山田",
+    ),
 ]
 
 
@@ -266,7 +280,14 @@ def legacy(head: str, charset: str, multipart: bool) -> bytes:
 @pytest.mark.parametrize(
     "head, charset, multipart, subject, name",
     RAW_8BIT,
-    ids=["koi8-r", "cp1251-part", "shift_jis-part", "gb2312-part"],
+    ids=[
+        "koi8-r",
+        "cp1251-part",
+        "shift_jis-part",
+        "gb2312-part",
+        "iso-2022-jp",
+        "iso-2022-jp-part",
+    ],
 )
 async def test_raw_8bit_headers_use_the_declared_charset(
     client: Any, stack: dict[str, str], mailbox: Mailbox, proto: str,
