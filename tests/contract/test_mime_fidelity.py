@@ -302,6 +302,26 @@ async def test_raw_8bit_headers_use_the_declared_charset(
     assert any(d.startswith("UndecodableBytesDefect (header Subject") for d in full["defects"])
 
 
+async def test_the_first_charset_declared_counts_a_multipart_one_too(
+    client: Any, stack: dict[str, str], mailbox: Mailbox, proto: str
+) -> None:
+    """The listing (IMAP: from BODYSTRUCTURE) reads the charsets the fetch reads, in the
+    same order: the multipart's own parameter before its text part's."""
+    raw = (
+        "Subject: Счёт\r\nFrom: Бухгалтерия <buh@other.test>\r\n".encode("koi8-r")
+        + b'To: a@example.test\r\nContent-Type: multipart/mixed; boundary="m"; charset=koi8-r'
+        b"\r\n\r\n--m\r\nContent-Type: text/plain; charset=windows-1251\r\n\r\n"
+        + "тест".encode("cp1251")
+        + b"\r\n--m--\r\n"
+    )
+    mailbox.append(stack, raw)
+    item = await only_item(client, mailbox, proto)
+    full = await fetch(client, mailbox, item["id"])
+    for view in (item, full):
+        assert (view["subject"], view["from"][0]["name"]) == ("Счёт", "Бухгалтерия")
+    assert full["text"] == "тест"
+
+
 async def test_raw_8bit_header_without_a_declared_charset_falls_back_to_cp1252(
     client: Any, stack: dict[str, str], mailbox: Mailbox, proto: str
 ) -> None:
