@@ -21,8 +21,8 @@ class PartDecoder:
     decodes whole lines, keeping a partial line for the next piece. 7bit, 8bit, binary
     and unknown encodings pass through unchanged. :attr:`defects` names what was
     irregular (``InvalidBase64CharactersDefect``, ``InvalidBase64PaddingDefect`` for
-    padding inside the data, ``InvalidBase64LengthDefect``); no byte is dropped
-    silently.
+    padding inside the data, missing at the end or of the wrong length,
+    ``InvalidBase64LengthDefect``); no byte is dropped silently.
     """
 
     def __init__(self, encoding: str | None) -> None:
@@ -68,10 +68,12 @@ class PartDecoder:
             block = text[pos:pad]
             out += _decode_block(block, self.defects)
             pos = end
-            if end < len(text):
-                self.defects.add("InvalidBase64PaddingDefect")
+            if end < len(text) or (end - pad) != -len(block) % 4:
+                self.defects.add("InvalidBase64PaddingDefect")  # inside, or not as long
         tail = text[pos:]
         if final:
+            if len(tail) % 4 in (2, 3):
+                self.defects.add("InvalidBase64PaddingDefect")  # the last group unpadded
             out += _decode_block(tail, self.defects)
             self._rest = b""
         else:

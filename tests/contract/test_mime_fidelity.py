@@ -183,6 +183,15 @@ THREE_BLOCK_HTML = (
     + b"\r\n--a--\r\n"
 )
 
+UNPADDED = (  # the only irregularity: the last group has no padding
+    b"From: a@other.test\r\nTo: alice@example.test\r\nSubject: unpadded\r\n"
+    b'MIME-Version: 1.0\r\nContent-Type: multipart/mixed; boundary="u"\r\n\r\n'
+    b"--u\r\nContent-Type: text/plain\r\n\r\nsee attached\r\n--u\r\n"
+    b"Content-Type: application/octet-stream\r\nContent-Transfer-Encoding: base64\r\n\r\n"
+    + base64.b64encode(b"\x00\x01ABC").rstrip(b"=")
+    + b"\r\n--u--\r\n"
+)
+
 
 @pytest.mark.parametrize(
     "raw, text, html, attachment",
@@ -195,8 +204,9 @@ THREE_BLOCK_HTML = (
             ("2", bytes(range(100)) + b"SECOND-CHUNK-" + bytes(range(0xC8, 0x100))),
         ),
         (THREE_BLOCK_HTML, None, "<p>Grüße</p><p>two</p><hr>", None),
+        (UNPADDED, "see attached", None, ("2", b"\x00\x01ABC")),
     ],
-    ids=["case", "three-blocks-one-line"],
+    ids=["case", "three-blocks-one-line", "unpadded"],
 )
 async def test_every_base64_block_is_decoded(
     client: Any, stack: dict[str, str], mailbox: Mailbox, proto: str,
