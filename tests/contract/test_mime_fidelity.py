@@ -10,6 +10,7 @@ imaplib) are the reference for parts.
 from __future__ import annotations
 
 import base64
+import binascii
 import subprocess
 import sys
 from pathlib import Path
@@ -163,6 +164,30 @@ async def test_attached_message_is_the_servers_bytes(
         async with make_client() as client:
             b64 = await part(client, mailbox, item["id"], "3")
         assert b64 == b"Subject: inside base64\r\n\r\nhi\r\n"  # decoded by its encoding only
+
+
+UU_DATA = bytes(range(256)) * 2
+
+
+async def test_uuencoded_part_is_decoded_by_its_encoding(
+    client: Any, stack: dict[str, str], mailbox: Mailbox, proto: str
+) -> None:
+    """x-uuencode is a transfer encoding too (the standard library decodes it)."""
+    lines = b"".join(binascii.b2a_uu(UU_DATA[i : i + 45]) for i in range(0, 512, 45))
+    mailbox.append(
+        stack,
+        b"From: a@other.test\r\nTo: alice@example.test\r\nSubject: uu\r\n"
+        b'MIME-Version: 1.0\r\nContent-Type: multipart/mixed; boundary="u"\r\n\r\n'
+        b"--u\r\nContent-Type: text/plain\r\n\r\nsee attached\r\n--u\r\n"
+        b"Content-Type: application/octet-stream; name=d.bin\r\n"
+        b"Content-Transfer-Encoding: x-uuencode\r\n\r\nbegin 644 d.bin\r\n"
+        + lines.replace(b"\n", b"\r\n")
+        + b"`\r\nend\r\n--u--\r\n",
+    )
+    item = await only_item(client, mailbox, proto)
+    full = await fetch(client, mailbox, item["id"])
+    assert [(a["id"], a["size"]) for a in full["attachments"]] == [("2", len(UU_DATA))]
+    assert await part(client, mailbox, item["id"], "2") == UU_DATA
 
 
 # ---------------------------------------------------------------- 3. every base64 block

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import base64
+import binascii
+import email
 import os
 import quopri
 import random
@@ -72,3 +74,16 @@ def test_base64_padding_irregularities_are_defects_in_any_split(
             out += dec.feed(encoded[pos : pos + step])
             pos += step
         assert (bytes(out + dec.flush()), dec.defects) == (data, defects)
+
+
+@pytest.mark.parametrize("seed", range(10))
+def test_uuencode_any_split_as_the_standard_library(seed: int) -> None:
+    rng = random.Random(seed)
+    data = os.urandom(rng.randint(0, 3000))
+    lines = b"".join(binascii.b2a_uu(data[i : i + 45]) for i in range(0, len(data), 45))
+    encoded = (
+        b"preamble\r\nbegin 644 d.bin\r\n" + lines.replace(b"\n", b"\r\n") + b"`\r\nend\r\nx\r\n"
+    )
+    whole = email.message_from_bytes(b"Content-Transfer-Encoding: x-uuencode\r\n\r\n" + encoded)
+    assert run("x-uuencode", encoded, rng) == whole.get_payload(decode=True) == data
+    assert run("uuencode", b"no begin line\r\n", rng) == b"no begin line\r\n"  # kept whole
