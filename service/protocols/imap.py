@@ -553,7 +553,12 @@ class ImapReader:
                     and session.leases > 1
                     and session.commands_in_lease == 0
                 )
-                if retry and attempt == 0 and stale_link:
+                # A reused session that could not SELECT (see ImapSession.select): a
+                # fresh one tells whether the folder really is gone.
+                stale_folder = (
+                    isinstance(exc, NotFound) and not session.usable and session.leases > 1
+                )
+                if retry and attempt == 0 and (stale_link or stale_folder):
                     continue
                 raise
             if not keep:
@@ -628,7 +633,13 @@ class ImapReader:
                     found = SearchResult([], 0)  # nothing below UID 1
             else:
                 found = await session.uid_search(criteria or ["ALL"])
-            uids = found.highest(limit + 1)
+            # Only what the state knows: a message that arrived after the state was taken
+            # may be in the SEARCH (Dovecot brings the view up to date at the end of each
+            # command, e.g. the flags FETCH of a state without CONDSTORE); listed, and then
+            # expunged before the next /changes, it would stay in the client's copy
+            # forever ("created and destroyed since the state" is left out). /changes
+            # reports it as created instead.
+            uids = found.highest(limit + 1, below=current.base.uidnext)
             page, more = uids[:limit], len(uids) > limit
             total: int | None = None
             if query.count:

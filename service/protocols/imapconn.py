@@ -699,7 +699,8 @@ class ImapSession:
     async def select(self, folder: str, *, fresh: bool = False) -> int:
         """Make ``folder`` selected with an up-to-date view; its UIDVALIDITY.
 
-        NotFound when the folder does not exist. Dovecot refreshes a selected
+        NotFound when the folder does not exist (the session is then not reused: see
+        the code). Dovecot refreshes a selected
         folder's view only at the end of a command, so a pooled session still
         sees the folder as it was when its last lease ended (measured: new
         messages invisible to SEARCH, expunged ones still listed). Hence, on a
@@ -731,6 +732,10 @@ class ImapSession:
         if not reply.ok:
             if _temporary(reply):
                 self._expect_ok(reply, "open the folder")
+            # Not reused: a Dovecot session that had the folder open while another client
+            # deleted and re-created it may answer "NO Mailbox was deleted under us" for
+            # the new folder, every time (measured); a fresh session opens it.
+            self._broken = True
             raise NotFound("No such folder.", upstream=Upstream("imap", reply.text))
         uidnext = modseq = None
         exists = 0

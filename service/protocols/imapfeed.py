@@ -19,7 +19,7 @@ import contextlib
 from collections.abc import Awaitable, Callable
 
 from service.config import Settings
-from service.errors import UpstreamError
+from service.errors import CannotCalculateChanges, NotFound, UpstreamError
 from service.protocols.imapchanges import Summaries, changes_since, current_state, snapshot
 from service.protocols.imapconn import ImapSession
 from service.protocols.pool import SessionPool, Slot
@@ -72,7 +72,14 @@ class ImapFeed:
         state = decode_state(since, protocol="imap", folder=self.folder)
         assert isinstance(state, ImapState)  # noqa: S101 - decode_state checked the protocol
         session.begin_lease()  # the next select() NOOPs: the view is brought up to date
-        page = await changes_since(session, state, limit, self._summaries)
+        try:
+            page = await changes_since(session, state, limit, self._summaries)
+        except NotFound:
+            # The folder was there when the feed opened: it was deleted (and perhaps
+            # created again) since; a listing tells which.
+            raise CannotCalculateChanges(
+                "The folder was deleted since this state: list it again."
+            ) from None
         if not page.has_more:
             reached = decode_state(page.new_state, protocol="imap", folder=self.folder)
             assert isinstance(reached, ImapState)  # noqa: S101 - ours, just made
@@ -88,7 +95,10 @@ class ImapFeed:
                 return False
             return True
         session.begin_lease()
-        now = await snapshot(session, self.folder)
+        try:
+            now = await snapshot(session, self.folder)
+        except NotFound:
+            return True  # deleted meanwhile: the changes computation says so to everyone
         last = self._reached
         if last is None or (now.uidnext, now.exists, now.highestmodseq) != (
             last.uidnext,

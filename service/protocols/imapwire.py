@@ -435,11 +435,12 @@ class SearchResult:
     ranges: list[tuple[int, int]]
     count: int
 
-    def highest(self, limit: int) -> list[int]:
-        """Up to ``limit`` UIDs, highest first; cost grows with ``limit`` only."""
+    def highest(self, limit: int, below: int | None = None) -> list[int]:
+        """Up to ``limit`` UIDs (only those under ``below``, if given), highest first;
+        cost grows with ``limit`` only."""
         out: list[int] = []
         for lo, hi in reversed(self.ranges):
-            uid = hi
+            uid = hi if below is None else min(hi, below - 1)
             while uid >= lo and len(out) < limit:
                 out.append(uid)
                 uid -= 1

@@ -262,7 +262,11 @@ class Pop3Reader:
                 if wanted is None and len(page) >= query.limit:
                     more = True
                     break
-                summary = _summary(uidls[n], sizes.get(n), *await heads.get(n))
+                try:
+                    head = await heads.get(n)
+                except Pop3NoSuchMessage:  # expunged by another session meanwhile
+                    continue
+                summary = _summary(uidls[n], sizes.get(n), *head)
                 if wanted is not None and not wanted(summary):
                     continue
                 matched += 1
@@ -362,7 +366,14 @@ class Pop3Reader:
                 sizes = await client.list()
                 heads = _Heads(client)
                 for i, n in enumerate(new, state.count + 1):
-                    summary = _summary(uidls[n], sizes.get(n), *await heads.get(n))
+                    try:
+                        head = await heads.get(n)
+                    except Pop3NoSuchMessage:  # expunged by another session meanwhile
+                        raise CannotCalculateChanges(
+                            "A message was deleted from the maildrop while it was read: "
+                            "POP3 cannot say more. List it again."
+                        ) from None
+                    summary = _summary(uidls[n], sizes.get(n), *head)
                     changes.append(Change("created", summary, _state(uidls, i).encode()))
         reached = _state(uidls, state.count + len(new))
         more = len(numbers) > state.count + len(new)
@@ -583,12 +594,20 @@ class _Heads:
         """The header section, and the charset the message declares when the listing
         needs it (:func:`~service.mime.needs_declared_charset`: raw 8-bit bytes in a
         multipart's header); that is looked for in the first
-        ``_DECLARED_LINES`` lines of the body only, and only where TOP works."""
+        ``_DECLARED_LINES`` lines of the body only, and only where TOP works.
+
+        Raises Pop3NoSuchMessage when message ``n`` is gone (expunged by another
+        session since this one's UIDL)."""
         if self._use_top:
             try:
                 head = await self._client.top(n, 0, max_bytes=_TOP_MAX_BYTES, truncate=True)
             except Pop3NoSuchMessage:
-                self._use_top = False  # TOP is optional (RFC 1939): read the message
+                # TOP is optional (RFC 1939), or another session expunged the message
+                # ("-ERR Message 2 expunged."): RETR tells which, as it fails too when the
+                # message is gone (then TOP stays: RETR sets \Seen on Dovecot).
+                head = await _head_by_retr(self._client, n)
+                self._use_top = False
+                return head, None
             else:
                 if not needs_declared_charset(head):
                     return head, None

@@ -11,8 +11,9 @@ session and one ``/changes`` computation per change, not twenty.
   replayed exactly what changed since that state, then goes live; one without
   starts at the channel's latest state (sent to it as an ``id``-only event).
 - A subscriber that does not read is dropped, not buffered without bound: once
-  ``buffer`` events wait for it, its stream ends (the client reconnects with its
-  last event id and catches up).
+  ``buffer`` events wait for it, its stream ends after them (the client reconnects
+  with its last event id and catches up; a replay longer than the buffer thus comes
+  over several connections).
 - When the server cannot tell what changed (410) or the feed fails, the
   subscribers concerned get one final event and their streams end.
 - :meth:`Hub.close` (shutdown) ends every stream cleanly and logs the feeds out.
@@ -72,21 +73,23 @@ class Subscription:
         self.channel: Channel | None = None
 
     def push(self, items: list[Item]) -> None:
-        """Queue events; past the buffer the subscriber is dropped (see the module doc)."""
+        """Queue events; past the buffer the subscriber is dropped (see the module doc):
+        the events that still fit are sent first, so that a client whose backlog is
+        larger than the buffer gets further on each reconnect (every event's id is exact)."""
         if self.ending is not None:
             return
-        if len(self._queue) + len(items) > self._buffer:
+        room = self._buffer - len(self._queue)
+        if len(items) > room:
+            self._queue.extend(items[: max(room, 0)])
             self.end(Ending("dropped"))
             return
         self._queue.extend(items)
         self._ready.set()
 
     def end(self, ending: Ending) -> None:
-        """End the stream after what is queued (a dropped one at once)."""
+        """End the stream after what is queued (at most ``buffer`` events)."""
         if self.ending is None:
             self.ending = ending
-            if ending.reason == "dropped":
-                self._queue.clear()
             self._ready.set()
 
     async def next(self, quiet: float) -> list[Item] | Ending | None:

@@ -172,7 +172,8 @@ def _parse(token: str) -> SyncState:
     try:
         raw = base64.urlsafe_b64decode(payload + "=" * (-len(payload) % 4))
         data = json.loads(raw.decode("utf-8"))
-    except (binascii.Error, ValueError, UnicodeDecodeError) as exc:
+    except (binascii.Error, ValueError, UnicodeDecodeError, RecursionError) as exc:
+        # RecursionError: a token of nested arrays ("[[[[…") deeper than json allows
         raise ValueError("not base64url JSON") from exc
     if not isinstance(data, dict):
         raise ValueError("not an object")

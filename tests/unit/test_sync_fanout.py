@@ -22,10 +22,21 @@ async def test_a_subscriber_that_does_not_read_is_dropped_not_buffered() -> None
     sub.push([change(1), change(2)])
     sub.push([change(3)])
     assert sub.ending is None
-    sub.push([change(4)])  # a fourth event waiting: dropped, and nothing kept for it
+    sub.push([change(4)])  # a fourth event waiting: dropped, nothing more is kept
     assert sub.ending == Ending("dropped")
-    assert await sub.next(0.01) == Ending("dropped")
     sub.push([change(5)])  # later events are not queued either
+    # What waited (at most the buffer) is still sent, then the stream ends.
+    assert await sub.next(0.01) == [change(1), change(2), change(3)]
+    assert await sub.next(0.01) == Ending("dropped")
+
+
+async def test_a_burst_larger_than_the_buffer_sends_what_fits_then_drops() -> None:
+    # A replay of a backlog longer than the buffer: the events that fit go out, so a
+    # client that reconnects with the last one's id gets further each time.
+    sub = Subscription("s0", buffer=3)
+    sub.push([change(n) for n in range(1, 8)])
+    assert sub.ending == Ending("dropped")
+    assert await sub.next(0.01) == [change(1), change(2), change(3)]
     assert await sub.next(0.01) == Ending("dropped")
 
 

@@ -102,3 +102,14 @@ def test_other_folder_or_protocol_is_422() -> None:
         decode_state(imap, protocol="pop3", folder="INBOX")
     with pytest.raises(ValidationFailed, match="pop3"):
         decode_state(pop3, protocol="imap", folder="INBOX")
+
+
+@pytest.mark.parametrize("kind", ["i", "p"])
+def test_deeply_nested_json_is_422_not_500(kind: str) -> None:
+    # 1,500 nested arrays fit in a 4,096-character token; json.loads then raised
+    # RecursionError, which no handler expected: GET /v1/changes answered 500.
+    nested = b"[" * 1500 + b"]" * 1500
+    text = kind + "1" + base64.urlsafe_b64encode(nested).rstrip(b"=").decode()
+    assert len(text) <= 4096
+    with pytest.raises(ValidationFailed):
+        decode_state(text, protocol="imap" if kind == "i" else "pop3", folder="INBOX")

@@ -72,7 +72,7 @@ list again.
     summary="What changed since a state",
     description=CHANGES_DESCRIPTION,
     responses={
-        **problem_responses(401, 403, 404, 410, 422, 502, 503, 504),
+        **problem_responses(401, 403, 404, 409, 410, 422, 502, 503, 504),
         200: {
             "description": "The changes since `since`",
             "content": {
@@ -160,8 +160,9 @@ data: "iMTc6MjpJTkJPWA"
 - Without either, the stream starts with an `id:`-only event: the current state
   (no data, so no `message` event fires, but `lastEventId` is set).
 - `event: cannot-calculate-changes` (data: a problem object) ends the stream when the
-  server cannot tell what changed since the state: list again, reconnect with the new
-  state. `event: error` (a problem object) ends it when the mail server failed.
+  server cannot tell what changed since the state (also when the folder was deleted
+  or re-created meanwhile): list again, reconnect with the new state. `event: error`
+  (a problem object) ends it when the mail server failed.
 - `: ping` comments at least every 30 s (`MAILGATE_EVENTS_HEARTBEAT_SECONDS`) keep
   proxies from closing a quiet stream.
 - IMAP: IDLE (RFC 2177) where offered, else polling every
@@ -169,8 +170,10 @@ data: "iMTc6MjpJTkJPWA"
   folder and credentials in one gateway process share one IMAP session, counted with
   the read sessions in the mailbox's connection budget.
 - A client that stops reading is dropped (`MAILGATE_EVENTS_BUFFER` events waiting, or
-  `MAILGATE_STALL_TIMEOUT`), never buffered without bound; the stream also ends when
-  the gateway shuts down. Either way: reconnect with the last event id.
+  `MAILGATE_STALL_TIMEOUT`), never buffered without bound (the events that fit are
+  sent first: a replay longer than the buffer comes over several connections); the
+  stream also ends when the gateway shuts down. Either way: reconnect with the last
+  event id.
 
 **The client loop**: `GET /v1/messages` (keep `state`) → `GET /v1/changes?since=state`
 while `has_more` → `GET /v1/events?since=new_state`; on `cannot-calculate-changes`,
@@ -228,7 +231,7 @@ async def _events(sub: Subscription, heartbeat: float, path: str) -> AsyncIterat
     description=EVENTS_DESCRIPTION,
     response_class=CommitAfterSendResponse,
     responses={
-        **problem_responses(401, 403, 404, 422, 502, 503, 504),
+        **problem_responses(401, 403, 404, 409, 422, 502, 503, 504),
         200: {
             "description": "An endless `text/event-stream`; see the description for its events",
             "content": {"text/event-stream": {"schema": {"type": "string"}}},
