@@ -21,7 +21,7 @@ from service.mime.read import (
     part_info,
 )
 from service.mime.stream import PartDecoder, decode_part
-from service.mime.structure import Limits, MimeScanner, Part, describe, scan
+from service.mime.structure import Limits, MimeScanner, Part, default_type, describe, scan
 from service.mime.summary import needs_declared_charset, summary_fields
 
 __all__ = [
@@ -37,6 +37,7 @@ __all__ = [
     "cut_info",
     "declared_charset",
     "decode_part",
+    "default_type",
     "describe",
     "envelope",
     "find_attachment",

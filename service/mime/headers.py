@@ -64,21 +64,25 @@ def header_block(data: bytes) -> HeaderBlock:
     end = _header_end(data)
     block = HeaderBlock()
     lines = data[:end].split(b"\n")
+    pieces: list[list[bytes]] = []  # each field's lines, joined once at the end
     for number, line in enumerate(lines, 1):
         line = line.removesuffix(b"\r")
         if not line:
             continue
         if line[:1] in (b" ", b"\t"):
-            if block.fields and number > 1:
-                name, value = block.fields[-1]
-                block.fields[-1] = (name, value + b"\r\n" + line)
+            if pieces and number > 1:
+                pieces[-1].append(line)
             continue
         match = _FIELD.match(line)
         if match:
             value = line[match.end() :]
-            block.fields.append((match.group(1).decode("ascii"), value))
+            block.fields.append((match.group(1).decode("ascii"), b""))
+            pieces.append([value])
         elif not (number == 1 and line.startswith(b"From ")):
             block.defects.append(f"InvalidHeaderDefect (header line {number}: not a field)")
+    block.fields = [
+        (name, b"\r\n".join(lines)) for (name, _), lines in zip(block.fields, pieces, strict=True)
+    ]
     return block
 
 
@@ -118,8 +122,23 @@ def to_str(
     bytes (no encoded words, RFC 2047 ignored) with ``assumed``, the charset the message
     declares for its text, as Thunderbird and mutt's assumed_charset do; where that is
     absent or does not fit, windows-1252 (every byte maps to a character). Each of
-    those two cases adds an ``UndecodableBytesDefect`` naming what was used."""
+    those two cases adds an ``UndecodableBytesDefect`` naming what was used.
+
+    Raw ISO-2022-JP (7-bit: escape sequences switch the character set; old Japanese
+    mailers wrote headers so) is ASCII, but is read as ISO-2022-JP-2 where it decodes,
+    as Thunderbird does, whatever the message declares, with the same defect: its
+    escapes are control characters, and the ``(`` of ``ESC ( B`` opens a comment."""
     if raw.isascii():
+        if b"\x1b" in raw:
+            try:
+                text = raw.decode("iso2022_jp_2")
+            except UnicodeDecodeError:
+                pass
+            else:
+                if defects is not None:
+                    defects.append(f"UndecodableBytesDefect ({where}: escape sequences "
+                                   "read as iso2022_jp_2)")  # fmt: skip
+                return text
         return raw.decode("ascii")
     try:
         return raw.decode("utf-8")

@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from service.mime.headers import HeaderBlock, charset_codec, header_block
 from service.mime.params import MediaField, media_field
 
-__all__ = ["Limits", "MimeScanner", "Part", "describe", "scan"]
+__all__ = ["Limits", "MimeScanner", "Part", "default_type", "describe", "scan"]
 
 _HEADER, _BODY = 0, 1
 _IDENTITY = (None, "7bit", "8bit", "binary")
@@ -280,6 +280,7 @@ class MimeScanner:
             section=f"{owner.section}.{number}" if owner.section else str(number),
             depth=owner.depth + 1,
             header_start=after,
+            content_type=default_type(owner),
             in_message=owner.in_message,
         )
         owner.children.append(child)
@@ -329,12 +330,21 @@ class MimeScanner:
         self.done = True
 
 
-def describe(header: bytes, section: str, limits: Limits) -> Part:
+def default_type(parent: Part) -> str:
+    """The type of a part of ``parent`` whose header names none (RFC 2046 5.1.1, 5.1.5):
+    message/rfc822 in a multipart/digest, else text/plain."""
+    return "message/rfc822" if parent.content_type == "multipart/digest" else "text/plain"
+
+
+def describe(header: bytes, section: str, limits: Limits, *,
+             default: str = "text/plain") -> Part:  # fmt: skip
     """A part known only by its MIME header (an IMAP ``BODY[n.MIME]``): its type,
-    parameters and encoding, read as :class:`MimeScanner` reads them. A multipart at
-    the depth budget is one leaf, as in the scanner."""
+    parameters and encoding, read as :class:`MimeScanner` reads them; ``default`` is
+    its type when the header names none (:func:`default_type` of its parent). A
+    multipart at the depth budget is one leaf, as in the scanner."""
     depth = len(section.split(".")) if section else 0
-    part = Part(section=section, depth=depth, header_start=0, body_start=len(header))
+    part = Part(section=section, depth=depth, header_start=0, body_start=len(header),
+                content_type=default)  # fmt: skip
     part.header = header_block(header)
     MimeScanner(limits)._describe(part)
     return part

@@ -308,12 +308,13 @@ class ImapOpenedMessage:
         steps = section.split(".")
         names = ["HEADER"] + [".".join(steps[:i]) + ".MIME" for i in range(1, len(steps) + 1)]
         item = await self._fetch("(UID " + " ".join(f"BODY.PEEK[{n}]" for n in names) + ")")
-        ours: list[bytes | None] = []
+        path: list[Part] = []
         for depth, name in enumerate(names):
             header = item.sections.get(f"BODY[{name}]") or b""
-            ours.append(mime.describe(header, ".".join(steps[:depth]), limits).boundary)
-        part = mime.describe(item.sections.get(f"BODY[{names[-1]}]") or b"", section, limits)
-        return part if tuple(ours) == found.boundaries else None
+            default = mime.default_type(path[-1]) if path else "text/plain"
+            path.append(mime.describe(header, ".".join(steps[:depth]), limits, default=default))
+        ours = tuple(p.boundary for p in path)
+        return path[-1] if ours == found.boundaries else None
 
     async def _cut_part(self, section: str) -> tuple[PartInfo, AsyncIterator[bytes]] | None:
         cutter = PartCutter(section, self._reader.settings.mime_limits)

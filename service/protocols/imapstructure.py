@@ -70,7 +70,11 @@ def _ancestors(structure: list[Token], section: str) -> tuple[bytes | None, ...]
 
 
 def _charset(node: list[Token]) -> str | None:
-    params = node[2] if len(node) > 2 and isinstance(node[2], list) else []
+    """The charset parameter of a part, a multipart's too (in its extension data), when
+    Python knows it and it is not US-ASCII or UTF-8."""
+    at = len(_children(node)) + 1 if _is_multipart(node) else 2
+    found = node[at] if len(node) > at else None
+    params = found if isinstance(found, list) else []
     for i in range(0, len(params) - 1, 2):
         key, value = params[i], params[i + 1]
         if isinstance(key, bytes) and key.lower() == b"charset" and isinstance(value, bytes):
@@ -106,11 +110,12 @@ def _walk(node: list[Token], section: str, inside: bool) -> Iterator[tuple[str, 
 
 def declared_charset(structure: Token) -> str | None:
     """The charset the message declares (as :func:`service.mime.declared_charset`): the
-    first one in section order, not US-ASCII or UTF-8, attached messages not looked into."""
+    first one in section order, multiparts included, not US-ASCII or UTF-8, attached
+    messages not looked into."""
     if not isinstance(structure, list) or not structure:
         return None
     for _, node, inside in _walk(structure, "", False):
-        if not inside and not _is_multipart(node) and (found := _charset(node)):
+        if not inside and (found := _charset(node)):
             return found
     return None
 
@@ -126,7 +131,7 @@ def locate(structure: Token, section: str) -> Located | None:
         return Located(False, 1, _charset(structure), True)
     declared: str | None = None
     for number, (sec, node, inside) in enumerate(_walk(structure, "", False), 1):
-        if not inside and not _is_multipart(node):
+        if not inside:
             declared = declared or _charset(node)
         if sec == section and not inside:
             return Located(_is_multipart(node), number, declared, False,

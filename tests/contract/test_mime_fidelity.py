@@ -10,6 +10,7 @@ imaplib) are the reference for parts.
 from __future__ import annotations
 
 import base64
+import binascii
 import subprocess
 import sys
 from pathlib import Path
@@ -112,14 +113,29 @@ FORWARDED_LF_INNER = (  # an attached message with odd spacing, folding and no f
 )
 
 
+DIGEST = (  # RFC 2046 5.1.5: a digest's parts are messages unless they say otherwise; the
+    # inner boundary "dd" starts with the digest's own "d" (the longer open one wins)
+    b"From: list@other.test\r\nTo: alice@example.test\r\nSubject: digest\r\n"
+    b"MIME-Version: 1.0\r\nContent-Type: multipart/mixed; boundary=d0\r\n\r\n"
+    b"--d0\r\nContent-Type: text/plain\r\n\r\nToC\r\n"
+    b"--d0\r\nContent-Type: multipart/digest; boundary=d\r\n\r\n"
+    b"--d\r\n\r\nFrom: one@other.test\r\nSubject: one\r\n\r\nfirst message\r\n"
+    b"--d\r\n\r\nFrom: two@other.test\r\nSubject: two\r\n"
+    b"Content-Type: multipart/alternative; boundary=dd\r\n\r\n"
+    b"--dd\r\nContent-Type: text/plain\r\n\r\nalt\r\n--dd--\r\n"
+    b"--d\r\nContent-Type: text/plain\r\n\r\nnot a message\r\n--d--\r\n--d0--\r\n"
+)
+
+
 @pytest.mark.parametrize("limit", [None, 4096], ids=["parsed-path", "over-the-limit"])
 @pytest.mark.parametrize(
     "raw, sections",
     [
         (case("forwarded-message-part.eml"), ["2", "3"]),
         (FORWARDED_LF_INNER, ["2"]),
+        (DIGEST, ["2.1", "2.2", "2.3"]),
     ],
-    ids=["case", "odd-spacing"],
+    ids=["case", "odd-spacing", "digest"],
 )
 async def test_attached_message_is_the_servers_bytes(
     make_client: Any, stack: dict[str, str], mailbox: Mailbox, proto: str,
@@ -138,11 +154,40 @@ async def test_attached_message_is_the_servers_bytes(
             got = await part(client, mailbox, item["id"], section)
             assert got == server_part(mailbox, stack, section)
             assert sizes.get(section, len(got)) == len(got)
+    if raw is DIGEST and limit is None:
+        kinds = [(a["id"], a["content_type"]) for a in full["attachments"]]
+        assert kinds == [("2.1", "message/rfc822"), ("2.2", "message/rfc822"),
+                         ("2.3", "text/plain")]  # fmt: skip
+        assert full["text"] == "ToC" and sizes == {"2.1": 51, "2.2": 135, "2.3": 13}
     if raw is FORWARDED_LF_INNER:
         assert got.endswith(b"last line without break")  # the boundary's CRLF is not ours
         async with make_client() as client:
             b64 = await part(client, mailbox, item["id"], "3")
         assert b64 == b"Subject: inside base64\r\n\r\nhi\r\n"  # decoded by its encoding only
+
+
+UU_DATA = bytes(range(256)) * 2
+
+
+async def test_uuencoded_part_is_decoded_by_its_encoding(
+    client: Any, stack: dict[str, str], mailbox: Mailbox, proto: str
+) -> None:
+    """x-uuencode is a transfer encoding too (the standard library decodes it)."""
+    lines = b"".join(binascii.b2a_uu(UU_DATA[i : i + 45]) for i in range(0, 512, 45))
+    mailbox.append(
+        stack,
+        b"From: a@other.test\r\nTo: alice@example.test\r\nSubject: uu\r\n"
+        b'MIME-Version: 1.0\r\nContent-Type: multipart/mixed; boundary="u"\r\n\r\n'
+        b"--u\r\nContent-Type: text/plain\r\n\r\nsee attached\r\n--u\r\n"
+        b"Content-Type: application/octet-stream; name=d.bin\r\n"
+        b"Content-Transfer-Encoding: x-uuencode\r\n\r\nbegin 644 d.bin\r\n"
+        + lines.replace(b"\n", b"\r\n")
+        + b"`\r\nend\r\n--u--\r\n",
+    )
+    item = await only_item(client, mailbox, proto)
+    full = await fetch(client, mailbox, item["id"])
+    assert [(a["id"], a["size"]) for a in full["attachments"]] == [("2", len(UU_DATA))]
+    assert await part(client, mailbox, item["id"], "2") == UU_DATA
 
 
 # ---------------------------------------------------------------- 3. every base64 block
@@ -163,6 +208,15 @@ THREE_BLOCK_HTML = (
     + b"\r\n--a--\r\n"
 )
 
+UNPADDED = (  # the only irregularity: the last group has no padding
+    b"From: a@other.test\r\nTo: alice@example.test\r\nSubject: unpadded\r\n"
+    b'MIME-Version: 1.0\r\nContent-Type: multipart/mixed; boundary="u"\r\n\r\n'
+    b"--u\r\nContent-Type: text/plain\r\n\r\nsee attached\r\n--u\r\n"
+    b"Content-Type: application/octet-stream\r\nContent-Transfer-Encoding: base64\r\n\r\n"
+    + base64.b64encode(b"\x00\x01ABC").rstrip(b"=")
+    + b"\r\n--u--\r\n"
+)
+
 
 @pytest.mark.parametrize(
     "raw, text, html, attachment",
@@ -175,8 +229,9 @@ THREE_BLOCK_HTML = (
             ("2", bytes(range(100)) + b"SECOND-CHUNK-" + bytes(range(0xC8, 0x100))),
         ),
         (THREE_BLOCK_HTML, None, "<p>Grüße</p><p>two</p><hr>", None),
+        (UNPADDED, "see attached", None, ("2", b"\x00\x01ABC")),
     ],
-    ids=["case", "three-blocks-one-line"],
+    ids=["case", "three-blocks-one-line", "unpadded"],
 )
 async def test_every_base64_block_is_decoded(
     client: Any, stack: dict[str, str], mailbox: Mailbox, proto: str,
@@ -225,6 +280,20 @@ RAW_8BIT = [
         "会议通知",
         "王伟",
     ),
+    (  # ISO-2022-JP is 7-bit: its escapes are controls, and "ESC ( B" opens a comment
+        "Subject: 会議の資料\r\nFrom: 山田 太郎 <yamada@other.test>\r\n",
+        "iso-2022-jp",
+        False,
+        "会議の資料",
+        "山田 太郎",
+    ),
+    (
+        "Subject: 表計算\r\nFrom: 山田 <yamada@other.test>\r\n",
+        "iso-2022-jp",
+        True,
+        "表計算",
+        "山田",
+    ),
 ]
 
 
@@ -246,7 +315,14 @@ def legacy(head: str, charset: str, multipart: bool) -> bytes:
 @pytest.mark.parametrize(
     "head, charset, multipart, subject, name",
     RAW_8BIT,
-    ids=["koi8-r", "cp1251-part", "shift_jis-part", "gb2312-part"],
+    ids=[
+        "koi8-r",
+        "cp1251-part",
+        "shift_jis-part",
+        "gb2312-part",
+        "iso-2022-jp",
+        "iso-2022-jp-part",
+    ],
 )
 async def test_raw_8bit_headers_use_the_declared_charset(
     client: Any, stack: dict[str, str], mailbox: Mailbox, proto: str,
@@ -259,6 +335,26 @@ async def test_raw_8bit_headers_use_the_declared_charset(
         assert view["subject"] == subject
         assert view["from"][0]["name"] == name
     assert any(d.startswith("UndecodableBytesDefect (header Subject") for d in full["defects"])
+
+
+async def test_the_first_charset_declared_counts_a_multipart_one_too(
+    client: Any, stack: dict[str, str], mailbox: Mailbox, proto: str
+) -> None:
+    """The listing (IMAP: from BODYSTRUCTURE) reads the charsets the fetch reads, in the
+    same order: the multipart's own parameter before its text part's."""
+    raw = (
+        "Subject: Счёт\r\nFrom: Бухгалтерия <buh@other.test>\r\n".encode("koi8-r")
+        + b'To: a@example.test\r\nContent-Type: multipart/mixed; boundary="m"; charset=koi8-r'
+        b"\r\n\r\n--m\r\nContent-Type: text/plain; charset=windows-1251\r\n\r\n"
+        + "тест".encode("cp1251")
+        + b"\r\n--m--\r\n"
+    )
+    mailbox.append(stack, raw)
+    item = await only_item(client, mailbox, proto)
+    full = await fetch(client, mailbox, item["id"])
+    for view in (item, full):
+        assert (view["subject"], view["from"][0]["name"]) == ("Счёт", "Бухгалтерия")
+    assert full["text"] == "тест"
 
 
 async def test_raw_8bit_header_without_a_declared_charset_falls_back_to_cp1252(

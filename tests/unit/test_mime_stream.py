@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import base64
+import binascii
+import email
 import os
 import quopri
 import random
@@ -46,3 +48,42 @@ def test_identity_and_sloppy_base64() -> None:
     assert run(None, b"plain", rng) == b"plain"  # type: ignore[arg-type]
     assert run("base64", b"aGVsbG8gd29y\r\nbGQ", rng) == b"hello world"  # unpadded
     assert run("base64", b"aGVs*bG8=\r\n", rng) == b"hello"  # junk ignored
+
+
+@pytest.mark.parametrize(
+    "encoded, data, defects",
+    [
+        (b"QUJDRA\r\n", b"ABCD", {"InvalidBase64PaddingDefect"}),  # the last group unpadded
+        (b"QUJDRA=\r\n", b"ABCD", {"InvalidBase64PaddingDefect"}),  # one "=" short
+        (b"QQ===\r\n", b"A", {"InvalidBase64PaddingDefect"}),  # one "=" too many
+        (b"QUJDRA==\r\nRUY=\r\n", b"ABCDEF", {"InvalidBase64PaddingDefect"}),  # two blocks
+        (b"QUJDRA==\r\n", b"ABCD", set()),
+        (b"QUJD\r\nRUZH\r\n", b"ABCEFG", set()),
+    ],
+)
+def test_base64_padding_irregularities_are_defects_in_any_split(
+    encoded: bytes, data: bytes, defects: set[str]
+) -> None:
+    for seed in range(5):
+        rng = random.Random(seed)
+        dec = PartDecoder("base64")
+        out = bytearray()
+        pos = 0
+        while pos < len(encoded):
+            step = rng.randint(1, 3)
+            out += dec.feed(encoded[pos : pos + step])
+            pos += step
+        assert (bytes(out + dec.flush()), dec.defects) == (data, defects)
+
+
+@pytest.mark.parametrize("seed", range(10))
+def test_uuencode_any_split_as_the_standard_library(seed: int) -> None:
+    rng = random.Random(seed)
+    data = os.urandom(rng.randint(0, 3000))
+    lines = b"".join(binascii.b2a_uu(data[i : i + 45]) for i in range(0, len(data), 45))
+    encoded = (
+        b"preamble\r\nbegin 644 d.bin\r\n" + lines.replace(b"\n", b"\r\n") + b"`\r\nend\r\nx\r\n"
+    )
+    whole = email.message_from_bytes(b"Content-Transfer-Encoding: x-uuencode\r\n\r\n" + encoded)
+    assert run("x-uuencode", encoded, rng) == whole.get_payload(decode=True) == data
+    assert run("uuencode", b"no begin line\r\n", rng) == b"no begin line\r\n"  # kept whole

@@ -10,6 +10,8 @@ from pathlib import Path
 import pytest
 
 from service import mime
+from service.mime.headers import header_block
+from service.mime.params import media_field
 from service.mime.structure import Limits, scan
 from service.protocols.imapstructure import declared_charset, locate
 from service.protocols.imapwire import parse_fetch
@@ -102,3 +104,19 @@ def test_bodystructure_locates_parts_of_the_message_itself() -> None:
     whole = locate(single, "1")
     assert whole is not None and whole.whole_body and whole.assumed == "koi8-r"
     assert locate(single, "2") is None and locate(None, "1") is None
+
+
+def test_huge_header_fields_are_read_in_linear_time() -> None:
+    """No time is asserted: before, these ran for hours (a folded field's lines were
+    joined one by one; the Content-Type pattern could split white space many ways)."""
+    folded = b"To: " + b",\r\n ".join(b"u%d@example.test" % i for i in range(500_000))
+    block = header_block(folded + b"\r\nSubject: s\r\n  t\r\n\r\n")
+    assert [name for name, _ in block.fields] == ["To", "Subject"]
+    assert block.fields[0][1].count(b"\r\n ") == 499_999 and block.fields[1][1] == b" s\r\n  t"
+    spaced = b"multipart/mixed; boundary=q; a=" + b" " * 50_000 + b"x y"
+    defects: list[str] = []
+    found = media_field(spaced, name="content-type", where="part 1", defects=defects)
+    assert found is not None and (found.value, found.params["boundary"]) == ("multipart/mixed", "q")
+    assert defects == ["MimeHeaderBudgetDefect (part 1: content-type read to 4096 characters)"]
+    many = b"text/plain; name*0=a; " + b"; ".join(b"x*%d*=%%41" % i for i in range(20_000))
+    assert media_field(many, name="content-type", defects=defects) is not None
