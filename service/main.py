@@ -27,7 +27,7 @@ from service.api.warmup import warm_up
 from service.config import Settings, load_settings
 from service.observability import tracing, valid_request_id, watch_sessions
 from service.observability.http import RequestObserver
-from service.protocols.imap import new_imap_pool
+from service.protocols.imap.reader import new_imap_pool
 from service.protocols.pool import PooledSession, PoolStats, SessionPool
 from service.protocols.smtp import SmtpSession
 from service.protocols.summary_cache import SummaryCache
