@@ -10,7 +10,8 @@ from typing import Any
 from fastapi import FastAPI
 
 from service.api.deps import CONTEXT_HEADERS
-from service.api.openapi_examples import REQUEST_EXAMPLES, RESPONSE_EXAMPLES, problem_example
+from service.api.openapi_examples import REQUEST_EXAMPLES, RESPONSE_EXAMPLES
+from service.api.problem_examples import problem_example
 from service.models.problem import Problem
 from service.models.send import Draft
 
