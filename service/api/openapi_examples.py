@@ -18,12 +18,26 @@ ID_4 = "iMTc5NjA3ODExMzo0OklOQk9Y"
 ID_2 = "iMTc5NjA3ODExMzoyOklOQk9Y"
 ID_STALE = "iMTc5NjA3ODExMjoxOklOQk9Y"  # an older UIDVALIDITY
 POP3_ID = "pMDAwMDAwMDE2YjBkZmEyMQ"  # UIDL 000000016b0dfa21
-STATE_OLD = "i1eyJiIjpbMTMsMTIsMzQsbnVsbF0sImYiOiJJTkJPWCIsInYiOjE3OTYwNzgxMTN9"
-STATE = "i1eyJiIjpbMTUsMTQsNDEsbnVsbF0sImYiOiJJTkJPWCIsInYiOjE3OTYwNzgxMTN9"
-STATE_AFTER = "i1eyJiIjpbMTQsMTIsMzcsbnVsbF0sImYiOiJJTkJPWCIsInYiOjE3OTYwNzgxMTN9"  # /changes
-SENT_STATE = "i1eyJiIjpbNCwzLDksbnVsbF0sImYiOiJTZW50IiwidiI6MTc5NjA3ODExNH0"
-PROJECTS_STATE = "i1eyJiIjpbOCw3LDEyLG51bGxdLCJmIjoiUHJvamVjdHMuMjAyNiIsInYiOjE3OTYwNzgxMTl9"
-POP3_STATE = "p1eyJkIjoibWZvM2tVMVBKWkVUSzFsX3pBYkRadyIsIm4iOjF9"
+STATE_OLD = (
+    "i2eyJiIjpbMTMsMTIsMzQsbnVsbF0sImYiOiJJTkJPWCIsIm0iOiJxOFNFWV"
+    "FEZkVlUVhqcWJxIiwidiI6MTc5NjA3ODExM30"
+)
+STATE = (
+    "i2eyJiIjpbMTUsMTQsNDEsbnVsbF0sImYiOiJJTkJPWCIsIm0iOiJxOFNFWV"
+    "FEZkVlUVhqcWJxIiwidiI6MTc5NjA3ODExM30"
+)
+STATE_AFTER = (
+    "i2eyJiIjpbMTQsMTIsMzcsbnVsbF0sImYiOiJJTkJPWCIsIm0iOiJxOFNFWV"
+    "FEZkVlUVhqcWJxIiwidiI6MTc5NjA3ODExM30"
+)  # /changes
+SENT_STATE = (
+    "i2eyJiIjpbNCwzLDksbnVsbF0sImYiOiJTZW50IiwibSI6InE4U0VZUURmRWVRWGpxYnEiLCJ2IjoxNzk2MDc4MTE0fQ"
+)
+PROJECTS_STATE = (
+    "i2eyJiIjpbOCw3LDEyLG51bGxdLCJmIjoiUHJvamVjdHMuMjAyNiIsIm0iOi"
+    "JxOFNFWVFEZkVlUVhqcWJxIiwidiI6MTc5NjA3ODExOX0"
+)
+POP3_STATE = "p2eyJkIjoibWZvM2tVMVBKWkVUSzFsX3pBYkRadyIsIm0iOiJxOFNFWVFEZkVlUVhqcWJxIiwibiI6MX0"
 CURSOR = "eyJmIjoiSU5CT1giLCJxIjoiNTM4OGUxYjcxNWM0IiwicyI6MiwidSI6MywidiI6MTc5NjA3ODExM30"
 REQUEST_ID = "4f0c2a8e9b7d4e61a2c3d4e5f6a7b8c9"
 MESSAGE_ID = "<179607811328.10779.10783501720274460225@example.test>"
@@ -132,7 +146,8 @@ EVENTS = (
     "\n"
     f"id: {STATE_OLD}\n"
     "\n"
-    "id: i1eyJiIjpbMTQsMTMsMzUsbnVsbF0sImYiOiJJTkJPWCIsInYiOjE3OTYwNzgxMTN9\n"
+    "id: i2eyJiIjpbMTQsMTMsMzUsbnVsbF0sImYiOiJJTkJPWCIsIm0iOiJxOFNFWV"
+    "FEZkVlUVhqcWJxIiwidiI6MTc5NjA3ODExM30\n"
     "event: created\n"
     'data: {"id":"iMTc5NjA3ODExMzoxMzpJTkJPWA","folder":"INBOX","uid":13,'
     '"message_id":"<a2@example.test>","subject":"Report","from":[{"name":"Alice Example",'
@@ -140,7 +155,8 @@ EVENTS = (
     '"cc":[],"date":"2026-11-30T09:00:00+00:00","size":1686,"flags":[],"seen":false,'
     '"has_attachments":true}\n'
     "\n"
-    "id: i1eyJiIjpbMTQsMTMsMzYsbnVsbF0sImYiOiJJTkJPWCIsInYiOjE3OTYwNzgxMTN9\n"
+    "id: i2eyJiIjpbMTQsMTMsMzYsbnVsbF0sImYiOiJJTkJPWCIsIm0iOiJxOFNFWV"
+    "FEZkVlUVhqcWJxIiwidiI6MTc5NjA3ODExM30\n"
     "event: updated\n"
     'data: {"id":"iMTc5NjA3ODExMzo0OklOQk9Y","flags":["\\\\Flagged"],"seen":false,'
     '"flagged":true}\n'

@@ -92,6 +92,8 @@ class ChangeFeed(Protocol):
     credentials (a digest of the secret, never the secret)."""
     folder: str
     """The folder as the adapter spells it (as states name it)."""
+    mailbox: str
+    """Whose folder (:func:`~service.sync.state.mailbox_tag`, as states name it)."""
 
     async def open(self) -> str:
         """Connect (IMAP: take a slot of the budget, select the folder); the state now."""

@@ -8,14 +8,21 @@ stored). Pure: no I/O.
 Wire form: one letter for the protocol (``i`` IMAP, ``p`` POP3), one digit for
 the format version, then base64url (no padding) of compact JSON::
 
-    IMAP  {"f": folder, "v": UIDVALIDITY, "b": MARK, "t": MARK, "u": UID}
+    IMAP  {"m": MAILBOX, "f": folder, "v": UIDVALIDITY, "b": MARK, "t": MARK, "u": UID}
           MARK = [UIDNEXT, EXISTS, HIGHESTMODSEQ | null, flags digest | null]
           "t"/"u" only while a /changes answer is paged: the changes of UIDs >= "u"
           up to mark "t" were delivered; those of UIDs below "u" since "b" were not.
-    POP3  {"n": count, "d": digest of the first n UIDLs}
+    POP3  {"m": MAILBOX, "n": count, "d": digest of the first n UIDLs}
+    MAILBOX = :func:`mailbox_tag` of the provider and user the state was made for
 
 Anything else is :class:`~service.errors.ValidationFailed` (422), as the contract
-asks; a state of another folder or protocol is 422 too (:func:`decode_state`).
+asks; a state of another folder, protocol or mailbox is 422 too
+(:func:`decode_state`). The mailbox is a plain truncated digest, not a keyed one:
+any replica checks any state with no shared key (it binds, it does not sign: a
+state is no credential, the request's own login still decides what it reads).
+Version 1 states (before the mailbox was bound) are still read, and answer 410
+``cannot-calculate-changes``: nothing in them says whose they are, and two new
+mailboxes may share a UIDVALIDITY, so the client lists again, once.
 """
 
 from __future__ import annotations
@@ -25,10 +32,10 @@ import binascii
 import hashlib
 import json
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
-from service.errors import ValidationFailed
+from service.errors import CannotCalculateChanges, ValidationFailed
 
 __all__ = [
     "ImapMark",
@@ -37,14 +44,17 @@ __all__ = [
     "SyncState",
     "decode_state",
     "flags_digest",
+    "mailbox_tag",
     "uidl_digest",
 ]
 
-VERSION = "1"
+VERSION = "2"
+_UNBOUND_VERSION = "1"  # states made before they named their mailbox
 _MAX_TOKEN = 4096
 _U32 = 2**32
 _MODSEQ_MAX = 2**63
 _DIGEST_LEN = 22  # 16 bytes in base64url without padding
+_MAILBOX_LEN = 16  # 12 bytes in base64url
 _RECENT = "\\recent"
 
 
@@ -68,6 +78,14 @@ def flags_digest(flags_by_uid: dict[int, list[str]]) -> str:
         kept = sorted(f for f in flags_by_uid[uid] if f.lower() != _RECENT)
         lines.append(f"{uid} {' '.join(kept)}\n".encode())
     return _digest(lines)
+
+
+def mailbox_tag(provider: str, user: str) -> str:
+    """Which mailbox a state belongs to: 12 bytes of SHA-256 over the provider's name
+    and the user name case-folded (servers find a user whatever its case), base64url
+    (16 characters). The same on every replica, with no key to share."""
+    data = f"mailgate-state\0{provider}\0{user.casefold()}".encode("utf-8", "surrogatepass")
+    return _b64(hashlib.sha256(data).digest()[:12])
 
 
 def uidl_digest(uidls: Iterable[str]) -> str:
@@ -97,18 +115,25 @@ class ImapMark:
 class ImapState:
     """An IMAP folder's state: folder, UIDVALIDITY and a mark; while paging, the
     mark the client reaches when done (``target``) and the UID below which the
-    changes are still to come (``below``)."""
+    changes are still to come (``below``); ``mailbox`` is :func:`mailbox_tag` of
+    whose folder it is (empty in a version 1 state)."""
 
     folder: str
     uidvalidity: int
     base: ImapMark
     target: ImapMark | None = None
     below: int | None = None
+    mailbox: str = field(kw_only=True)
 
     protocol = "imap"
 
     def encode(self) -> str:
-        data: dict[str, Any] = {"f": self.folder, "v": self.uidvalidity, "b": self.base._wire()}
+        data: dict[str, Any] = {
+            "m": self.mailbox,
+            "f": self.folder,
+            "v": self.uidvalidity,
+            "b": self.base._wire(),
+        }
         if self.target is not None and self.below is not None:
             data["t"] = self.target._wire()
             data["u"] = self.below
@@ -117,16 +142,18 @@ class ImapState:
 
 @dataclass(frozen=True)
 class Pop3State:
-    """A POP3 maildrop's state: how many messages, and a digest of their UIDLs."""
+    """A POP3 maildrop's state: how many messages, a digest of their UIDLs, and
+    :func:`mailbox_tag` of whose maildrop it is (empty in a version 1 state)."""
 
     count: int
     digest: str
+    mailbox: str = field(kw_only=True)
 
     protocol = "pop3"
     folder = "INBOX"
 
     def encode(self) -> str:
-        return "p" + VERSION + _b64(_json({"n": self.count, "d": self.digest}))
+        return "p" + VERSION + _b64(_json({"m": self.mailbox, "n": self.count, "d": self.digest}))
 
 
 SyncState = ImapState | Pop3State
@@ -163,11 +190,26 @@ def _mark(value: Any) -> ImapMark:
     return ImapMark(uidnext, exists, modseq, _digest_field(value[3]))
 
 
+def _mailbox_field(data: dict[str, Any], bound: bool) -> str:
+    if not bound:
+        return ""
+    value = data.pop("m", None)
+    if (
+        not isinstance(value, str)
+        or len(value) != _MAILBOX_LEN
+        or not all(c.isascii() and (c.isalnum() or c in "-_") for c in value)
+    ):
+        raise ValueError("mailbox")
+    return value
+
+
 def _parse(token: str) -> SyncState:
     if not isinstance(token, str) or not 3 <= len(token) <= _MAX_TOKEN:
         raise ValueError("length")
     kind, version, payload = token[0], token[1], token[2:]
-    if version != VERSION or not all(c.isascii() and (c.isalnum() or c in "-_") for c in payload):
+    if version not in (VERSION, _UNBOUND_VERSION) or not all(
+        c.isascii() and (c.isalnum() or c in "-_") for c in payload
+    ):
         raise ValueError("version or alphabet")
     try:
         raw = base64.urlsafe_b64decode(payload + "=" * (-len(payload) % 4))
@@ -177,13 +219,14 @@ def _parse(token: str) -> SyncState:
         raise ValueError("not base64url JSON") from exc
     if not isinstance(data, dict):
         raise ValueError("not an object")
+    mailbox = _mailbox_field(data, bound=version == VERSION)
     if kind == "p":
         if set(data) != {"n", "d"}:
             raise ValueError("keys")
         digest = _digest_field(data["d"])
         if digest is None:
             raise ValueError("digest")
-        return Pop3State(_int(data["n"], 0, _U32), digest)
+        return Pop3State(_int(data["n"], 0, _U32), digest, mailbox=mailbox)
     if kind == "i":
         if not {"f", "v", "b"} <= set(data) <= {"f", "v", "b", "t", "u"}:
             raise ValueError("keys")
@@ -207,13 +250,18 @@ def _parse(token: str) -> SyncState:
             if base.modseq is not None and target.modseq is not None:
                 if target.modseq < base.modseq:
                     raise ValueError("paging marks")
-        return ImapState(folder, _int(data["v"], 1, _U32 - 1), base, target, below)
+        return ImapState(folder, _int(data["v"], 1, _U32 - 1), base, target, below, mailbox=mailbox)
     raise ValueError("kind")
 
 
-def decode_state(token: str, *, protocol: str, folder: str) -> SyncState:
-    """Read a state from a request; 422 validation-failed when it is malformed or
-    belongs to another protocol or folder (``folder`` as the adapter spells it)."""
+def decode_state(token: str, *, protocol: str, folder: str, mailbox: str) -> SyncState:
+    """Read a state from a request for ``mailbox`` (:func:`mailbox_tag`).
+
+    Raises ValidationFailed (422 validation-failed) when it is malformed or belongs
+    to another protocol, folder (``folder`` as the adapter spells it) or mailbox;
+    CannotCalculateChanges (410) for a well-formed version 1 state, which names no
+    mailbox (see the module docstring).
+    """
     try:
         state = _parse(token)
     except ValueError:
@@ -222,4 +270,11 @@ def decode_state(token: str, *, protocol: str, folder: str) -> SyncState:
         raise ValidationFailed(f"The state belongs to {state.protocol}, not {protocol}.")
     if state.folder != folder:
         raise ValidationFailed("The state belongs to another folder.")
+    if not state.mailbox:
+        raise CannotCalculateChanges(
+            "This state was made by an older mailgate and names no mailbox: list the "
+            "folder again and use the new state."
+        )
+    if state.mailbox != mailbox:
+        raise ValidationFailed("The state belongs to another mailbox.")
     return state

@@ -15,7 +15,7 @@ import pytest
 from mailboxes import Mailbox
 from scripted import serving
 
-from service.sync.state import Pop3State, uidl_digest
+from service.sync.state import Pop3State, mailbox_tag, uidl_digest
 
 pytestmark = pytest.mark.mailstack
 
@@ -61,7 +61,9 @@ async def pop3_with_a_vanishing_message(gone: int) -> AsyncIterator[tuple[int, l
 async def test_pop3_changes_when_a_new_message_vanishes_mid_read_is_410_not_404(
     make_client: Any, mailbox: Mailbox
 ) -> None:
-    since = Pop3State(1, uidl_digest(["u1"])).encode()
+    since = Pop3State(
+        1, uidl_digest(["u1"]), mailbox=mailbox_tag("default", mailbox.address)
+    ).encode()
     async with pop3_with_a_vanishing_message(2) as (port, commands):
         async with make_client(pop3_url=f"pop3+plain://127.0.0.1:{port}") as gw:
             r = await gw.get("/v1/changes", params={"protocol": "pop3", "since": since},
@@ -201,7 +203,7 @@ async def test_the_document_lists_409_where_a_locked_pop3_maildrop_answers_it(
     # maildrop's lock (RFC 2449 [IN-USE]); the OpenAPI document did not list 409 there.
     from test_pop3_api import fake_pop3
 
-    since = Pop3State(0, uidl_digest([])).encode()
+    since = Pop3State(0, uidl_digest([]), mailbox=mailbox_tag("default", mailbox.address)).encode()
     async with fake_pop3("ok", pass_reply=b"-ERR [IN-USE] locked\r\n") as (port, _):
         async with make_client(pop3_url=f"pop3+plain://127.0.0.1:{port}") as gw:
             r = await gw.get("/v1/changes", params={"protocol": "pop3", "since": since},

@@ -124,7 +124,7 @@ def test_example_ids_states_and_cursors_are_the_gateway_s_own() -> None:
     """The examples' opaque values are ones the gateway reads (not made-up strings)."""
     from service.api import openapi_examples as ex
     from service.ids import ImapRef, Pop3Ref, decode_cursor, decode_id
-    from service.sync.state import ImapState, decode_state
+    from service.sync.state import ImapState, decode_state, mailbox_tag
 
     refs = [decode_id(i) for i in (ex.ID, ex.ID_12, ex.ID_4, ex.ID_2, ex.ID_STALE)]
     uids = [(r.folder, r.uidvalidity, r.uid) for r in refs if isinstance(r, ImapRef)]
@@ -132,10 +132,11 @@ def test_example_ids_states_and_cursors_are_the_gateway_s_own() -> None:
     assert uids == [("INBOX", validity, 13), ("INBOX", validity, 12), ("INBOX", validity, 4),
                     ("INBOX", validity, 2), ("INBOX", validity - 1, 1)]  # fmt: skip
     assert decode_id(ex.POP3_ID) == Pop3Ref("000000016b0dfa21")
+    bob = mailbox_tag("default", "bob@example.test")  # the README's reader
     for token in (ex.STATE_OLD, ex.STATE, ex.STATE_AFTER):
-        state = decode_state(token, protocol="imap", folder="INBOX")
+        state = decode_state(token, protocol="imap", folder="INBOX", mailbox=bob)
         assert isinstance(state, ImapState) and state.uidvalidity == validity
-    decode_state(ex.SENT_STATE, protocol="imap", folder="Sent")
-    decode_state(ex.PROJECTS_STATE, protocol="imap", folder="Projects.2026")
-    decode_state(ex.POP3_STATE, protocol="pop3", folder="INBOX")
+    decode_state(ex.SENT_STATE, protocol="imap", folder="Sent", mailbox=bob)
+    decode_state(ex.PROJECTS_STATE, protocol="imap", folder="Projects.2026", mailbox=bob)
+    decode_state(ex.POP3_STATE, protocol="pop3", folder="INBOX", mailbox=bob)
     assert decode_cursor(ex.CURSOR)["f"] == "INBOX"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 from collections.abc import AsyncIterator
 from typing import Annotated, Any
@@ -13,7 +14,7 @@ from service.api.deps import ProtocolDep
 from service.api.problems import PROBLEM_TYPE_BASE
 from service.api.readers import ContextDep
 from service.api.responses import CommitAfterSendResponse
-from service.errors import MailGatewayError
+from service.errors import CannotCalculateChanges, MailGatewayError
 from service.models.problem import problem_responses
 from service.models.sync import Changes
 from service.sync.fanout import Ending, Hub, Mark, Subscription
@@ -54,8 +55,10 @@ intermediate state; call again with `since=new_state` until it is false.
 | IMAP, neither | UIDNEXT; flags digest same → exact, else 410 | same digest |
 | POP3 | messages after an unchanged UIDL prefix | any deletion → 410 |
 
-UIDVALIDITY changed: 410. A malformed state, or one of another folder or protocol: 422
-`validation-failed`.
+UIDVALIDITY changed: 410. A malformed state, or one of another folder, protocol or mailbox
+(provider and user, the user's case aside): 422 `validation-failed`. A state names its
+mailbox by a plain digest (any replica checks it with no shared key); a state made before
+states named their mailbox (format 1) answers 410: list again, once.
 
 **The client loop**: `GET /v1/messages` (keep `state`) → `GET /v1/changes?since=state`
 (apply, keep `new_state`, repeat while `has_more`) → `GET /v1/events` with
@@ -99,17 +102,17 @@ same objects as `/changes`, one event each.
 : mailgate events
 retry: 2000
 
-id: i1eyJiIjpbMTQsMTIsMzQsbnVsbF0sImYiOiJJTkJPWCIsInYiOjE3fQ
+id: i2eyJiIjpbMTQsMTIsMzQsbnVsbF0sImYiOiJJTkJPWCIsIm0iOiJxOFNFWVFEZkVlUVhqcWJxIiwidiI6MTd9
 
-id: i1eyJiIjpbMTUsMTMsMzYsbnVsbF0sImYiOiJJTkJPWCIsInYiOjE3fQ
+id: i2eyJiIjpbMTUsMTMsMzYsbnVsbF0sImYiOiJJTkJPWCIsIm0iOiJxOFNFWVFEZkVlUVhqcWJxIiwidiI6MTd9
 event: created
 data: {"id": "iMTc6MTQ6SU5CT1g", "folder": "INBOX", "uid": 14, "subject": "Hello", ...}
 
-id: i1eyJiIjpbMTUsMTMsMzcsbnVsbF0sImYiOiJJTkJPWCIsInYiOjE3fQ
+id: i2eyJiIjpbMTUsMTMsMzcsbnVsbF0sImYiOiJJTkJPWCIsIm0iOiJxOFNFWVFEZkVlUVhqcWJxIiwidiI6MTd9
 event: updated
 data: {"id": "iMTc6NDpJTkJPWA", "flags": ["\\\\Seen"], "seen": true, "flagged": false}
 
-id: i1eyJiIjpbMTUsMTIsMzgsbnVsbF0sImYiOiJJTkJPWCIsInYiOjE3fQ
+id: i2eyJiIjpbMTUsMTIsMzgsbnVsbF0sImYiOiJJTkJPWCIsIm0iOiJxOFNFWVFEZkVlUVhqcWJxIiwidiI6MTd9
 event: destroyed
 data: "iMTc6MjpJTkJPWA"
 
@@ -224,7 +227,10 @@ async def stream_events(
     feed = ctx.tracker(protocol).feed(folder)
     start = last_event_id or since
     if start is not None:
-        decode_state(start, protocol=protocol, folder=feed.folder)  # 422 before streaming
+        # 422 before streaming; a state the gateway can no longer read (an older version's)
+        # is told in the stream, as event cannot-calculate-changes
+        with contextlib.suppress(CannotCalculateChanges):
+            decode_state(start, protocol=protocol, folder=feed.folder, mailbox=feed.mailbox)
     hub: Hub = ctx.request.app.state.event_hub
     sub = await hub.subscribe(lambda: feed, feed.key, start)
 

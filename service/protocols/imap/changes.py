@@ -121,22 +121,23 @@ async def snapshot(session: ImapSession, folder: str) -> SelectData:
     return session.select_data
 
 
-async def current_state(session: ImapSession, folder: str, *, digest: bool = True) -> ImapState:
-    """The state of ``folder`` now (:func:`snapshot`). Without MODSEQ, one FETCH of every
-    message's flags adds the digest (its cost grows with the folder); ``digest=False``
-    leaves it out, and the state then answers 410 (a listing's later pages: the first
-    page has one)."""
+async def current_state(
+    session: ImapSession, folder: str, *, mailbox: str, digest: bool = True
+) -> ImapState:
+    """The state of ``folder`` of ``mailbox`` (:func:`~service.sync.state.mailbox_tag`)
+    now (:func:`snapshot`). Without MODSEQ, one FETCH of every message's flags adds the
+    digest (its cost grows with the folder); ``digest=False`` leaves it out, and the
+    state then answers 410 (a listing's later pages: the first page has one)."""
     data = await snapshot(session, folder)
     uidnext = await _uidnext(session, data)
     if has_modseq(session) and data.highestmodseq is not None:
-        return ImapState(
-            folder, data.uidvalidity, ImapMark(uidnext, data.exists, data.highestmodseq)
-        )
-    if not digest:
-        return ImapState(folder, data.uidvalidity, ImapMark(uidnext, data.exists))
-    flags = await _flags_below(session, uidnext)
-    mark = ImapMark(uidnext, len(flags), None, flags_digest(flags))
-    return ImapState(folder, data.uidvalidity, mark)
+        mark = ImapMark(uidnext, data.exists, data.highestmodseq)
+    elif not digest:
+        mark = ImapMark(uidnext, data.exists)
+    else:
+        flags = await _flags_below(session, uidnext)
+        mark = ImapMark(uidnext, len(flags), None, flags_digest(flags))
+    return ImapState(folder, data.uidvalidity, mark, mailbox=mailbox)
 
 
 @dataclass(frozen=True)
@@ -234,11 +235,14 @@ async def changes_since(
         if created_uids
         else {}
     )
-    final = ImapState(folder, uidvalidity, target)
+    mailbox = state.mailbox
+    final = ImapState(folder, uidvalidity, target, mailbox=mailbox)
     out: list[Change] = []
     for i, uid in enumerate(page):
         last = i == len(page) - 1 and not more
-        reached = (final if last else ImapState(folder, uidvalidity, base, target, uid)).encode()
+        reached = (
+            final if last else ImapState(folder, uidvalidity, base, target, uid, mailbox=mailbox)
+        ).encode()
         ref = ImapRef(folder, uidvalidity, uid).encode()
         if uid in found.destroyed:
             out.append(Change("destroyed", ref, reached))
@@ -248,5 +252,7 @@ async def changes_since(
             out.append(Change("updated", update, reached))
         elif uid in summaries_by_uid:  # else expunged since the FETCH: no event for it
             out.append(Change("created", summaries_by_uid[uid], reached))
-    new_state = ImapState(folder, uidvalidity, base, target, page[-1]) if more else final
+    new_state = (
+        ImapState(folder, uidvalidity, base, target, page[-1], mailbox=mailbox) if more else final
+    )
     return ChangePage(state.encode(), new_state.encode(), more, out)

@@ -40,9 +40,12 @@ class ImapFeed:
         connect: Callable[[], Awaitable[ImapSession]],
         folder: str,
         summaries: Summaries,
+        *,
+        mailbox: str,
     ) -> None:
         self.key = f"{session_key}\0{folder}"
         self.folder = folder
+        self.mailbox = mailbox
         self._settings = settings
         self._pool = pool
         self._session_key = session_key
@@ -63,13 +66,13 @@ class ImapFeed:
         )
         session = self._slot.value
         await session.enable("QRESYNC")
-        state = await current_state(session, self.folder)
+        state = await current_state(session, self.folder, mailbox=self.mailbox)
         self._reached = state.base
         return state.encode()
 
     async def changes(self, since: str, limit: int) -> ChangePage:
         session = self._session()
-        state = decode_state(since, protocol="imap", folder=self.folder)
+        state = decode_state(since, protocol="imap", folder=self.folder, mailbox=self.mailbox)
         assert isinstance(state, ImapState)  # noqa: S101 - decode_state checked the protocol
         session.begin_lease()  # the next select() NOOPs: the view is brought up to date
         try:
@@ -81,7 +84,9 @@ class ImapFeed:
                 "The folder was deleted since this state: list it again."
             ) from None
         if not page.has_more:
-            reached = decode_state(page.new_state, protocol="imap", folder=self.folder)
+            reached = decode_state(
+                page.new_state, protocol="imap", folder=self.folder, mailbox=self.mailbox
+            )
             assert isinstance(reached, ImapState)  # noqa: S101 - ours, just made
             self._reached = reached.base
         return page

@@ -187,9 +187,10 @@ class PageRequest:
     limit: int
     count: bool
     position: Position | None
+    mailbox: str  # whose folder: the sync state's mailbox_tag
 
     @classmethod
-    def of(cls, folder: str, query: ListQuery) -> PageRequest:
+    def of(cls, folder: str, query: ListQuery, *, mailbox: str) -> PageRequest:
         qhash = filters_hash(query)
         position = None
         if query.cursor:
@@ -205,7 +206,7 @@ class PageRequest:
                 )
             position = Position(v, u, s)
         limit = max(1, min(query.limit, 200))
-        return cls(folder, search_criteria(query), qhash, limit, query.count, position)
+        return cls(folder, search_criteria(query), qhash, limit, query.count, position, mailbox)
 
     def cursor(self, uidvalidity: int, last: int, seq: int | None) -> str:
         """The opaque cursor for the page that ends with UID ``last`` (number ``seq``)."""
@@ -231,7 +232,7 @@ async def read_page(
     pos = req.position
     # SELECT (or the pooled session's re-sync) and the folder's sync state; later pages
     # leave out the digest that a server without CONDSTORE would need a scan for
-    current = await current_state(session, req.folder, digest=pos is None)
+    current = await current_state(session, req.folder, mailbox=req.mailbox, digest=pos is None)
     uidvalidity = current.uidvalidity
     if pos is not None and pos.uidvalidity != uidvalidity:
         raise StaleId("The folder changed (UIDVALIDITY); start the listing again.")

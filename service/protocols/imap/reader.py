@@ -75,7 +75,7 @@ from service.protocols.parts import decoded as _decoded
 from service.protocols.pool import SessionPool
 from service.protocols.summary_cache import SummaryCache
 from service.sync.source import ChangePage
-from service.sync.state import ImapState, decode_state
+from service.sync.state import ImapState, decode_state, mailbox_tag
 
 Prefetch = Literal["body", "stream", "structure", "none"]
 # A streamed download's first chunk: small, so that its first bytes leave at once (the
@@ -438,6 +438,7 @@ class ImapReader:
         self._ctx = settings.ssl_context(provider, "imap")
         self._creds = creds
         self._key = creds.pool_key(provider.name, "imap")
+        self._mailbox = mailbox_tag(provider.name, creds.user)
         self._cache = cache
 
     async def _connect(self) -> ImapSession:
@@ -510,7 +511,7 @@ class ImapReader:
                     found = mark_from_status(session, counters)
                     if found is not None:
                         name = inbox_spelling(box.name)
-                        state = ImapState(name, found[0], found[1]).encode()
+                        state = ImapState(name, found[0], found[1], mailbox=self._mailbox).encode()
                 out.append(
                     Folder(
                         name=box.name,
@@ -531,7 +532,7 @@ class ImapReader:
     async def list_messages(self, folder: str, query: ListQuery) -> MessagePage:
         """Newest first (highest UID first), at a cost that follows the page, not the
         folder: see :mod:`service.protocols.imap.listing`."""
-        request = PageRequest.of(inbox_spelling(folder), query)
+        request = PageRequest.of(inbox_spelling(folder), query, mailbox=self._mailbox)
 
         async def op(session: ImapSession) -> MessagePage:
             return await read_page(session, request, self._cache, self._key)
@@ -543,7 +544,7 @@ class ImapReader:
         """The changes since state ``since`` (see :mod:`service.protocols.imap.changes`):
         410 CannotCalculateChanges when the server cannot tell, 422 for a bad state."""
         folder = inbox_spelling(folder)
-        state = decode_state(since, protocol="imap", folder=folder)
+        state = decode_state(since, protocol="imap", folder=folder, mailbox=self._mailbox)
         assert isinstance(state, ImapState)  # noqa: S101 - decode_state checked the protocol
 
         async def op(session: ImapSession) -> ChangePage:
@@ -556,14 +557,22 @@ class ImapReader:
         folder = inbox_spelling(folder)
 
         async def op(session: ImapSession) -> str:
-            return (await current_state(session, folder)).encode()
+            return (await current_state(session, folder, mailbox=self._mailbox)).encode()
 
         return await self._run(op)
 
     def feed(self, folder: str) -> ImapFeed:
         """The /events feed of ``folder``: one IDLE session in the mailbox's budget."""
         folder = inbox_spelling(folder)
-        return ImapFeed(self.settings, self.pool, self._key, self._connect, folder, self._summaries)
+        return ImapFeed(
+            self.settings,
+            self.pool,
+            self._key,
+            self._connect,
+            folder,
+            self._summaries,
+            mailbox=self._mailbox,
+        )
 
     async def _summaries(
         self, session: ImapSession, folder: str, uidvalidity: int, page: list[int]

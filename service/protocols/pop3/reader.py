@@ -85,7 +85,7 @@ from service.protocols.pop3.client import (
     Pop3TLSError,
 )
 from service.sync.source import Change, ChangePage
-from service.sync.state import Pop3State, decode_state, uidl_digest
+from service.sync.state import Pop3State, decode_state, mailbox_tag, uidl_digest
 
 log = logging.getLogger("mailgate")
 _IN_USE_RETRIES = (0.2, 0.5, 1.0)
@@ -178,6 +178,7 @@ class Pop3Reader:
         self.secrets = (creds.secret,)
         self.pool = pool
         self.key = creds.pool_key(provider.name, "pop3")
+        self.mailbox = mailbox_tag(provider.name, creds.user)
 
     async def connect(self) -> Slot[Pop3Client]:
         """A logged-in session in a slot of the mailbox's connection budget (give it back
@@ -227,7 +228,7 @@ class Pop3Reader:
         folder = Folder(name="INBOX", delimiter=None, role="inbox")
         async with _Session(self) as client:
             uidls = await client.uidl()
-        folder.state = _state(uidls).encode()
+        folder.state = _state(uidls, mailbox=self.mailbox).encode()
         if counts:
             folder.messages = len(uidls)
         return [folder]
@@ -244,7 +245,7 @@ class Pop3Reader:
         wanted = _header_filter(query)
         async with _Session(self) as client:
             uidls = await client.uidl()
-            state = _state(uidls)
+            state = _state(uidls, mailbox=self.mailbox)
             sizes = await client.list()
             numbers = sorted(uidls, reverse=True)
             below: list[int] = numbers
@@ -352,12 +353,15 @@ class Pop3Reader:
         first). A maildrop whose first messages are not those of the state (one was
         deleted) answers 410 CannotCalculateChanges: POP3 cannot say more."""
         _inbox_only(folder)
-        state = decode_state(since, protocol="pop3", folder="INBOX")
+        state = decode_state(since, protocol="pop3", folder="INBOX", mailbox=self.mailbox)
         assert isinstance(state, Pop3State)  # noqa: S101 - decode_state checked the protocol
         async with _Session(self) as client:
             uidls = await client.uidl()
             numbers = sorted(uidls)
-            if len(numbers) < state.count or _state(uidls, state.count).digest != state.digest:
+            if (
+                len(numbers) < state.count
+                or _state(uidls, state.count, mailbox=self.mailbox).digest != state.digest
+            ):
                 raise CannotCalculateChanges(
                     "Messages were deleted from the maildrop since this state: POP3 cannot "
                     "say which. List it again."
@@ -376,8 +380,10 @@ class Pop3Reader:
                             "POP3 cannot say more. List it again."
                         ) from None
                     summary = _summary(uidls[n], sizes.get(n), *head)
-                    changes.append(Change("created", summary, _state(uidls, i).encode()))
-        reached = _state(uidls, state.count + len(new))
+                    changes.append(
+                        Change("created", summary, _state(uidls, i, mailbox=self.mailbox).encode())
+                    )
+        reached = _state(uidls, state.count + len(new), mailbox=self.mailbox)
         more = len(numbers) > state.count + len(new)
         return ChangePage(since, reached.encode(), more, changes, oldest_first=True)
 
@@ -385,7 +391,7 @@ class Pop3Reader:
         """The maildrop's current state (one UIDL)."""
         _inbox_only(folder)
         async with _Session(self) as client:
-            return _state(await client.uidl()).encode()
+            return _state(await client.uidl(), mailbox=self.mailbox).encode()
 
     def feed(self, folder: str) -> Pop3Feed:
         """The /events feed: a short session every ``events_poll_seconds``."""
@@ -406,6 +412,7 @@ class Pop3Feed:
     def __init__(self, reader: Pop3Reader) -> None:
         self.key = f"{reader.key}\0INBOX"
         self.folder = "INBOX"
+        self.mailbox = reader.mailbox
         self._reader = reader
 
     async def open(self) -> str:
@@ -701,12 +708,13 @@ async def _translated(body: AsyncGenerator[bytes, None]) -> AsyncGenerator[bytes
         await body.aclose()
 
 
-def _state(uidls: dict[int, str], count: int | None = None) -> Pop3State:
-    """The state of the first ``count`` messages (all by default) in number order."""
+def _state(uidls: dict[int, str], count: int | None = None, *, mailbox: str) -> Pop3State:
+    """The state of ``mailbox``'s first ``count`` messages (all by default) in number
+    order."""
     seq = [uidls[n] for n in sorted(uidls)]
     if count is not None:
         seq = seq[:count]
-    return Pop3State(len(seq), uidl_digest(seq))
+    return Pop3State(len(seq), uidl_digest(seq), mailbox=mailbox)
 
 
 def _inbox_only(folder: str) -> None:
