@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import date
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, StrictBool
 from typing_extensions import TypedDict
 
 from service.models.common import Address
@@ -180,10 +180,13 @@ class DeleteResults(BaseModel):
 
 
 class MessagePatch(BaseModel):
+    """What to change; JSON booleans are ``true``/``false`` only (``"yes"``, ``1`` or
+    ``"false"`` are 422, never read as a flag the caller may not have meant)."""
+
     model_config = ConfigDict(extra="forbid")
 
-    seen: bool | None = None
-    flagged: bool | None = None
+    seen: StrictBool | None = None
+    flagged: StrictBool | None = None
     folder: str | None = Field(
         default=None,
         min_length=1,

@@ -6,7 +6,7 @@ import base64
 import binascii
 import re
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, field_validator, model_validator
 
 from service.models.common import Address
 
@@ -34,7 +34,9 @@ class AttachmentIn(BaseModel):
     content_type: str = Field(default="application/octet-stream", max_length=255)
     content_base64: str
     content_id: str | None = Field(default=None, max_length=255)
-    inline: bool = False
+    inline: StrictBool = Field(
+        default=False, description="`true` or `false` (a JSON boolean, not a string)."
+    )
 
     @field_validator("filename", "content_type", "content_id")
     @classmethod
