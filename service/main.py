@@ -25,7 +25,7 @@ from service.api.routes.send import body_limit
 from service.api.warmup import warm_up
 from service.config import Settings, load_settings
 from service.observability import tracing, watch_sessions
-from service.protocols.imap import new_imap_pool
+from service.protocols.imap.reader import new_imap_pool
 from service.protocols.pool import PooledSession, PoolStats, SessionPool
 from service.protocols.smtp import SmtpSession
 from service.protocols.summary_cache import SummaryCache

@@ -17,8 +17,8 @@ from service.api.deps import (
 from service.config import Provider, Settings
 from service.errors import NotSupported
 from service.protocols.base import Credentials, MailboxReader, MessageSender
-from service.protocols.imap import ImapReader, imap_reader
-from service.protocols.pop3 import Pop3Reader
+from service.protocols.imap.reader import ImapReader, imap_reader
+from service.protocols.pop3.reader import Pop3Reader
 from service.protocols.smtp import SmtpSender
 from service.sync.source import ChangeTracker
 

@@ -29,9 +29,9 @@ from service.errors import (
 from service.ids import ImapRef, Pop3Ref, decode_id
 from service.models.message import MessagePatch
 from service.protocols.base import Credentials, ListQuery
-from service.protocols.imap import ImapReader, imap_reader
-from service.protocols.imapconn import ImapSession
-from service.protocols.imapwire import utf7_encode
+from service.protocols.imap.reader import ImapReader, imap_reader
+from service.protocols.imap.session import ImapSession
+from service.protocols.imap.wire import utf7_encode
 from service.protocols.pool import SessionPool
 
 pytestmark = pytest.mark.mailstack

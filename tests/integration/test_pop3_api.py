@@ -19,7 +19,7 @@ from service.errors import AuthFailed
 from service.ids import Pop3Ref
 from service.protocols.base import Credentials, ListQuery
 from service.protocols.pool import PooledSession, SessionPool
-from service.protocols.pop3 import Pop3Reader
+from service.protocols.pop3.reader import Pop3Reader
 
 pytestmark = pytest.mark.mailstack
 
@@ -471,7 +471,7 @@ async def test_cursor_never_repeats_when_messages_are_deleted_between_pages(
 
 
 async def test_cursor_stays_short_with_long_uidls() -> None:
-    from service.protocols import pop3
+    from service.protocols.pop3 import reader as pop3
 
     uidls = {n: f"{n:04d}" + "u" * 66 for n in range(1, 451)}  # 70 characters each
     page = list(range(400, 200, -1))  # a page of 200, the largest limit
@@ -482,7 +482,7 @@ async def test_cursor_stays_short_with_long_uidls() -> None:
 
 async def test_cursor_of_the_earlier_form_is_still_read() -> None:
     from service.ids import encode_cursor
-    from service.protocols import pop3
+    from service.protocols.pop3 import reader as pop3
 
     uidls = {n: f"u{n}" for n in range(1, 8)}
     old = encode_cursor({"p": 1, "u": ["u5", "u4"], "n": 4})  # page 7..4, u4 at 4
@@ -499,7 +499,7 @@ async def test_cursor_of_the_earlier_form_is_still_read() -> None:
 async def test_a_cursor_that_is_not_ours_is_422(cursor: dict[str, Any]) -> None:
     from service.errors import ValidationFailed
     from service.ids import encode_cursor
-    from service.protocols import pop3
+    from service.protocols.pop3 import reader as pop3
 
     with pytest.raises(ValidationFailed):  # an invalid query parameter
         pop3._after_cursor(encode_cursor(cursor), {1: "a", 2: "b"})

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from service.models.message import Folder
-from service.protocols.imap import _roles_from_names
+from service.protocols.imap.reader import _roles_from_names
 
 
 def test_roles_from_names_only_where_no_attribute_claims_them() -> None:

@@ -26,9 +26,9 @@ from service.errors import (
     ValidationFailed,
 )
 from service.protocols.base import Credentials, ListQuery
-from service.protocols.imap import filters_hash, search_criteria
-from service.protocols.imapconn import ImapSession
-from service.protocols.imapwire import (
+from service.protocols.imap.reader import filters_hash, search_criteria
+from service.protocols.imap.session import ImapSession
+from service.protocols.imap.wire import (
     astring,
     format_uid_set,
     parse_fetch,
@@ -914,7 +914,7 @@ async def _serve(peer: Peer, caps: bytes, *, hang_up_on: bytes | None = None) ->
 
 
 def _reader(port: int, pool: SessionPool[ImapSession]) -> Any:
-    from service.protocols.imap import imap_reader
+    from service.protocols.imap.reader import imap_reader
 
     settings = Settings(
         imap_url=f"imap+plain://127.0.0.1:{port}", command_timeout=2, connect_timeout=2
@@ -1147,7 +1147,7 @@ async def test_raw_ignores_an_inexact_rfc822_size(skew: int) -> None:
     pool = SessionPool[ImapSession](settings)
     handler = lambda p: _serve_box(p, b"IMAP4rev1 UIDPLUS LITERAL+", box, size_skew=skew)  # noqa: E731
     async with scripted(handler) as (port, errors):
-        from service.protocols.imap import imap_reader
+        from service.protocols.imap.reader import imap_reader
 
         settings = settings.model_copy(update={"imap_url": f"imap+plain://127.0.0.1:{port}"})
         reader = imap_reader(settings, settings.providers["default"], CREDS, pool)
@@ -1163,7 +1163,7 @@ async def test_raw_ignores_an_inexact_rfc822_size(skew: int) -> None:
 
 
 def test_flags_only_fetch_lines_parse_like_any_other() -> None:
-    from service.protocols.imapwire import parse_fetch
+    from service.protocols.imap.wire import parse_fetch
 
     lines: list[Any] = [
         b"1 FETCH (UID 7 FLAGS (\\Seen \\Flagged))",
@@ -1225,7 +1225,7 @@ async def test_move_without_move_or_uidplus_checks_before_copying() -> None:
 def test_summary_fetch_fast_path_matches_the_general_parser(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    import service.protocols.imapwire as wire
+    import service.protocols.imap.wire as wire
 
     head = b'Subject: Price * 2 (unbalanced\r\nFrom: "Q (x)" <q@x.test>\r\n\r\n'
     lines: list[Any] = [
@@ -1325,7 +1325,7 @@ async def test_a_cached_page_costs_one_fetch(reported: bool) -> None:
 
     pool = SessionPool[ImapSession](Settings())
     async with scripted(serve) as (port, errors):
-        from service.protocols.imap import imap_reader
+        from service.protocols.imap.reader import imap_reader
 
         settings = Settings(imap_url=f"imap+plain://127.0.0.1:{port}", command_timeout=2)
         reader = imap_reader(
@@ -1411,7 +1411,7 @@ async def test_a_filtered_page_searches_below_the_cursor() -> None:
 
 
 def test_the_message_count_follows_exists_expunge_and_vanished() -> None:
-    from service.protocols.imapwire import track_exists
+    from service.protocols.imap.wire import track_exists
 
     literal = bytearray(b"9 EXISTS")  # literal data is never a response
     assert track_exists([b"FLAGS (\\Seen)", b"12 EXISTS", b"0 RECENT"], None) == 12
@@ -1424,7 +1424,7 @@ def test_the_message_count_follows_exists_expunge_and_vanished() -> None:
 
 
 def test_esearch_max_and_the_highest_of_a_plain_search() -> None:
-    from service.protocols.imapwire import parse_search
+    from service.protocols.imap.wire import parse_search
 
     assert parse_search([b'ESEARCH (TAG "a1") MAX 4711']).maximum == 4711
     assert parse_search([b"SEARCH 3 9 5"]).maximum == 9
@@ -1476,7 +1476,7 @@ async def test_fast_fetch_framing_reads_what_the_general_loop_reads(
     bytearray) the library's general loop yields, however the bytes are split."""
     import random
 
-    import service.protocols.imapconn as conn
+    import service.protocols.imap.session as conn
 
     rng = random.Random(seed)
     loop = asyncio.get_running_loop()

@@ -13,8 +13,8 @@ from service import mime
 from service.mime.headers import header_block
 from service.mime.params import media_field
 from service.mime.structure import Limits, scan
-from service.protocols.imapstructure import declared_charset, locate
-from service.protocols.imapwire import parse_fetch
+from service.protocols.imap.structure import declared_charset, locate
+from service.protocols.imap.wire import parse_fetch
 
 CASES = Path(__file__).resolve().parent.parent / "data" / "cases"
 RNG = random.Random(8)

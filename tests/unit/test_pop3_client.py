@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 import pytest
 import trustme
 
-from service.protocols.pop3client import (
+from service.protocols.pop3.client import (
     Pop3AuthError,
     Pop3Client,
     Pop3ConnectError,

@@ -72,7 +72,7 @@ from service.models.message import (
 from service.protocols.base import Credentials, ListQuery
 from service.protocols.parts import cut_from
 from service.protocols.pool import PooledSession, SessionPool, Slot, is_connection_limit
-from service.protocols.pop3client import (
+from service.protocols.pop3.client import (
     Pop3AuthError,
     Pop3Client,
     Pop3ConnectError,

@@ -1,6 +1,6 @@
 """The IMAP wire, pure: quoting, modified UTF-7, sequence sets and response parsing.
 
-No I/O here: :mod:`service.protocols.imapconn` runs the session and feeds these
+No I/O here: :mod:`service.protocols.imap.session` runs the session and feeds these
 functions the lines and literals aioimaplib has framed. Parsing tolerates what
 servers send in practice (quoted parentheses, literals anywhere, NIL) and never
 raises on garbage it can skip.

@@ -12,7 +12,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 
 from service.mime.headers import charset_codec
-from service.protocols.imapwire import Token
+from service.protocols.imap.wire import Token
 
 __all__ = ["Located", "declared_charset", "locate"]
 

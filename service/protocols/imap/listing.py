@@ -7,7 +7,7 @@ FETCH of a range of message sequence numbers costs the same at any size. So an
 unfiltered page is read by sequence numbers (RFC 3501 2.3.1.2):
 
 - The session knows the selected folder's message count (``EXISTS``, kept current
-  from every reply by :class:`~service.protocols.imapconn.ImapSession`), so the
+  from every reply by :class:`~service.protocols.imap.session.ImapSession`), so the
   newest page is ``FETCH n-limit:n (UID FLAGS)``: the ``limit + 1`` highest
   numbers are the ``limit + 1`` highest UIDs, the extra one telling whether a next
   page exists.
@@ -48,10 +48,10 @@ from service.ids import ImapRef, decode_cursor, encode_cursor
 from service.mime import needs_declared_charset, summary_fields
 from service.models.message import MessagePage, MessageSummary
 from service.protocols.base import ListQuery
-from service.protocols.imapchanges import current_state
-from service.protocols.imapconn import ImapSession
-from service.protocols.imapstructure import declared_charset
-from service.protocols.imapwire import FetchItem, Word, astring, format_uid_set
+from service.protocols.imap.changes import current_state
+from service.protocols.imap.session import ImapSession
+from service.protocols.imap.structure import declared_charset
+from service.protocols.imap.wire import FetchItem, Word, astring, format_uid_set
 from service.protocols.summary_cache import SummaryCache
 
 __all__ = [

@@ -2,7 +2,7 @@
 
 The session is a slot of the mailbox's connection budget (it counts with the
 read pool under the server's per-user limit). Between waits it computes the
-changes itself (:mod:`service.protocols.imapchanges`), so a change costs no
+changes itself (:mod:`service.protocols.imap.changes`), so a change costs no
 session of the read pool. Waiting: IDLE (RFC 2177) where offered, re-issued
 every ``events_idle_seconds`` (under the 29 minutes RFC 2177 allows); else a
 poll every ``events_poll_seconds``.
@@ -20,8 +20,8 @@ from collections.abc import Awaitable, Callable
 
 from service.config import Settings
 from service.errors import CannotCalculateChanges, NotFound, UpstreamError
-from service.protocols.imapchanges import Summaries, changes_since, current_state, snapshot
-from service.protocols.imapconn import ImapSession
+from service.protocols.imap.changes import Summaries, changes_since, current_state, snapshot
+from service.protocols.imap.session import ImapSession
 from service.protocols.pool import SessionPool, Slot
 from service.sync.source import ChangePage
 from service.sync.state import ImapMark, ImapState, decode_state

@@ -1,7 +1,7 @@
 """The IMAP MailboxReader: folders, listing, open/stream, delete, flags/move, append to Sent.
 
 Sessions come from a :class:`~service.protocols.pool.SessionPool`; the wire
-work is in :mod:`service.protocols.imapconn`. Only :mod:`service.errors`
+work is in :mod:`service.protocols.imap.session`. Only :mod:`service.errors`
 classes leave this module.
 
 Removing single messages needs UIDPLUS (``UID EXPUNGE``). Without it the
@@ -52,24 +52,24 @@ from service.models.message import (
     MessageSummary,
 )
 from service.protocols.base import Credentials, ListQuery
-from service.protocols.imapchanges import (
+from service.protocols.imap.changes import (
     changes_since,
     current_state,
     mark_from_status,
     status_items,
 )
-from service.protocols.imapconn import ImapSession
-from service.protocols.imapfeed import ImapFeed
-from service.protocols.imaplisting import (
+from service.protocols.imap.feed import ImapFeed
+from service.protocols.imap.listing import (
     PageRequest,
     filters_hash,
     read_page,
     search_criteria,
     summaries,
 )
-from service.protocols.imaplisting import visible_flags as _visible_flags
-from service.protocols.imapstructure import Located, locate
-from service.protocols.imapwire import FetchItem, MailboxInfo, format_uid_set
+from service.protocols.imap.listing import visible_flags as _visible_flags
+from service.protocols.imap.session import ImapSession
+from service.protocols.imap.structure import Located, locate
+from service.protocols.imap.wire import FetchItem, MailboxInfo, format_uid_set
 from service.protocols.parts import cut_from
 from service.protocols.parts import decoded as _decoded
 from service.protocols.pool import SessionPool
@@ -530,7 +530,7 @@ class ImapReader:
     # -- listing ----------------------------------------------------------------------------
     async def list_messages(self, folder: str, query: ListQuery) -> MessagePage:
         """Newest first (highest UID first), at a cost that follows the page, not the
-        folder: see :mod:`service.protocols.imaplisting`."""
+        folder: see :mod:`service.protocols.imap.listing`."""
         request = PageRequest.of(inbox_spelling(folder), query)
 
         async def op(session: ImapSession) -> MessagePage:
@@ -540,7 +540,7 @@ class ImapReader:
 
     # -- sync -------------------------------------------------------------------------------
     async def changes(self, folder: str, since: str, limit: int) -> ChangePage:
-        """The changes since state ``since`` (see :mod:`service.protocols.imapchanges`):
+        """The changes since state ``since`` (see :mod:`service.protocols.imap.changes`):
         410 CannotCalculateChanges when the server cannot tell, 422 for a bad state."""
         folder = inbox_spelling(folder)
         state = decode_state(since, protocol="imap", folder=folder)
@@ -569,7 +569,8 @@ class ImapReader:
         self, session: ImapSession, folder: str, uidvalidity: int, page: list[int]
     ) -> list[MessageSummary]:
         """Summaries of these UIDs with their current flags (for /changes and /events):
-        the listing's, from the cache where it can (:func:`imaplisting.summaries`)."""
+        the listing's, from the cache where it can
+        (:func:`~service.protocols.imap.listing.summaries`)."""
         return await summaries(session, folder, uidvalidity, page, {}, self._cache, self._key)
 
     # -- one message ------------------------------------------------------------------------

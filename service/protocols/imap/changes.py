@@ -36,8 +36,8 @@ from service.errors import CannotCalculateChanges
 from service.ids import ImapRef
 from service.models.message import MessageSummary
 from service.models.sync import FlagUpdate
-from service.protocols.imapconn import ImapSession, SelectData
-from service.protocols.imapwire import utf7_encode
+from service.protocols.imap.session import ImapSession, SelectData
+from service.protocols.imap.wire import utf7_encode
 from service.sync.source import Change, ChangePage
 from service.sync.state import ImapMark, ImapState, flags_digest
 

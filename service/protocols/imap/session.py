@@ -73,7 +73,7 @@ from service.errors import (
 )
 from service.observability.mail import mail_command
 from service.protocols.base import Credentials
-from service.protocols.imapwire import (
+from service.protocols.imap.wire import (
     CTL,
     FETCH_HEAD,
     FetchItem,
