@@ -10,6 +10,8 @@ from typing import Any
 from fastapi import FastAPI
 
 from service.api.deps import CONTEXT_HEADERS
+from service.api.openapi_examples import REQUEST_EXAMPLES, RESPONSE_EXAMPLES
+from service.api.problem_examples import problem_example
 from service.models.problem import Problem
 from service.models.send import Draft
 
@@ -86,58 +88,6 @@ ADDRESS_INPUT = {
 _ADDRESS_REF = {"$ref": "#/components/schemas/Address"}
 _BINARY = {"type": "string", "format": "binary"}
 
-SEND_EXAMPLES = {
-    "application/json": {
-        "text": {
-            "summary": "Plain text to two recipients, addresses as strings",
-            "value": {
-                "to": ["bob@example.test", "Carol <carol@example.test>"],
-                "subject": "Hello",
-                "text": "Hi Bob!",
-            },
-        },
-        "html-attachment": {
-            "summary": "HTML with an attachment and a reply address",
-            "value": {
-                "from": {"name": "Alice Example", "address": "alice@example.test"},
-                "to": [{"name": "Bob", "address": "bob@example.test"}],
-                "reply_to": ["help@example.test"],
-                "subject": "Report",
-                "text": "The report is attached.",
-                "html": "<p>The report is <b>attached</b>.</p>",
-                "attachments": [
-                    {
-                        "filename": "report.txt",
-                        "content_type": "text/plain",
-                        "content_base64": "SGVsbG8sIHdvcmxkIQ==",
-                    }
-                ],
-            },
-        },
-    },
-    "message/rfc822": {
-        "raw": {
-            "summary": "A raw RFC 5322 message (Bcc goes to the envelope only)",
-            "value": "From: alice@example.test\r\nTo: bob@example.test\r\n"
-            "Bcc: carol@example.test\r\nSubject: Raw\r\n\r\nHello.\r\n",
-        }
-    },
-}
-RESPONSE_EXAMPLES: dict[tuple[str, str], Any] = {
-    ("/v1/send", "post"): {
-        "message_id": "<1732987654.4711@example.test>",
-        "accepted": ["bob@example.test"],
-        "rejected": {},
-        "saved_to": None,
-    },
-    ("/v1/messages/delete", "post"): {
-        "results": [
-            {"id": "iAQ2SU5CT1gBZ0ZfYQE", "status": 204, "code": None},
-            {"id": "iAQ2SU5CT1gBZ0ZfYgE", "status": 404, "code": "not-found"},
-        ]
-    },
-}
-
 
 def document_openapi(app: FastAPI) -> None:
     """Finish the generated document once, on first use (``app.openapi()``)."""
@@ -180,13 +130,23 @@ def _finish(schema: dict[str, Any]) -> None:
                 for media, body in response.get("content", {}).items():
                     if not body.get("schema") and "json" not in media:
                         body["schema"] = dict(_BINARY)  # raw bytes: keep them in clients
-            example = RESPONSE_EXAMPLES.get((path, method))
-            if example is not None:
-                ok = op["responses"]["200"]["content"]["application/json"]
-                ok["example"] = example
-    send_body = schema["paths"]["/v1/send"]["post"]["requestBody"]["content"]
-    for media, examples in SEND_EXAMPLES.items():
-        send_body[media]["examples"] = examples
+            _add_examples(path, method, op)
+
+
+def _add_examples(path: str, method: str, op: dict[str, Any]) -> None:
+    """Every request body and answer gets its examples (``openapi_examples``)."""
+    for media, examples in REQUEST_EXAMPLES.get((path, method), {}).items():
+        op["requestBody"]["content"][media]["examples"] = examples
+    answers = RESPONSE_EXAMPLES.get((path, method), {})
+    for status, response in op.get("responses", {}).items():
+        for media, body in response.get("content", {}).items():
+            if media == "application/problem+json":
+                found = problem_example(path, method, int(status))
+            else:
+                found = answers.get(status, {}).get(media)
+            if found is not None:
+                body.pop("example", None)
+                body["examples"] = found
 
 
 def _name_providers(schema: dict[str, Any], names: list[str]) -> None:

@@ -17,6 +17,7 @@ import re
 from typing import Any, Literal
 
 from asgi_correlation_id import correlation_id
+from pythonjsonlogger.core import RESERVED_ATTRS
 
 LogFormat = Literal["json", "text"]
 
@@ -56,6 +57,8 @@ class UvicornErrorDuplicate(logging.Filter):
 
 _TEXT = "%(asctime)s %(levelname)s %(name)s [%(request_id)s] %(message)s"
 _JSON_FIELDS = "%(asctime)s %(levelname)s %(name)s %(process)d %(message)s %(request_id)s"
+# uvicorn adds its message again with terminal colour codes to some records
+_NOT_LOGGED = [*RESERVED_ATTRS, "color_message"]
 
 
 def logging_config(fmt: LogFormat, level: str) -> dict[str, Any]:
@@ -68,6 +71,7 @@ def logging_config(fmt: LogFormat, level: str) -> dict[str, Any]:
             "fmt": _JSON_FIELDS,
             "rename_fields": {"asctime": "time", "levelname": "level", "name": "logger"},
             "datefmt": "%Y-%m-%dT%H:%M:%S%z",
+            "reserved_attrs": _NOT_LOGGED,
         }
     else:
         formatter = {"format": _TEXT}

@@ -5,7 +5,9 @@ With several worker processes (``mailgate serve --workers N``) the CLI sets
 worker then writes its samples to files there and a scrape of any worker
 aggregates them all (counters and histograms summed, session gauges summed
 over live workers). In one process the default registry is used, with the
-process and platform collectors.
+process and platform collectors; in multiprocess mode the default process
+collector would see only the worker answering the scrape, so
+:class:`WorkerProcessCollector` reports each live worker's, labelled by pid.
 
 No label ever holds a user name, an address, a message id or a path: routes
 are templates (``/v1/messages/{id}``) and commands are protocol verbs.
@@ -15,8 +17,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import os
-from collections.abc import AsyncIterator, Callable, Mapping
+import re
+from collections.abc import AsyncIterator, Callable, Iterator, Mapping
+from pathlib import Path
 from typing import Literal, Protocol
 
 from prometheus_client import (
@@ -26,9 +31,12 @@ from prometheus_client import (
     Counter,
     Gauge,
     Histogram,
+    ProcessCollector,
     generate_latest,
     multiprocess,
 )
+from prometheus_client.metrics_core import Metric
+from prometheus_client.registry import Collector
 
 from service import __version__
 
@@ -140,12 +148,81 @@ def record_removal(outcome: RemovalOutcome) -> None:
     REMOVALS.labels(outcome).inc()
 
 
+# prometheus_client's files of live gauges (the session gauges every worker sets from
+# its start): one per live worker process, removed by mark_process_dead when it leaves.
+_LIVE_FILE = re.compile(r"gauge_live[a-z]+_(\d+)\.db")
+
+
+class WorkerProcessCollector(Collector):
+    """CPU seconds, memory and open fds of every live worker of this ``mailgate serve``,
+    labelled by ``pid`` (the families of prometheus_client's ProcessCollector, read from
+    ``/proc/PID`` by it). Workers are the pids with live gauge files in the multiprocess
+    directory that are still children of this worker's parent; a file of a worker that
+    died without leaving (SIGKILL, OOM) is removed, so its session gauges stop counting."""
+
+    def __init__(self, directory: str, proc: str = "/proc") -> None:
+        self._directory = Path(directory)
+        self._proc = Path(proc)
+        self._collectors: dict[int, ProcessCollector] = {}
+
+    def worker_pids(self) -> list[int]:
+        pids = set()
+        for path in self._directory.glob("gauge_live*.db"):
+            found = _LIVE_FILE.fullmatch(path.name)
+            if found:
+                pids.add(int(found.group(1)))
+        parent = os.getppid()
+        live = []
+        for pid in sorted(pids):
+            if pid == os.getpid() or self._parent_of(pid) == parent:
+                live.append(pid)
+            else:  # gone, or its pid now belongs to another process
+                multiprocess.mark_process_dead(pid, str(self._directory))  # type: ignore[no-untyped-call]
+                self._collectors.pop(pid, None)
+        return live
+
+    def _parent_of(self, pid: int) -> int | None:
+        try:
+            stat = (self._proc / str(pid) / "stat").read_bytes()
+            return int(stat.rsplit(b")", 1)[1].split()[1])  # the field after the state
+        except (OSError, IndexError, ValueError):
+            return None
+
+    def collect(self) -> Iterator[Metric]:
+        families: dict[str, Metric] = {}
+        for pid in self.worker_pids():
+            collector = self._collectors.get(pid)
+            if collector is None:
+                proc = str(self._proc)
+                collector = ProcessCollector(pid=_constant(pid), proc=proc, registry=None)
+                self._collectors[pid] = collector
+            for family in collector.collect():
+                merged = families.setdefault(
+                    family.name, Metric(family.name, family.documentation, family.type)
+                )
+                for sample in family.samples:
+                    labels = {**sample.labels, "pid": str(pid)}
+                    merged.add_sample(sample.name, labels, sample.value)
+        yield from families.values()
+
+
+def _constant(pid: int) -> Callable[[], int]:
+    return lambda: pid
+
+
+@functools.cache
+def _worker_collector(directory: str) -> WorkerProcessCollector:
+    return WorkerProcessCollector(directory)
+
+
 def render_metrics(sessions: Mapping[str, SessionStats] | None = None) -> tuple[bytes, str]:
     """The scrape body and its content type: every worker's samples in multiprocess mode."""
     if sessions is not None:
         observe_sessions(sessions)
     if os.environ.get(MULTIPROC_ENV):
         registry = CollectorRegistry()
+        # first: it drops the files of workers that died before the others are read
+        registry.register(_worker_collector(os.environ[MULTIPROC_ENV]))
         multiprocess.MultiProcessCollector(registry)  # type: ignore[no-untyped-call]
         return generate_latest(registry), CONTENT_TYPE_LATEST
     return generate_latest(REGISTRY), CONTENT_TYPE_LATEST

@@ -4,11 +4,16 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
+import re
 import socket
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
 import pytest
+from live_gateway import free_port, serve, stack_env
 from mailboxes import Mailbox
 from metrics_text import value as metric
 
@@ -35,8 +40,6 @@ async def test_docs_work_without_internet(client: Any) -> None:
 
 
 async def test_committed_openapi_matches_the_app(settings: Any) -> None:
-    import re
-
     from openapi_spec_validator import validate
 
     committed = json.loads((ROOT / "openapi" / "openapi.json").read_text())
@@ -283,3 +286,23 @@ async def test_unreadable_http_is_a_problem_too(settings: Any, http: str) -> Non
         problem = json.loads(body)
         assert problem["status"] == 400 and problem["code"] == "bad-request"
         assert f"x-request-id: {problem['request_id']}".encode() in head.lower()
+
+
+def test_the_image_healthcheck_follows_mailgate_port(stack: dict[str, str], tmp_path: Path) -> None:
+    """The Dockerfile's HEALTHCHECK command, run as the image runs it, against a gateway on
+    another port than 8025: healthy with that MAILGATE_PORT, unhealthy without a server."""
+    dockerfile = (ROOT / "Dockerfile").read_text()
+    [cmd] = re.findall(r"^HEALTHCHECK .*? CMD (\[.*\])$", dockerfile, re.M)
+    argv = json.loads(cmd)
+    assert argv[0] == "python"
+    argv[0] = sys.executable
+
+    def probe(port: str) -> int:
+        env = {**os.environ, "MAILGATE_PORT": port}
+        return subprocess.run(argv, env=env, capture_output=True, timeout=10).returncode
+
+    with serve(stack_env(stack), tmp_path / "serve.log") as url:
+        port = url.rsplit(":", 1)[1]
+        assert port != "8025"
+        assert probe(port) == 0
+        assert probe(str(free_port())) != 0

@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import json
+import os
 import re
+import signal
+import time
 from pathlib import Path
 from typing import Any
 
@@ -11,7 +14,7 @@ import httpx
 import pytest
 from live_gateway import serve, stack_env
 from mailboxes import Mailbox
-from metrics_text import value
+from metrics_text import samples, value
 
 from service.observability import tracing
 
@@ -183,3 +186,69 @@ def test_one_scrape_covers_two_workers_and_logs_are_json_lines(
     workers = {r["process"] for r in access}
     print(f"access lines by {len(workers)} worker processes")
     assert other_mailbox.address not in log.read_text()
+
+
+def _process_samples(text: str) -> dict[str, dict[int, float]]:
+    """{family sample name: {pid: value}} of the process_* samples of a scrape."""
+    out: dict[str, dict[int, float]] = {}
+    for (name, labels), v in samples(text).items():
+        if name.startswith("process_"):
+            out.setdefault(name, {})[int(dict(labels)["pid"])] = v
+    return out
+
+
+def _parent(pid: int) -> int:
+    return int(Path(f"/proc/{pid}/stat").read_bytes().rsplit(b")", 1)[1].split()[1])
+
+
+@pytest.mark.timeout(120)
+def test_one_scrape_has_each_worker_s_process_metrics(
+    stack: dict[str, str], tmp_path: Path
+) -> None:
+    """With 2 workers, every scrape (whichever worker answers) has CPU seconds, resident
+    memory and open fds of both, by pid; a worker killed outright is replaced in the
+    scrape by the one uvicorn starts instead, and its live gauges stop counting."""
+    shared = tmp_path / "multiproc"
+    env = stack_env(stack, PROMETHEUS_MULTIPROC_DIR=str(shared))
+    with serve(env, tmp_path / "serve.log", "--workers", "2") as url:
+        port = url.rsplit(":", 1)[1]
+        seen: set[int] = set()
+        deadline = time.monotonic() + 30
+        while True:  # each worker publishes its live gauges once started
+            with httpx.Client(base_url=url, timeout=30) as c:
+                found = _process_samples(c.get("/metrics").text)
+            pids = set(found.get("process_cpu_seconds_total", {}))
+            if len(pids) == 2 or time.monotonic() > deadline:
+                break
+            time.sleep(0.2)
+        assert len(pids) == 2, found
+        for _ in range(6):  # new connections: both workers answer some scrapes
+            with httpx.Client(base_url=url, timeout=30) as c:
+                found = _process_samples(c.get("/metrics").text)
+            for name in ("process_cpu_seconds_total", "process_resident_memory_bytes",
+                         "process_open_fds", "process_virtual_memory_bytes",
+                         "process_start_time_seconds", "process_max_fds"):  # fmt: skip
+                assert set(found[name]) == pids, (name, found[name])
+            seen |= pids
+            for pid in pids:
+                assert found["process_cpu_seconds_total"][pid] > 0
+                assert found["process_open_fds"][pid] > 3
+                status = Path(f"/proc/{pid}/status").read_text()
+                vmrss = int(re.search(r"VmRSS:\s+(\d+) kB", status)[1]) * 1024  # type: ignore[index]
+                assert 0.5 * vmrss < found["process_resident_memory_bytes"][pid] < 2 * vmrss
+        [parent] = {_parent(pid) for pid in pids}  # siblings: the workers of ...
+        assert f"--port\0{port}".encode() in Path(f"/proc/{parent}/cmdline").read_bytes()
+
+        killed = min(pids)
+        os.kill(killed, signal.SIGKILL)
+        deadline = time.monotonic() + 30
+        while True:
+            with httpx.Client(base_url=url, timeout=30) as c:
+                found = _process_samples(c.get("/metrics").text)
+            now = set(found.get("process_cpu_seconds_total", {}))
+            if (len(now) == 2 and killed not in now) or time.monotonic() > deadline:
+                break
+            time.sleep(0.2)
+        assert len(now) == 2 and killed not in now and max(pids) in now, now
+        assert not list(shared.glob(f"gauge_live*_{killed}.db"))
+        assert list(shared.glob(f"histogram_{killed}.db"))  # what it served still counts

@@ -30,6 +30,10 @@ def test_lines_carry_time_level_logger_and_request_id(fmt: str) -> None:
         except RuntimeError:
             logging.getLogger("mailgate").exception("unhandled")
         logging.getLogger("uvicorn.error").error("Exception in ASGI application\n")
+        logging.getLogger("uvicorn.error").info(  # as uvicorn logs its start
+            "Started server process [%d]", 4711,
+            extra={"color_message": "Started server process [\x1b[36m%d\x1b[0m]"},
+        )  # fmt: skip
     finally:
         correlation_id.reset(token)
         plain = {"handlers": [], "propagate": True}
@@ -40,12 +44,14 @@ def test_lines_carry_time_level_logger_and_request_id(fmt: str) -> None:
     out = stream.getvalue()
     if fmt == "json":
         records = [json.loads(line) for line in out.splitlines()]
-        assert len(records) == 2  # uvicorn's copy of the traceback is dropped
-        access, error = records
+        assert len(records) == 3  # uvicorn's copy of the traceback is dropped
+        access, error, started = records
         assert access["level"] == "INFO" and access["logger"] == "mailgate.access"
         assert access["request_id"] == "req-77" and access["route"] == "/v1/messages"
         assert access["status"] == 200 and access["time"]
         assert error["level"] == "ERROR" and "RuntimeError: boom" in error["exc_info"]
+        assert started["message"] == "Started server process [4711]"
+        assert "\x1b" not in out and "color_message" not in started  # no terminal codes
     else:
         assert " INFO mailgate.access [req-77] GET /v1/messages 200" in out
         assert "Exception in ASGI application" not in out

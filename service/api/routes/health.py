@@ -9,14 +9,26 @@ from starlette.responses import JSONResponse, Response
 
 from service.api.deps import SettingsDep
 from service.errors import UpstreamUnavailable
+from service.models.health import Health, Readiness
 from service.models.problem import problem_responses
 from service.observability import render_metrics
 
 router = APIRouter(tags=["health"])
 _READY_503 = problem_responses(503)[503]
+_READY_503["content"]["application/problem+json"]["schema"] = {
+    "allOf": [
+        _READY_503["content"]["application/problem+json"]["schema"],
+        {"properties": {"checks": Readiness.model_json_schema()["properties"]["checks"]}},
+    ]
+}
 
 
-@router.get("/healthz", operation_id="getHealth", summary="Liveness: the process answers")
+@router.get(
+    "/healthz",
+    operation_id="getHealth",
+    summary="Liveness: the process answers",
+    response_model=Health,
+)
 async def healthz() -> dict[str, str]:
     return {"status": "ok"}
 
@@ -39,6 +51,7 @@ async def _reachable(host: str, port: int, wait: float) -> bool:
     "/readyz",
     operation_id="getReadiness",
     summary="Readiness: settings loaded and the mail servers' ports reachable",
+    response_model=Readiness,
     description="503 (problem+json `upstream-unavailable`, with the same `checks`) when a "
     "configured server's port cannot be reached within MAILGATE_READY_TIMEOUT. Only a TCP "
     "connect: no login, no credentials. `checks.state` tells whether the shared state "
