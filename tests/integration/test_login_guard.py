@@ -5,9 +5,9 @@ from __future__ import annotations
 
 import httpx
 import pytest
-from conftest import make_settings
 from mailboxes import Mailbox
 
+from service.config import Settings
 from service.main import create_app
 from service.state.limiter import LoginAttempt, LoginLimiter
 
@@ -35,9 +35,9 @@ class Spy:
 
 
 async def test_refused_login_is_counted_and_every_request_settled(
-    stack: dict[str, str], mailbox: Mailbox
+    settings: Settings, mailbox: Mailbox
 ) -> None:
-    app = create_app(make_settings(stack))
+    app = create_app(settings)
     async with app.router.lifespan_context(app):
         spy = Spy(app.state.state.limiter)
         transport = httpx.ASGITransport(app=app)
