@@ -956,12 +956,15 @@ async def _serve_box(
     copied: list[int] | None = None,
     not_in_view: set[int] | None = None,
     noop_reports: list[bytes] | None = None,
+    status_reports: list[bytes] | None = None,
 ) -> None:
     """A stateful one-folder mailbox: {uid: [raw bytes, set of flags]}; RFC822.SIZE
     is reported off by ``size_skew`` (as GreenMail's and some others' are). UIDs in
     ``not_in_view`` are not in the session's view until the next NOOP or SELECT (as
     Dovecot refreshes a selected folder's view only between commands). The next NOOP
-    reports the untagged lines put in ``noop_reports`` (and takes them out)."""
+    reports the untagged lines put in ``noop_reports`` (and takes them out), the next
+    STATUS those in ``status_reports`` after its own line (as Dovecot reports changes at
+    the end of every command)."""
     not_in_view = set() if not_in_view is None else not_in_view
     noop_reports = [] if noop_reports is None else noop_reports
     folders = [] if folders is None else folders
@@ -990,7 +993,9 @@ async def _serve_box(
             values = b"UIDNEXT %d MESSAGES %d UIDVALIDITY 42" % (max(box, default=0) + 1, len(box))
             if b"CONDSTORE" in caps:
                 values += b" HIGHESTMODSEQ 9"
-            out = b'* STATUS "INBOX" (' + values + b")\r\n"
+            out = b'* STATUS "INBOX" (' + values + b")\r\n" + b"".join(status_reports or [])
+            if status_reports:
+                status_reports.clear()
         elif name == b"UID COPY" and copied is not None:
             copied.append(int(rest.split()[2]))
         elif name == b"UID SEARCH":
@@ -1348,6 +1353,45 @@ async def test_a_cached_page_costs_one_fetch(reported: bool) -> None:
         [b"FETCH", b"297:300"],
     ]
     assert again.state == first.state
+
+
+async def test_a_change_reported_with_the_status_is_not_kept_as_the_state() -> None:
+    """A STATUS reply that also reports a change (the server's view moved after the STATUS
+    values were taken) is used for its page, not kept: the next page asks again."""
+    from service.protocols.summary_cache import SummaryCache
+
+    box = _hundreds()
+    peers: list[Peer] = []
+    noop: list[bytes] = []
+    status: list[bytes] = []
+
+    async def serve(peer: Peer) -> None:
+        peers.append(peer)
+        await _serve_box(
+            peer, b"IMAP4rev1 UIDPLUS ESEARCH LITERAL+ CONDSTORE", box,
+            noop_reports=noop, status_reports=status,
+        )  # fmt: skip
+
+    pool = SessionPool[ImapSession](Settings())
+    async with scripted(serve) as (port, errors):
+        from service.protocols.imap.reader import imap_reader
+
+        settings = Settings(imap_url=f"imap+plain://127.0.0.1:{port}", command_timeout=2)
+        reader = imap_reader(
+            settings, settings.providers["default"], CREDS, pool, SummaryCache(100)
+        )
+        await reader.list_messages("INBOX", ListQuery(limit=3))
+        noop.append(b"* 299 FETCH (MODSEQ (10) FLAGS (\\Seen))\r\n")
+        status.append(b"* 300 EXISTS\r\n")
+        await reader.list_messages("INBOX", ListQuery(limit=3))
+        mark = len(peers[0].received)
+        await reader.list_messages("INBOX", ListQuery(limit=3))
+        received = peers[0].received[mark:]
+        await pool.close_all()
+    assert not errors
+    assert [c.split(b" ", 1)[1].split()[:1] for c in received] == [
+        [b"NOOP"], [b"STATUS"], [b"FETCH"],
+    ]  # fmt: skip
 
 
 async def test_a_cursor_from_another_view_is_placed_exactly() -> None:

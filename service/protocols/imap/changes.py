@@ -116,13 +116,14 @@ async def snapshot(session: ImapSession, folder: str) -> SelectData:
         return session.select_data
     if has_modseq(session) and (kept := session.view_mark) is not None:
         return kept  # nothing reported since that STATUS (or SELECT): the view is its
+    seen = session.changes_reported
     counters = await session.status(utf7_encode(folder), status_items(session))
     found = mark_from_status(session, counters)
     if found is not None:
         uidvalidity, mark = found
         data = SelectData(uidvalidity, mark.uidnext, mark.exists, mark.modseq)
-        if uidvalidity == session.uidvalidity:
-            session.keep_mark(data)
+        if uidvalidity == session.uidvalidity and session.changes_reported == seen:
+            session.keep_mark(data)  # and not when the STATUS reply reported a change
         return data
     await session.select(folder, fresh=True)
     assert session.select_data is not None  # noqa: S101 - set by a real SELECT

@@ -510,6 +510,7 @@ class ImapSession:
         # The selected folder's state at a past moment (a SELECT's or a STATUS's), kept
         # while no reply since has reported a change in the view: see view_mark.
         self._mark: SelectData | None = None
+        self.changes_reported = 0  # replies seen to report a change (with a mark, or STATUS)
         self.enabled: set[str] = set()  # extensions ENABLEd (RFC 5161)
         self.leases = 0  # how often a reader has leased it (0: brand new)
         self.commands_in_lease = 0
@@ -709,8 +710,11 @@ class ImapSession:
             raise
         raw = (bytes(lines.pop()) if lines else b"").decode("utf-8", "replace")
         self.exists = track_exists(lines, self.exists)
-        if self._mark is not None and reports_change(lines, solicited_fetch=cmd.name == "FETCH"):
+        if (self._mark is not None or cmd.name == "STATUS") and reports_change(
+            lines, solicited_fetch=cmd.name == "FETCH"
+        ):
             self._mark = None
+            self.changes_reported += 1
         reply = Reply(result, scrub(raw, self._secrets + extra_secrets), lines, raw)
         if result not in ("OK", "NO"):
             self._broken = True
@@ -778,7 +782,9 @@ class ImapSession:
         return mark
 
     def keep_mark(self, mark: SelectData) -> None:
-        """Remember the selected folder's state as a STATUS reported it just now."""
+        """Remember the selected folder's state as a STATUS reported it just now (the
+        caller checks that the STATUS reply itself reported no change: Dovecot reports
+        changes at the end of each command, after the STATUS values were taken)."""
         if mark.uidnext is not None and mark.highestmodseq is not None:
             self._mark = mark
 
