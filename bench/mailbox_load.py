@@ -21,21 +21,12 @@ import random
 import socket
 import sys
 import time
-from pathlib import Path
 from urllib.parse import urlsplit
 
 import httpx
 from common import fresh_address, gateway, seed, stack
 from mailboxes import Mailbox
-
-
-def refusals(env: dict[str, str], user: str) -> int:
-    log = Path(env["MAILSTACK_DIR"]) / "log" / "dovecot.log"
-    return sum(
-        1
-        for line in log.read_text(errors="replace").splitlines()
-        if "Maximum number of connections" in line and f"user=<{user}>" in line
-    )
+from mailstack_env import connection_limit_refusals
 
 
 async def mixed_load(
@@ -124,10 +115,10 @@ async def main(seconds: float) -> None:
     env = stack()
     box = Mailbox(fresh_address("load"), env["MAILSTACK_PASSWORD"])
     seed(env, box.address, 20)
-    before = refusals(env, box.address)
+    before = connection_limit_refusals(env, box.address)
     with gateway(env, workers=2) as (base, _):
         statuses = await mixed_load(base, box, 200, seconds)
-    after = refusals(env, box.address)
+    after = connection_limit_refusals(env, box.address)
     total = sum(statuses.values())
     print(f"1. 200 clients, IMAP + POP3 reads of one mailbox, {seconds:.0f} s, 2 workers: "
           f"{total} answers {dict(sorted(statuses.items()))}; Dovecot refused "

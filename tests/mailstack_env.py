@@ -123,3 +123,14 @@ def stop_mailstack() -> None:
 def fresh_address(prefix: str = "t") -> str:
     """A new, unused mailbox: `prefix-<hex>@example.test` (password "secret")."""
     return f"{prefix}-{uuid.uuid4().hex[:16]}@{DOMAIN}"
+
+
+def connection_limit_refusals(env: dict[str, str], user: str) -> int:
+    """How many logins of ``user`` Dovecot has refused for its per-user connection limit
+    (its log's "Maximum number of connections" lines)."""
+    log = Path(env["MAILSTACK_DIR"]) / "log" / "dovecot.log"
+    return sum(
+        1
+        for line in log.read_text(errors="replace").splitlines()
+        if "Maximum number of connections" in line and f"user=<{user}>" in line
+    )

@@ -5,69 +5,31 @@ across both."""
 from __future__ import annotations
 
 import asyncio
-import os
-import socket
-import subprocess
-import sys
-import time
 from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
 from pathlib import Path
 
 import httpx
 import pytest
+from live_gateway import serve, stack_env
 from mailboxes import Mailbox
 from test_security import STATE_KEY, failed_logins
 
 pytestmark = pytest.mark.mailstack
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 @contextmanager
 def replica(stack: dict[str, str], log: Path, **settings: str) -> Iterator[str]:
-    """`mailgate serve` in its own process; yields its base URL."""
-    port = _free_port()
-    env = {k: v for k, v in os.environ.items() if not k.startswith("MAILGATE_")}
-    env.update(
-        MAILGATE_SMTP_URL=f"smtp://localhost:{stack['MAILSTACK_SUBMISSION_PORT']}",
-        MAILGATE_IMAP_URL=f"imaps://localhost:{stack['MAILSTACK_IMAPS_PORT']}",
-        MAILGATE_POP3_URL=f"pop3s://localhost:{stack['MAILSTACK_POP3S_PORT']}",
-        MAILGATE_CA_FILE=stack["MAILSTACK_CA_FILE"],
+    """`mailgate serve` in its own process on the stack's Redis; yields its base URL."""
+    env = stack_env(
+        stack,
         MAILGATE_REDIS_URL=stack["MAILSTACK_REDIS_URL"],
         MAILGATE_STATE_KEY=STATE_KEY,
-        MAILGATE_PORT=str(port),
         MAILGATE_LOG_LEVEL="warning",
+        **{f"MAILGATE_{k.upper()}": v for k, v in settings.items()},
     )
-    env.update({f"MAILGATE_{k.upper()}": v for k, v in settings.items()})
-    exe = str(Path(sys.executable).parent / "mailgate")
-    with open(log, "ab") as out:
-        proc = subprocess.Popen([exe, "serve"], env=env, stdin=subprocess.DEVNULL,
-                                stdout=out, stderr=subprocess.STDOUT)  # fmt: skip
-    try:
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                with socket.create_connection(("127.0.0.1", port), timeout=0.2):
-                    break
-            except OSError:
-                if proc.poll() is not None or time.monotonic() > deadline:
-                    raise RuntimeError(
-                        f"replica did not start: {log.read_text()[-2000:]}"
-                    ) from None
-                time.sleep(0.05)
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(5)
+    with serve(env, log) as url:
+        yield url
 
 
 @contextmanager

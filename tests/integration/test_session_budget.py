@@ -6,11 +6,11 @@ from __future__ import annotations
 
 import asyncio
 import threading
-from pathlib import Path
 from typing import Any
 
 import pytest
 from mailboxes import Mailbox
+from mailstack_env import connection_limit_refusals
 
 pytestmark = pytest.mark.mailstack
 
@@ -18,16 +18,6 @@ pytestmark = pytest.mark.mailstack
 def raw(subject: str) -> bytes:
     return (f"From: a@example.test\r\nTo: b@example.test\r\nSubject: {subject}\r\n\r\n"
             "body\r\n").encode()  # fmt: skip
-
-
-def refusals_for(stack: dict[str, str], user: str) -> int:
-    """Dovecot's log lines refusing a login of ``user`` for its connection limit."""
-    log = Path(stack["MAILSTACK_DIR"]) / "log" / "dovecot.log"
-    return sum(
-        1
-        for line in log.read_text(errors="replace").splitlines()
-        if "Maximum number of connections" in line and f"user=<{user}>" in line
-    )
 
 
 async def test_concurrent_imap_and_pop3_reads_stay_under_the_servers_limit(
@@ -49,7 +39,7 @@ async def test_concurrent_imap_and_pop3_reads_stay_under_the_servers_limit(
     )
     assert {r.status_code for r in reads} == {200}
     assert all(r.content.endswith(b"body\r\n") for r in reads)
-    assert refusals_for(stack, mailbox.address) == 0
+    assert connection_limit_refusals(stack, mailbox.address) == 0
 
 
 async def test_pop3_queues_behind_the_users_own_clients(
@@ -126,4 +116,4 @@ async def test_spellings_of_one_user_share_its_budget(
     results = await asyncio.gather(*(one(boxes[i % 2]) for i in range(60)))
     assert [r.status_code for r in results] == [200] * 60, results[0].text
     assert all(r.content.endswith(body) for r in results)
-    assert refusals_for(stack, mailbox.address) == 0
+    assert connection_limit_refusals(stack, mailbox.address) == 0
