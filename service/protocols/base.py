@@ -183,8 +183,9 @@ class MailboxReader(Protocol):
         """Delete these messages; one result per ref (status 204/404/410/400)."""
         ...
 
-    async def patch(self, ref: MessageRef, patch: MessagePatch) -> None:
-        """Set flags and/or move (IMAP); NotSupported on POP3."""
+    async def patch(self, ref: MessageRef, patch: MessagePatch) -> str | None:
+        """Set flags and/or move (IMAP); the moved message's new id where the server
+        names it (IMAP UIDPLUS), else None. NotSupported on POP3."""
         ...
 
     async def append_sent(self, message: bytes) -> str:

@@ -1683,3 +1683,17 @@ async def test_a_command_cancelled_in_flight_never_returns_its_session_to_the_po
         assert await msg.read(10_000) == box[1][0]
         await pool.close_all()
     assert connections == 2 and not errors
+
+
+def test_copied_uid_reads_copyuid_of_one_message_only() -> None:
+    from service.protocols.imap.wire import copied_uid
+
+    # RFC 6851 §4.3: MOVE's COPYUID comes untagged; RFC 4315 §3: COPY's in the tagged OK
+    assert copied_uid([b"", b"OK [COPYUID 1796078114 13 7] Moved UIDs."]) == (1796078114, 7)
+    assert copied_uid([b"[COPYUID 9 4 2] Copy completed."]) == (9, 2)
+    assert copied_uid([b"ok [copyuid 9 4 2] done"]) == (9, 2)
+    # several UIDs, no code, nonsense numbers: the new id is not known
+    assert copied_uid([b"OK [COPYUID 9 4:5 2:3] Moved UIDs."]) is None
+    assert copied_uid([b"OK Move completed.", b"3 EXPUNGE"]) is None
+    assert copied_uid([b"OK [COPYUID 0 4 2]"]) is None
+    assert copied_uid([b"OK [COPYUID 9 4 4294967296]"]) is None

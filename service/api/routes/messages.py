@@ -558,9 +558,25 @@ async def delete_many(
     summary="Set seen/flagged, or move to another folder (IMAP)",
     description=(
         "POP3 answers 422 not-supported. A move gives the message a new id in its new "
-        "folder (list that folder to get it). A body over 1 MiB is 413."
+        "folder: the 204 of a move carries it as `Location: /v1/messages/{new id}` where "
+        "the server names the new UID (IMAP UIDPLUS, RFC 4315 COPYUID; Dovecot, Gmail, "
+        "Exchange do); without it, list that folder to get it. The old id then answers "
+        "404. A body over 1 MiB is 413."
     ),
-    responses=problem_responses(413, *_ERRS),
+    responses={
+        **problem_responses(413, *_ERRS),
+        204: {
+            "description": "Done",
+            "headers": {
+                "Location": {
+                    "description": "After a move: the message's new id, as its path "
+                    "(`/v1/messages/{id}`, relative to the gateway's root); absent "
+                    "without a move or where the server does not name the new UID.",
+                    "schema": {"type": "string"},
+                }
+            },
+        },
+    },
 )
 async def patch_message(
     ctx: ContextDep,
@@ -575,5 +591,7 @@ async def patch_message(
     if patch.seen is None and patch.flagged is None and patch.folder is None:
         raise ValidationFailed("Give at least one of seen, flagged, folder.")
     reader = ctx.reader(proto)
-    await reader.patch(ref, patch)
-    return Response(status_code=204)
+    moved_to = await reader.patch(ref, patch)
+    if moved_to is None:
+        return Response(status_code=204)
+    return Response(status_code=204, headers={"Location": f"/v1/messages/{moved_to}"})

@@ -67,9 +67,9 @@ from service.protocols.imap.listing import (
     summaries,
 )
 from service.protocols.imap.listing import visible_flags as _visible_flags
-from service.protocols.imap.session import ImapSession
+from service.protocols.imap.session import ImapSession, Reply
 from service.protocols.imap.structure import Located, locate
-from service.protocols.imap.wire import FetchItem, MailboxInfo, format_uid_set
+from service.protocols.imap.wire import FetchItem, MailboxInfo, copied_uid, format_uid_set
 from service.protocols.parts import cut_from
 from service.protocols.parts import decoded as _decoded
 from service.protocols.pool import SessionPool
@@ -706,9 +706,12 @@ class ImapReader:
             await self._run(op)
         return [r for r in results if r is not None]
 
-    async def patch(self, ref: MessageRef, patch: MessagePatch) -> None:
+    async def patch(self, ref: MessageRef, patch: MessagePatch) -> str | None:
         """Set/clear ``\\Seen``/``\\Flagged`` (UID STORE), then move (UID MOVE, else COPY +
-        ``\\Deleted`` + UID EXPUNGE of that UID). NotFound for a missing message or folder."""
+        ``\\Deleted`` + UID EXPUNGE of that UID). NotFound for a missing message or folder.
+
+        Returns the moved message's new id when the server named its new UID
+        (``COPYUID``, RFC 4315 UIDPLUS), else None (no move, or a server without it)."""
         iref = _imap_ref(ref)
         add = [f for f, v in (("\\Seen", patch.seen), ("\\Flagged", patch.flagged)) if v is True]
         remove = [
@@ -716,7 +719,14 @@ class ImapReader:
         ]
         target = inbox_spelling(patch.folder) if patch.folder is not None else None
 
-        async def op(session: ImapSession) -> None:
+        def new_id(reply: Reply) -> str | None:
+            assert target is not None  # noqa: S101 - only called after a move
+            texts = [reply.raw.encode("utf-8", "replace")]
+            texts += [line for line in reply.lines if isinstance(line, bytes)]
+            found = copied_uid(texts)
+            return None if found is None else ImapRef(target, *found).encode()
+
+        async def op(session: ImapSession) -> str | None:
             if await session.select(iref.folder) != iref.uidvalidity:
                 raise StaleId("The message id is stale (the folder's UIDVALIDITY changed).")
             uid = str(iref.uid)
@@ -727,17 +737,17 @@ class ImapReader:
             if remove:
                 await session.uid_store(uid, "-FLAGS", remove)
             if target is None or target == iref.folder:
-                return
+                return None
             if "MOVE" in session.capabilities:
-                await session.uid_move(uid, target)
-                return
+                return new_id(await session.uid_move(uid, target))
             _writable(session)
             if "UIDPLUS" not in session.capabilities:  # check before the copy exists
                 await _others_flagged_deleted(session, {iref.uid})
-            await session.uid_copy(uid, target)
+            copied = await session.uid_copy(uid, target)
             await _expunge_uids(session, {iref.uid})
+            return new_id(copied)
 
-        await self._run(op)
+        return await self._run(op)
 
     async def append_sent(self, message: bytes) -> str:
         """APPEND (``\\Seen``) to the ``\\Sent`` special-use folder, else to a folder named

@@ -188,6 +188,23 @@ def track_exists(lines: Sequence[Line], exists: int | None) -> int | None:
 _CODE_RE = re.compile(r"^\[([^\]]*)\]")
 
 
+_COPYUID_RE = re.compile(rb"\[COPYUID (\d+) (\d+) (\d+)\]", re.IGNORECASE)
+
+
+def copied_uid(texts: Iterable[bytes]) -> tuple[int, int] | None:
+    """The destination's UIDVALIDITY and the new UID of a one-message UID COPY or UID
+    MOVE, from its ``[COPYUID v src dst]`` response code (RFC 4315 §3; RFC 6851 §4.3:
+    MOVE sends it untagged); None where the server says nothing (no UIDPLUS) or more
+    than one UID was copied."""
+    for text in texts:
+        m = _COPYUID_RE.search(text)
+        if m:
+            validity, dst = int(m.group(1)), int(m.group(3))
+            if 1 <= validity < 2**32 and 1 <= dst < 2**32:
+                return validity, dst
+    return None
+
+
 def response_code(text: str) -> tuple[str, str]:
     """``"[TRYCREATE] No such mailbox"`` → ``("TRYCREATE", "")``; first word upper-cased
     and the rest of the code's text."""

@@ -398,7 +398,7 @@ class Pop3Reader:
         _inbox_only(folder)
         return Pop3Feed(self)
 
-    async def patch(self, ref: MessageRef, patch: MessagePatch) -> None:
+    async def patch(self, ref: MessageRef, patch: MessagePatch) -> str | None:
         raise NotSupported("POP3 has no flags or folders.")
 
     async def append_sent(self, message: bytes) -> str:
