@@ -34,8 +34,12 @@ class IdentityHasher:
         return self._mac("mailbox", provider, user.strip().lower())
 
     def identity(self, provider: str, creds: Credentials) -> str:
-        """One mailbox together with one secret: who may see whose idempotency records."""
-        return self._mac("identity", provider, creds.user, creds.kind, creds.secret)
+        """One mailbox together with one secret: who may see whose idempotency records.
+        The user name is compared case-insensitively, as :meth:`mailbox` does (servers
+        find a user whatever its case): a retry that spells the user otherwise is the
+        same caller, and must not send a second time."""
+        user = creds.user.strip().lower()
+        return self._mac("identity", provider, user, creds.kind, creds.secret)
 
     def client(self, address: str) -> str:
         """A client address (kept out of the store in clear too)."""
