@@ -81,6 +81,14 @@ PROBLEM_OVERRIDES: dict[tuple[str, str, int], tuple[str, dict[str, Any]]] = {
                           "(address): An email address must have an @-sign.",
                           "type": "value_error"}]),
     ),
+    **{
+        (path, method, 415): (
+            "A body that is not JSON",
+            _problem(415, "unsupported-media-type", "Unsupported media type",
+                     "Send the body as application/json."),
+        )
+        for path, method in (("/v1/messages/{id}", "patch"), ("/v1/messages/delete", "post"))
+    },
     ("/readyz", "get", 503): (
         "A server's port unreachable",
         _problem(503, "upstream-unavailable", "Mail server unavailable",

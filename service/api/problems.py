@@ -109,6 +109,22 @@ def _allowed_methods(request: Request) -> str:
     return ", ".join(sorted(methods))
 
 
+def _json_body_refused(request: Request, errors: list[dict[str, Any]]) -> bool:
+    """A JSON body route's body errors come from a body that is not JSON by its type:
+    a Content-Type other than application/json (or ``+json``), or none with a body
+    (415 then, as POST /v1/send answers; RFC 9110 §15.5.16). No body and no type
+    is left to the 422 that says the body is required."""
+    body_errors = [e for e in errors if e["loc"][:1] == ["body"]]
+    if not body_errors:
+        return False
+    ctype = request.headers.get("content-type")
+    if ctype is None:
+        return any(e["type"] != "missing" for e in body_errors)
+    media = ctype.partition(";")[0].strip().lower()
+    main, _, sub = media.partition("/")
+    return not (main == "application" and (sub == "json" or sub.endswith("+json")))
+
+
 def install_problem_handlers(app: FastAPI) -> None:
     """Route every error through the problem renderer; nothing leaks internals."""
 
@@ -119,6 +135,14 @@ def install_problem_handlers(app: FastAPI) -> None:
     @app.exception_handler(RequestValidationError)
     async def _validation(request: Request, exc: RequestValidationError) -> ProblemResponse:
         errors = _safe_errors(exc.errors())
+        if _json_body_refused(request, errors):
+            return problem(
+                request,
+                status=415,
+                code="unsupported-media-type",
+                title="Unsupported media type",
+                detail="Send the body as application/json.",
+            )
         if any(e["type"] == "json_invalid" for e in errors):
             return problem(
                 request,

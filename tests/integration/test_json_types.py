@@ -65,3 +65,37 @@ async def test_send_attachment_inline_must_be_a_json_boolean(
     assert r.status_code == 200, r.text
     got = other_mailbox.wait_for(stack)
     assert [email.message_from_bytes(m)["Subject"] for _, m, _ in got] == ["the only one"]
+
+
+async def test_json_bodies_of_another_media_type_are_415_and_change_nothing(
+    client: Any, stack: dict[str, str], mailbox: Mailbox
+) -> None:
+    # POST /v1/send answered 415 for a body type it does not take; PATCH and
+    # POST /v1/messages/delete answered 422 "Input should be a valid dictionary".
+    mailbox.append(stack, raw("one"))
+    [item] = await items(client, mailbox)
+    body = b'{"seen": true}'
+    for ctype in ("text/plain", "application/x-www-form-urlencoded", "application/xml", None):
+        headers = {**mailbox.auth, **({"Content-Type": ctype} if ctype else {})}
+        r = await client.patch(f"/v1/messages/{item['id']}", content=body, headers=headers)
+        assert r.status_code == 415, (ctype, r.text)
+        assert r.headers["content-type"] == "application/problem+json"
+        assert r.json()["code"] == "unsupported-media-type"
+        ids = f'{{"ids": ["{item["id"]}"]}}'.encode()
+        r = await client.post("/v1/messages/delete", content=ids, headers=headers)
+        assert r.status_code == 415, (ctype, r.text)
+        assert r.json()["code"] == "unsupported-media-type"
+    [(_, _, flags)] = mailbox.messages(stack)
+    assert "\\Seen" not in flags
+    # no body at all is the 422 that says so; JSON types with parameters are JSON
+    r = await client.patch(f"/v1/messages/{item['id']}", headers=mailbox.auth)
+    assert r.status_code == 422 and r.json()["code"] == "validation-failed", r.text
+    for ctype in ("application/json; charset=utf-8", "application/merge-patch+json"):
+        r = await client.patch(
+            f"/v1/messages/{item['id']}",
+            content=body,
+            headers={**mailbox.auth, "Content-Type": ctype},
+        )
+        assert r.status_code == 204, (ctype, r.text)
+    [(_, _, flags)] = mailbox.messages(stack)
+    assert "\\Seen" in flags

@@ -520,9 +520,10 @@ async def delete_message(
         "credentials are 401, never 200 with per-id results. The protocol "
         "is the one the ids were made by. Without UIDPLUS, the gateway expunges only when "
         "no other message of the folder carries \\Deleted, so it never purges another "
-        "client's flagged messages. A body over 1 MiB is 413."
+        "client's flagged messages. A body over 1 MiB is 413; a body that is not "
+        "application/json, 415."
     ),
-    responses=problem_responses(413, *_ERRS),
+    responses=problem_responses(413, 415, *_ERRS),
 )
 async def delete_many(
     ctx: ContextDep,
@@ -561,10 +562,10 @@ async def delete_many(
         "folder: the 204 of a move carries it as `Location: /v1/messages/{new id}` where "
         "the server names the new UID (IMAP UIDPLUS, RFC 4315 COPYUID; Dovecot, Gmail, "
         "Exchange do); without it, list that folder to get it. The old id then answers "
-        "404. A body over 1 MiB is 413."
+        "404. A body over 1 MiB is 413; a body that is not application/json, 415."
     ),
     responses={
-        **problem_responses(413, *_ERRS),
+        **problem_responses(413, 415, *_ERRS),
         204: {
             "description": "Done",
             "headers": {
