@@ -90,6 +90,9 @@ async def test_fetch_parsed_and_ids_are_stable(
     r = await client.get(f"/v1/messages/{item['id']}", headers=mailbox.auth)
     assert r.status_code == 200, r.text
     assert r.headers["x-mail-mode"] == "keep"
+    # a body known whole says its length, as every other JSON answer does (was chunked)
+    assert r.headers["content-length"] == str(len(r.content))
+    assert "transfer-encoding" not in r.headers
     msg = r.json()
     assert msg["id"] == item["id"] and msg["subject"] == "Price * 2"
     assert msg["text"].replace("\r\n", "\n") == "Grüße\n"

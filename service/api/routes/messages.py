@@ -309,6 +309,7 @@ async def get_message(
         return _commit_response(
             msg, one_chunk(body), mode=mode_, mark_seen=mark_seen, protocol=proto,
             settings=ctx.settings, media_type="application/json",
+            headers={"Content-Length": str(len(body))},  # known: not chunked, as all JSON
         )  # fmt: skip
 
 
