@@ -13,6 +13,11 @@ from service.models.common import Address
 FolderRole = Literal["inbox", "sent", "drafts", "trash", "junk", "archive"]
 
 
+FOLDER_PATTERN = r"^[^\x00-\x1f\x7f]+$"
+"""A folder name as a request may give it: no control characters (no server has them in
+a name, and NUL, CR or LF cannot travel in an IMAP quoted string): 422, not a 404."""
+
+
 class Folder(BaseModel):
     """One folder (mailbox) and its special-use role."""
 
@@ -56,7 +61,8 @@ class ListParams(BaseModel):
         default="INBOX",
         min_length=1,
         max_length=1000,
-        description="IMAP folder; POP3 has only INBOX.",
+        pattern=FOLDER_PATTERN,
+        description="IMAP folder; POP3 has only INBOX. No control characters (422).",
     )
     limit: int = Field(default=50, ge=1, le=200)
     cursor: str | None = Field(default=None, max_length=4096)
@@ -191,6 +197,6 @@ class MessagePatch(BaseModel):
         default=None,
         min_length=1,
         max_length=1000,
-        pattern=r"^[^\x00-\x1f\x7f]+$",
+        pattern=FOLDER_PATTERN,
         description="Move the message to this folder (IMAP).",
     )

@@ -244,3 +244,23 @@ async def test_odd_attachment_type_is_served_and_frees_the_session(
         r = await client.get(f"/v1/messages/{item['id']}/attachments/2", headers=mailbox.auth)
         assert r.status_code == 200 and r.content == b"DATA"
         assert r.headers["content-type"] == "application/octet-stream"
+
+
+@pytest.mark.parametrize("folder", ["IN\x01BOX", "INBOX\x00", "Sent\r\nX", "A\x7fB"])
+async def test_a_folder_name_with_control_characters_is_422_everywhere(
+    client: Any, mailbox: Mailbox, folder: str
+) -> None:
+    # The listing, /changes and /events answered 404 "No such folder" (PATCH's folder
+    # was already 422): a name no server can hold is the caller's mistake.
+    r = await client.get("/v1/messages", headers=mailbox.auth)
+    state = r.json()["state"]
+    for path, params in (
+        ("/v1/messages", {"folder": folder}),
+        ("/v1/changes", {"folder": folder, "since": state}),
+        ("/v1/events", {"folder": folder}),
+    ):
+        r = await client.get(path, params=params, headers=mailbox.auth)
+        assert r.status_code == 422, (path, r.text)
+        problem = r.json()
+        assert problem["code"] == "validation-failed"
+        assert problem["errors"][0]["loc"] == ["query", "folder"]

@@ -15,6 +15,7 @@ from service.api.problems import PROBLEM_TYPE_BASE
 from service.api.readers import ContextDep
 from service.api.responses import CommitAfterSendResponse
 from service.errors import CannotCalculateChanges, MailGatewayError
+from service.models.message import FOLDER_PATTERN
 from service.models.problem import problem_responses
 from service.models.sync import Changes
 from service.sync.fanout import Ending, Hub, Mark, Subscription
@@ -24,7 +25,13 @@ from service.sync.state import decode_state
 router = APIRouter(tags=["sync"])
 
 FolderQuery = Annotated[
-    str, Query(description="IMAP folder; POP3 has only INBOX.", min_length=1, max_length=1000)
+    str,
+    Query(
+        description="IMAP folder; POP3 has only INBOX. No control characters (422).",
+        min_length=1,
+        max_length=1000,
+        pattern=FOLDER_PATTERN,
+    ),
 ]
 StateQuery = Annotated[
     str,
