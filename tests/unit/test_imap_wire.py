@@ -1471,8 +1471,9 @@ async def test_fast_fetch_framing_reads_what_the_general_loop_reads(
         b"NO [THROTTLED] Slow down",
         b"NO [INUSE] Mailbox locked",
         b"NO Server Unavailable. 15",
+        b"NO Too many open connections (10 of 10 for t@example.test)",
     ],
-    ids=["limit", "unavailable", "throttled", "inuse", "exchange-text"],
+    ids=["limit", "unavailable", "throttled", "inuse", "exchange-text", "cyrus-maxlogins"],
 )
 async def test_session_throttled_login_is_503_with_the_servers_words(refusal: bytes) -> None:
     async def handler(peer: Peer) -> None:

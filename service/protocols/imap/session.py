@@ -92,6 +92,7 @@ from service.protocols.imap.wire import (
     response_code,
     track_exists,
 )
+from service.protocols.refusals import says_temporary
 from service.protocols.transport import abort_transport
 
 __all__ = ["ImapSession", "Reply", "SelectData"]
@@ -404,18 +405,12 @@ _EXISTS_RE = re.compile(rb"(\d+) EXISTS$", re.IGNORECASE)
 _EXPUNGE_RE = re.compile(rb"\d+ EXPUNGE$", re.IGNORECASE)
 _VANISHED_RE = re.compile(rb"VANISHED ", re.IGNORECASE)
 _UNAVAILABLE = {"UNAVAILABLE", "SERVERBUG", "LIMIT", "INUSE", "OVERQUOTA", "THROTTLED"}
-# A refusal without a response code that still says "try later" (Exchange answers a
-# throttled login with "NO Server Unavailable. 15").
-_TEMPORARY_TEXT = re.compile(
-    r"\b(unavailable|try again later|temporar(y|ily)|throttl\w*|too many connections)\b",
-    re.IGNORECASE,
-)
 
 
 def _temporary(reply: Reply) -> bool:
     """A NO that means "not now" rather than "no": retrying later may work."""
     code = reply.code
-    return code in _UNAVAILABLE or (not code and bool(_TEMPORARY_TEXT.search(reply.text)))
+    return code in _UNAVAILABLE or (not code and says_temporary(reply.text))
 
 
 @dataclass(frozen=True)
