@@ -19,6 +19,8 @@ import trustme
 from service.config import ServerUrl, Settings
 from service.errors import (
     AuthFailed,
+    MailGatewayError,
+    NotFound,
     RateLimited,
     UpstreamError,
     UpstreamTimeout,
@@ -1592,3 +1594,48 @@ async def test_a_command_cancelled_in_flight_never_returns_its_session_to_the_po
         assert await msg.read(10_000) == box[1][0]
         await pool.close_all()
     assert connections == 2 and not errors
+
+
+@pytest.mark.parametrize(
+    "refusal, missing",
+    [
+        (b"NO [TRYCREATE] Mailbox doesn't exist: Nope", True),  # Dovecot
+        (b"NO Mailbox does not exist", True),  # Cyrus 3.6: no response code
+        (b"NO Permission denied", False),
+    ],
+    ids=["trycreate", "cyrus-bare", "other"],
+)
+async def test_session_move_copy_append_to_a_missing_folder_is_not_found(
+    refusal: bytes, missing: bool
+) -> None:
+    async def handler(peer: Peer) -> None:
+        await peer.hello()
+        await peer.login()
+        await peer.select()
+        while True:
+            tag, rest = await peer.line()
+            if rest.startswith(b"APPEND"):
+                await peer.reader.readexactly(int(re.search(rb"\{(\d+)\+?\}$", rest).group(1)))  # type: ignore[union-attr]
+                await peer.reader.readline()
+            if rest == b"LOGOUT":
+                await peer.send(b"* BYE bye\r\n" + tag + b" OK bye\r\n")
+                return
+            await peer.send(tag + b" " + refusal + b"\r\n")
+
+    async with scripted(handler) as (port, errors):
+        session = await _connect(port)
+        await session.select("INBOX")
+        calls = [
+            lambda: session.uid_move("3", "Nope"),
+            lambda: session.uid_copy("3", "Nope"),
+            lambda: session.append("Nope", b"Subject: x\r\n\r\nbody\r\n", []),
+        ]
+        for call in calls:
+            with pytest.raises(MailGatewayError) as info:
+                await call()
+            assert isinstance(info.value, NotFound) is missing, info.value
+            assert info.value.status == (404 if missing else 502)
+            assert info.value.upstream is not None
+            assert info.value.upstream.reply == refusal.decode().removeprefix("NO ")
+        await session.close()
+    assert not errors

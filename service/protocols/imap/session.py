@@ -92,7 +92,7 @@ from service.protocols.imap.wire import (
     response_code,
     track_exists,
 )
-from service.protocols.refusals import says_temporary
+from service.protocols.refusals import says_no_such_mailbox, says_temporary
 from service.protocols.transport import abort_transport
 
 __all__ = ["ImapSession", "Reply", "SelectData"]
@@ -405,6 +405,13 @@ _EXISTS_RE = re.compile(rb"(\d+) EXISTS$", re.IGNORECASE)
 _EXPUNGE_RE = re.compile(rb"\d+ EXPUNGE$", re.IGNORECASE)
 _VANISHED_RE = re.compile(rb"VANISHED ", re.IGNORECASE)
 _UNAVAILABLE = {"UNAVAILABLE", "SERVERBUG", "LIMIT", "INUSE", "OVERQUOTA", "THROTTLED"}
+
+
+def _no_such_mailbox(reply: Reply) -> bool:
+    """A NO saying that the folder named does not exist: ``[TRYCREATE]`` (RFC 3501
+    §6.4.7) or ``[NONEXISTENT]`` (RFC 5530), or no code and words that say so (Cyrus)."""
+    code = reply.code
+    return code in ("TRYCREATE", "NONEXISTENT") or (not code and says_no_such_mailbox(reply.text))
 
 
 def _temporary(reply: Reply) -> bool:
@@ -988,7 +995,7 @@ class ImapSession:
 
     def _copy_result(self, reply: Reply, what: str) -> Reply:
         if not reply.ok:
-            if reply.code in ("TRYCREATE", "NONEXISTENT"):
+            if _no_such_mailbox(reply):
                 raise NotFound("No such destination folder.", upstream=Upstream("imap", reply.text))
             self._expect_ok(reply, what)
         return reply
@@ -1036,7 +1043,7 @@ class ImapSession:
             words.append("(" + " ".join(flags) + ")")
         words.append(message)
         reply = await self.command("APPEND", words)
-        if not reply.ok and reply.code in ("TRYCREATE", "NONEXISTENT"):
+        if not reply.ok and _no_such_mailbox(reply):
             raise NotFound("No such folder.", upstream=Upstream("imap", reply.text))
         self._expect_ok(reply, "APPEND")
         return reply
