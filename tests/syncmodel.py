@@ -24,8 +24,6 @@ import json
 import poplib
 import random
 import re
-import smtplib
-import ssl
 import time
 import uuid
 from collections import Counter
@@ -36,6 +34,7 @@ from typing import Any
 
 import httpx
 from mailboxes import Mailbox
+from mailstack_env import deliver
 
 from service.ids import ImapRef, Pop3Ref, decode_id
 
@@ -108,14 +107,10 @@ class Mutator:
         return int(found.group(1)) if found else 0
 
     def send(self) -> int:
-        """One message over SMTP submission → LMTP; waits until it is in INBOX; its UID."""
+        """One message over SMTP submission → LMTP (on Cyrus: LMTP); waits until it is in
+        INBOX; its UID."""
         raw, mid = self._raw("smtp")
-        ctx = ssl.create_default_context(cafile=self.stack["MAILSTACK_CA_FILE"])
-        port = int(self.stack["MAILSTACK_SUBMISSION_PORT"])
-        with smtplib.SMTP("localhost", port, timeout=30) as s:
-            s.starttls(context=ctx)
-            s.login(self.box.address, self.box.password)
-            s.sendmail("model@example.test", [self.box.address], raw)
+        deliver(self.stack, "model@example.test", self.box.address, raw, self.box.password)
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline:
             self._select("INBOX")

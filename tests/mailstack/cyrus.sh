@@ -178,6 +178,7 @@ sasl_pwcheck_method: saslauthd
 sasl_saslauthd_path: $C/sasl/mux
 sasl_mech_list: PLAIN LOGIN
 autocreate_quota: 0
+autocreate_post: 1
 autocreate_inbox_folders: Sent | Drafts | Trash | Junk | Archive
 autocreate_subscribe_folders: Sent | Drafts | Trash | Junk | Archive
 xlist-sent: Sent
