@@ -35,6 +35,7 @@ from service.protocols.imap.wire import (
     format_uid_set,
     parse_fetch,
     parse_list,
+    parse_namespace,
     parse_search,
     parse_sequence_set,
     quote,
@@ -1639,3 +1640,20 @@ async def test_session_move_copy_append_to_a_missing_folder_is_not_found(
             assert info.value.upstream.reply == refusal.decode().removeprefix("NO ")
         await session.close()
     assert not errors
+
+
+@pytest.mark.parametrize(
+    "line, expected",
+    [
+        (b'NAMESPACE (("" ".")) NIL NIL', ("", ".")),  # Dovecot
+        (b'NAMESPACE (("INBOX." ".")) (("user." ".")) (("" "."))', ("INBOX.", ".")),  # Cyrus
+        (b'NAMESPACE (("" "/")("#mh/" "/")) NIL NIL', ("", "/")),
+        (b'NAMESPACE (("Entw&APw-rfe/" NIL)) NIL NIL', ("Entwürfe/", None)),
+        (b'NAMESPACE NIL NIL (("" "."))', None),
+    ],
+)
+def test_parse_namespace_gives_the_first_personal_prefix(
+    line: bytes, expected: tuple[str, str | None] | None
+) -> None:
+    assert parse_namespace([line]) == expected
+    assert parse_namespace([b"OK nothing"]) is None

@@ -127,6 +127,17 @@ _NAME_ROLES: dict[str, FolderRole] = {
 }
 
 
+def _top_name(name: str, delimiter: str | None) -> str | None:
+    """The name of a top-level folder, or of one directly under INBOX (where servers
+    with an ``INBOX.`` namespace keep them: Cyrus, Courier) without that prefix; None
+    for a folder deeper down."""
+    if delimiter and name.upper().startswith("INBOX" + delimiter):
+        name = name[len("INBOX") + len(delimiter) :]
+    if delimiter and delimiter in name:
+        return None
+    return name
+
+
 def _roles_from_names(folders: list[Folder]) -> None:
     """For servers without SPECIAL-USE: give a role by a well-known name (a top-level
     folder, or one directly under INBOX) when no folder has it by attribute."""
@@ -134,10 +145,8 @@ def _roles_from_names(folders: list[Folder]) -> None:
     for folder in folders:
         if folder.role is not None:
             continue
-        name = folder.name
-        if folder.delimiter and name.upper().startswith("INBOX" + folder.delimiter):
-            name = name[len("INBOX") + len(folder.delimiter) :]
-        if folder.delimiter and folder.delimiter in name:
+        name = _top_name(folder.name, folder.delimiter)
+        if name is None:
             continue
         role = _NAME_ROLES.get(name.casefold())
         if role is not None and role not in taken:
@@ -732,16 +741,24 @@ class ImapReader:
 
     async def append_sent(self, message: bytes) -> str:
         """APPEND (``\\Seen``) to the ``\\Sent`` special-use folder, else to a folder named
-        Sent / Sent Items / Sent Messages / Sent Mail; when there is none, CREATE "Sent"."""
+        Sent / Sent Items / Sent Messages / Sent Mail (at the top or directly under INBOX);
+        when there is none, CREATE "Sent" where the user's folders go (its personal
+        namespace: "INBOX.Sent" on Cyrus). Returns the folder's name."""
 
         async def op(session: ImapSession) -> str:
             boxes = [b for b in await session.list_mailboxes() if b.selectable]
             sent = next((b for b in boxes if "\\sent" in b.attributes), None)
             if sent is None:
-                by_name = {b.name.casefold(): b for b in boxes}
+                by_name: dict[str, MailboxInfo] = {}
+                for b in boxes:
+                    top = _top_name(b.name, b.delimiter)
+                    if top is not None:
+                        by_name.setdefault(top.casefold(), b)
                 sent = next((by_name[n] for n in _SENT_NAMES if n in by_name), None)
-            name = sent.name if sent is not None else "Sent"
-            if sent is None:  # as mail clients do: make one
+            if sent is not None:
+                name = sent.name
+            else:  # as mail clients do: make one
+                name = await session.personal_prefix() + "Sent"
                 await session.create(name, "\\Sent")
             await session.append(name, message, ["\\Seen"])
             return name

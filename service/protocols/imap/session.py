@@ -85,6 +85,7 @@ from service.protocols.imap.wire import (
     mailbox_arg,
     parse_fetch,
     parse_list,
+    parse_namespace,
     parse_search,
     parse_status,
     parse_vanished,
@@ -1025,6 +1026,17 @@ class ImapSession:
             return {}
         found = parse_status(reply.lines)
         return found.get(raw_name) or next(iter(found.values()), {})
+
+    async def personal_prefix(self) -> str:
+        """The prefix of the user's personal folders (NAMESPACE, RFC 2342): "" where they
+        sit at the top (Dovecot; servers without NAMESPACE), "INBOX." on Cyrus with its
+        default namespace, where a folder created at the top is refused ("NO Permission
+        denied")."""
+        if "NAMESPACE" not in self.capabilities:
+            return ""
+        reply = await self.command("NAMESPACE", [])
+        found = parse_namespace(reply.lines) if reply.ok else None
+        return found[0] if found is not None else ""
 
     async def create(self, folder: str, special_use: str | None = None) -> None:
         """CREATE ``folder`` (with USE (special-use) where CREATE-SPECIAL-USE is offered);
