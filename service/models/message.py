@@ -16,7 +16,10 @@ FolderRole = Literal["inbox", "sent", "drafts", "trash", "junk", "archive"]
 class Folder(BaseModel):
     """One folder (mailbox) and its special-use role."""
 
-    name: str
+    name: str = Field(
+        description="The full name, as the other endpoints take it: on servers that keep "
+        "the user's folders under INBOX (Cyrus by default) `INBOX.Sent`, else `Sent`."
+    )
     delimiter: str | None = None
     role: FolderRole | None = None
     messages: int | None = Field(default=None, description="Only with counts=true.")
@@ -189,5 +192,6 @@ class MessagePatch(BaseModel):
         min_length=1,
         max_length=1000,
         pattern=r"^[^\x00-\x1f\x7f]+$",
-        description="Move the message to this folder (IMAP).",
+        description="Move the message to this folder (IMAP), named as `GET /v1/folders` "
+        "names it (Cyrus: `INBOX.Archive`); one that does not exist is 404 `not-found`.",
     )

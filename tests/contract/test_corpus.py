@@ -71,6 +71,7 @@ def corpus() -> list[bytes]:
     )
 
 
+@pytest.mark.timeout(400)  # Cyrus: every part is cut from the whole message (see open_part)
 async def test_corpus_through_every_endpoint(
     client: Any, stack: dict[str, str], mailbox: Mailbox, proto: str
 ) -> None:

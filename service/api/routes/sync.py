@@ -23,7 +23,14 @@ from service.sync.state import decode_state
 router = APIRouter(tags=["sync"])
 
 FolderQuery = Annotated[
-    str, Query(description="IMAP folder; POP3 has only INBOX.", min_length=1, max_length=1000)
+    str,
+    Query(
+        description="IMAP folder by its full name, as `GET /v1/folders` gives it "
+        "(servers that keep the user's folders under INBOX, such as Cyrus, name them "
+        "`INBOX.Archive`); POP3 has only INBOX.",
+        min_length=1,
+        max_length=1000,
+    ),
 ]
 StateQuery = Annotated[
     str,

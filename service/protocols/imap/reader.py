@@ -68,7 +68,7 @@ from service.protocols.imap.listing import (
 )
 from service.protocols.imap.listing import visible_flags as _visible_flags
 from service.protocols.imap.session import ImapSession
-from service.protocols.imap.structure import Located, locate
+from service.protocols.imap.structure import Located, locate, reuses_boundary
 from service.protocols.imap.wire import FetchItem, MailboxInfo, format_uid_set
 from service.protocols.parts import cut_from
 from service.protocols.parts import decoded as _decoded
@@ -288,21 +288,34 @@ class ImapOpenedMessage:
         ``BODY.PEEK[section]`` partial fetches: the server's bytes of that part, the
         message is not parsed. Where the server's structure cannot answer for the
         gateway's parser (a part at or past the part budget, a structure the server
-        reads otherwise), the message streams past :class:`~service.mime.PartCutter`
-        instead, which stops reading after the part.
+        reads otherwise, a multipart that reuses the boundary of one around it, a server
+        known to cut parts otherwise (Cyrus: see ``ImapSession.parts_as_parsed``), an
+        attached ``message/*``: where it ends depends on how the message inside is
+        read), the message streams past :class:`~service.mime.PartCutter` instead, which
+        stops reading after the part.
         """
         limits = self._reader.settings.mime_limits
         structure = self.structure
         if structure is None:
             structure = (await self._fetch("(UID BODYSTRUCTURE)")).structure
         found = locate(structure, section)
-        if found is None or found.number >= limits.max_parts:
-            return await self._cut_part(section)  # not the server's, or past the budget
+        if (
+            found is None
+            or found.number >= limits.max_parts
+            or reuses_boundary(structure)
+            or not self._reader.parts_as_parsed
+        ):  # not the server's part, past the budget, a structure parsers disagree on
+            return await self._cut_part(section)
         part = await self._check_path(section, found, limits)
         if part is None:
             return await self._cut_part(section)  # the server reads the structure otherwise
         if not is_leaf(part):
             return None
+        if part.content_type.startswith("message/"):
+            # Where an attached message ends depends on how a parser reads the message
+            # inside: Cyrus reads an unclosed multipart in it on past the enclosing
+            # boundary, so its BODY[n] also holds the parts after it.
+            return await self._cut_part(section)
         info = part_info(part, assumed=found.assumed)
         return info, _decoded(PartDecoder(part.encoding), self._part_chunks(section))
 
@@ -448,6 +461,7 @@ class ImapReader:
         self._creds = creds
         self._key = creds.pool_key(provider.name, "imap")
         self._cache = cache
+        self.parts_as_parsed = True  # as the last session leased says (see ImapSession)
 
     async def _connect(self) -> ImapSession:
         return await ImapSession.connect(self.settings, self._server, self._ctx, self._creds)
@@ -455,6 +469,7 @@ class ImapReader:
     async def _acquire(self) -> ImapSession:
         session = await self.pool.acquire(self._key, self._connect)
         session.begin_lease()
+        self.parts_as_parsed = session.parts_as_parsed
         return session
 
     async def _run(

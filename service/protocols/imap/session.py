@@ -398,6 +398,7 @@ class _Protocol(IMAP4ClientProtocol):  # type: ignore[misc]
 
 # --------------------------------------------------------------------------- the session
 
+_CYRUS_GREETING = re.compile(r"\bCyrus IMAP\b", re.IGNORECASE)
 _CAPS_RE = re.compile(r"\[CAPABILITY ([^\]]*)\]", re.IGNORECASE)
 _UIDVALIDITY_RE = re.compile(rb"\[UIDVALIDITY (\d+)\]", re.IGNORECASE)
 _UIDNEXT_RE = re.compile(rb"\[UIDNEXT (\d+)\]", re.IGNORECASE)
@@ -511,6 +512,10 @@ class ImapSession:
         self.select_data: SelectData | None = None  # of the last real SELECT
         self.enabled: set[str] = set()  # extensions ENABLEd (RFC 5161)
         self.leases = 0  # how often a reader has leased it (0: brand new)
+        # False where the server's BODYSTRUCTURE is known to cut some messages elsewhere
+        # than RFC 2046 does (Cyrus 3: a boundary line with trailing white space is not
+        # one there), so that its BODY[n] need not be the part the gateway parsed
+        self.parts_as_parsed = True
         self.commands_in_lease = 0
         self._synced_this_lease = False
         self._fresh_for_next_lease = False
@@ -555,6 +560,7 @@ class ImapSession:
                 upstream=Upstream("imap", scrub(greeting, self._secrets)),
             )
         caps = _caps_from(greeting)
+        self.parts_as_parsed = _CYRUS_GREETING.search(greeting) is None
         if server.security == "starttls":
             if caps is None:
                 caps = await self._capability()
