@@ -278,7 +278,8 @@ async def test_folders_roles_and_counts(
     }
     assert (folders["INBOX"].messages, folders["INBOX"].unseen) == (2, 1)
     assert (folders[p("Proj.Sub")].messages, folders[p("Proj.Sub")].unseen) == (1, 1)
-    assert folders[p("Proj")].messages is None  # \Noselect: no counts
+    if stack["MAILSTACK_SERVER"] == "dovecot":  # Cyrus makes INBOX.Proj a real folder
+        assert folders[p("Proj")].messages is None  # \Noselect: no counts
     assert folders[p("Entwürfe")].messages == 0  # decoded from modified UTF-7
     assert folders[p("Price * 2 (x)")].messages == 0
     assert folders["INBOX"].delimiter == "."

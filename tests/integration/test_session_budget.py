@@ -5,6 +5,8 @@ user's own mail apps keep their connections."""
 from __future__ import annotations
 
 import asyncio
+import imaplib
+import poplib
 import threading
 from typing import Any
 
@@ -71,7 +73,14 @@ async def test_all_connections_taken_by_the_user_waits_then_answers_503(
     in when one of them leaves), else answers 503 with Retry-After; never a 502."""
     mailbox.append(stack, raw("full"))
     opener = mailbox.imap if proto == "imap" else mailbox.pop3
-    others = [opener(stack) for _ in range(10)]
+    others: list[Any] = []
+    while len(others) < 10:
+        try:
+            others.append(opener(stack))
+        except (imaplib.IMAP4.error, poplib.error_proto):
+            # Cyrus's pop3d counts the login being made too: 9 others fill its limit
+            assert stack["MAILSTACK_SERVER"] == "cyrus" and len(others) >= 9, len(others)
+            break
 
     def bye(conn: Any) -> None:
         if proto == "imap":

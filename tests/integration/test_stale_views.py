@@ -73,7 +73,8 @@ async def test_a_folder_deleted_and_recreated_elsewhere_is_stale_not_502(
     # Deleted for good: the folder is gone, not a server error.
     other = mailbox.imap(stack)
     try:
-        assert other.delete(box)[0] == "OK"
+        deleted = other.delete(box)
+        assert deleted[0] == "OK", deleted
     finally:
         other.logout()
     r = await client.get("/v1/messages", params={"folder": box}, headers=mailbox.auth)

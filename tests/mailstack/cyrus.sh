@@ -15,6 +15,8 @@
 # - Debian's default namespace: personal folders under "INBOX." with "." as the
 #   hierarchy separator (altnamespace: no, unixhierarchysep: no), virtual domains from
 #   the login name; POP3 UIDLs are UIDVALIDITY.UID; at most 10 sessions per user.
+#   Deleted folders go at once (delete_mode: immediate): the default keeps them as
+#   DELETED.<name>.<seconds>, so a second DELETE of one name within a second fails.
 # - TLS from the stack's CA; test messages are put in place with IMAP APPEND.
 # Idempotent (fast when up and built from this script); `stop.sh` stops it too.
 # Writes $MAILSTACK_DIR/cyrus/env (MAILSTACK_CYRUS_* ports).
@@ -187,6 +189,7 @@ xlist-trash: Trash
 xlist-junk: Junk
 xlist-archive: Archive
 maxlogins_per_user: 10
+delete_mode: immediate
 uidl_format: cyrus
 popminpoll: 0
 tls_server_cert: $C/etc/server.pem
