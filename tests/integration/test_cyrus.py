@@ -139,3 +139,35 @@ async def test_the_limit_counts_imap_and_pop3_together_and_is_503(
     async with make_client() as c:
         r = await c.get("/v1/messages", params={"protocol": "pop3"}, headers=mailbox.auth)
     assert r.status_code == 200 and [i["subject"] for i in r.json()["items"]] == ["full"]
+
+
+async def test_a_folder_created_again_elsewhere_is_410_on_a_pooled_session(
+    client: Any, stack: dict[str, str], mailbox: Mailbox
+) -> None:
+    """The gateway's pooled session keeps INBOX.Box selected; another client deletes and
+    creates it again. Cyrus's NOOP then says nothing, its next FETCH "NO Mailbox does not
+    exist": /changes must answer 410 (list again), never 502; the listing is fresh."""
+    box = personal(stack, "Box")
+    conn = mailbox.imap(stack)
+    try:
+        assert conn.create(box)[0] == "OK"
+    finally:
+        conn.logout()
+    mailbox.append(stack, raw("first"), folder=box)
+    r = await client.get("/v1/messages", params={"folder": box}, headers=mailbox.auth)
+    state = r.json()["state"]
+    r = await client.get("/v1/changes", params={"folder": box, "since": state},
+                         headers=mailbox.auth)  # fmt: skip
+    assert r.status_code == 200 and r.json()["created"] == [], r.text
+    conn = mailbox.imap(stack)
+    try:
+        assert conn.delete(box)[0] == "OK" and conn.create(box)[0] == "OK"
+    finally:
+        conn.logout()
+    mailbox.append(stack, raw("second"), folder=box)
+    r = await client.get("/v1/changes", params={"folder": box, "since": state},
+                         headers=mailbox.auth)  # fmt: skip
+    assert r.status_code == 410, r.text
+    assert r.json()["code"] == "cannot-calculate-changes"
+    r = await client.get("/v1/messages", params={"folder": box}, headers=mailbox.auth)
+    assert r.status_code == 200 and [i["subject"] for i in r.json()["items"]] == ["second"]

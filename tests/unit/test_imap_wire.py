@@ -1657,3 +1657,29 @@ def test_parse_namespace_gives_the_first_personal_prefix(
 ) -> None:
     assert parse_namespace([line]) == expected
     assert parse_namespace([b"OK nothing"]) is None
+
+
+async def test_session_whose_selected_folder_vanished_says_not_found_and_is_not_reused() -> None:
+    """Cyrus answers NOOP in a folder another client deleted with a clean OK; only the
+    next command on it says "NO Mailbox does not exist" (no code): the folder is gone
+    (404, or a fresh session finds it created again), not a server fault (502)."""
+
+    async def handler(peer: Peer) -> None:
+        await peer.hello()
+        await peer.login()
+        await peer.select()
+        tag, rest = await peer.line()
+        assert rest.startswith(b"UID FETCH"), rest
+        await peer.send(tag + b" NO Mailbox does not exist (0.000 sec)\r\n")
+        await peer.until_closed()
+
+    async with scripted(handler) as (port, errors):
+        session = await _connect(port)
+        await session.select("INBOX")
+        with pytest.raises(NotFound) as info:
+            await session.uid_fetch("1:*", "(FLAGS)")
+        assert info.value.upstream is not None
+        assert info.value.upstream.reply == "Mailbox does not exist (0.000 sec)"
+        assert not session.usable and session.selected is None
+        session.abort()
+    assert not errors

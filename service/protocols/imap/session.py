@@ -516,6 +516,10 @@ class ImapSession:
         # than RFC 2046 does (Cyrus 3: a boundary line with trailing white space is not
         # one there), so that its BODY[n] need not be the part the gateway parsed
         self.parts_as_parsed = True
+        # False where IDLE and NOOP stay silent when another client deletes the selected
+        # folder (Cyrus 3: a SEARCH there finds nothing, a FETCH answers NO): select()
+        # then SELECTs on each lease; True for Dovecot (BYE or an untagged NO)
+        self.tells_deletion = True
         self.commands_in_lease = 0
         self._synced_this_lease = False
         self._fresh_for_next_lease = False
@@ -560,7 +564,7 @@ class ImapSession:
                 upstream=Upstream("imap", scrub(greeting, self._secrets)),
             )
         caps = _caps_from(greeting)
-        self.parts_as_parsed = _CYRUS_GREETING.search(greeting) is None
+        self.parts_as_parsed = self.tells_deletion = _CYRUS_GREETING.search(greeting) is None
         if server.security == "starttls":
             if caps is None:
                 caps = await self._capability()
@@ -748,6 +752,12 @@ class ImapSession:
 
     def _expect_ok(self, reply: Reply, what: str) -> None:
         if not reply.ok:
+            if self.selected is not None and _no_such_mailbox(reply):
+                # The selected folder was deleted under this session, which Cyrus tells
+                # only now (its NOOP stays silent): not reused, a fresh one selects anew.
+                self._broken = True
+                self.selected = self.uidvalidity = None
+                raise NotFound("The folder is gone.", upstream=Upstream("imap", reply.text))
             if _temporary(reply):
                 raise UpstreamUnavailable(
                     f"The IMAP server cannot {what} now.", upstream=Upstream("imap", reply.text)
@@ -787,6 +797,8 @@ class ImapSession:
         answer when the folder was deleted meanwhile) forces a real SELECT,
         which also reports a new UIDVALIDITY. Otherwise a delete + re-create
         of the folder by another client is not noticed until the next SELECT.
+        Cyrus says nothing in that case (and its SEARCH then finds nothing): on a
+        server that does not tell (:attr:`tells_deletion`), each lease SELECTs.
 
         :attr:`select_data` is what a real SELECT (with ``CONDSTORE`` where offered,
         RFC 7162 §3.1.8) reported, None after the NOOP path. ``fresh``: always a real
@@ -796,7 +808,8 @@ class ImapSession:
             self.select_data = None
             if self._synced_this_lease:
                 return self.uidvalidity
-            if _clean_noop(await self.command("NOOP", [])):
+            # where NOOP cannot tell a folder deleted and created again: a real SELECT
+            if self.tells_deletion and _clean_noop(await self.command("NOOP", [])):
                 self._synced_this_lease = True
                 return self.uidvalidity
         arg = mailbox_arg(folder)
