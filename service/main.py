@@ -7,7 +7,6 @@ from contextlib import asynccontextmanager
 from functools import partial
 from importlib.resources import files
 
-from asgi_correlation_id import CorrelationIdMiddleware
 from fastapi import FastAPI
 from fastapi.middleware.cors import CORSMiddleware
 from fastapi.openapi.docs import get_redoc_html, get_swagger_ui_html
@@ -16,7 +15,7 @@ from fastapi.staticfiles import StaticFiles
 from starlette.types import Receive, Scope, Send
 
 from service import __version__
-from service.api.bodylimit import BodyLimitMiddleware
+from service.api.edge import EdgeMiddleware
 from service.api.openapi_doc import DOCS_CSP, document_openapi, offline_redoc_js
 from service.api.pagejson import PageEncoder
 from service.api.peer import attach_peer
@@ -25,8 +24,7 @@ from service.api.routes import folders, health, messages, send, sync
 from service.api.routes.send import body_limit
 from service.api.warmup import warm_up
 from service.config import Settings, load_settings
-from service.observability import tracing, valid_request_id, watch_sessions
-from service.observability.http import RequestObserver
+from service.observability import tracing, watch_sessions
 from service.protocols.imap.reader import new_imap_pool
 from service.protocols.pool import PooledSession, PoolStats, SessionPool
 from service.protocols.smtp import SmtpSession
@@ -152,8 +150,6 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             expose_headers=["X-Mail-Mode", "Content-Range", "Idempotent-Replayed",
                             "Retry-After"],
         )  # fmt: skip
-    app.add_middleware(BodyLimitMiddleware, limit_for=partial(body_limit, settings))
-    app.add_middleware(RequestObserver)
     if tracing.enabled():
         from opentelemetry.instrumentation.asgi import OpenTelemetryMiddleware
 
@@ -162,12 +158,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             tracer_provider=tracing.provider(),
             exclude_spans=["receive", "send"],
         )
-    app.add_middleware(
-        CorrelationIdMiddleware,
-        header_name="X-Request-ID",
-        validator=valid_request_id,
-        update_request_header=False,
-    )
+    # outermost: request id, metrics and access line, body limit (tracing, when on,
+    # inside it, so that the observer names the server span)
+    app.add_middleware(EdgeMiddleware, limit_for=partial(body_limit, settings))
     return app
 
 

@@ -11,10 +11,8 @@ credential check there.
 
 from __future__ import annotations
 
-from collections.abc import Callable
-
 from starlette.exceptions import HTTPException
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
+from starlette.types import Message, Receive, Scope
 
 
 class BodyTooLarge(HTTPException):
@@ -25,33 +23,25 @@ class BodyTooLarge(HTTPException):
         self.limit = limit
 
 
-class BodyLimitMiddleware:
-    """Pure ASGI middleware; ``limit_for(scope)`` gives a request's limit in bytes."""
+def bounded(receive: Receive, scope: Scope, limit: int) -> Receive:
+    """``receive`` that raises :class:`BodyTooLarge` past ``limit`` bytes of body (at the
+    first read when the declared Content-Length is over it). Used by
+    :class:`~service.api.edge.EdgeMiddleware`, the one middleware in front of the routes."""
+    declared = _content_length(scope)
+    seen = 0
 
-    def __init__(self, app: ASGIApp, limit_for: Callable[[Scope], int]) -> None:
-        self.app = app
-        self.limit_for = limit_for
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        limit = self.limit_for(scope)
-        declared = _content_length(scope)
-        seen = 0
-
-        async def bounded_receive() -> Message:
-            nonlocal seen
-            if declared is not None and declared > limit:
+    async def bounded_receive() -> Message:
+        nonlocal seen
+        if declared is not None and declared > limit:
+            raise BodyTooLarge(limit)
+        message = await receive()
+        if message["type"] == "http.request":
+            seen += len(message.get("body", b""))
+            if seen > limit:
                 raise BodyTooLarge(limit)
-            message = await receive()
-            if message["type"] == "http.request":
-                seen += len(message.get("body", b""))
-                if seen > limit:
-                    raise BodyTooLarge(limit)
-            return message
+        return message
 
-        await self.app(scope, bounded_receive, send)
+    return bounded_receive
 
 
 def _content_length(scope: Scope) -> int | None:

@@ -7,11 +7,11 @@ import base64
 import binascii
 import hashlib
 import hmac
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from contextlib import AsyncExitStack
 from dataclasses import replace
 from typing import Annotated, Any, Literal
 
+from anyio import CancelScope
 from fastapi import Depends, Query, Request
 
 from service.config import Provider, Settings
@@ -105,23 +105,41 @@ def _check_printable(value: str) -> None:
         raise AuthRequired("Credentials must not contain control characters.")
 
 
-@asynccontextmanager
-async def guarded_login(
-    request: Request, provider: Provider, creds: Credentials
-) -> AsyncIterator[Credentials]:
+def guarded_login(request: Request, provider: Provider, creds: Credentials) -> Credentials:
     """The credentials, guarded: a login they make answers 429 without reaching the
     mail server when it is over the limits (see :mod:`service.state.limiter`); a
-    refused login (AuthFailed leaving the block) is counted."""
+    refused login (AuthFailed leaving the route or its response) is counted.
+
+    The settling runs on the request's exit stack, the one FastAPI closes after the
+    response (where it closes a dependency with ``yield``): one callback, without the
+    generator, context manager and task-group wrappers that such a dependency costs
+    on every request."""
     limiter = request.app.state.state.limiter
     client = request.client.host if request.client else ""
     attempt = limiter.attempt(provider.name, creds, client)
-    try:
-        yield replace(creds, guard=attempt)
-    except AuthFailed:
-        await limiter.login_refused(attempt)
-        raise
-    finally:
-        limiter.finished(attempt)
+
+    async def settle(
+        exc_type: type[BaseException] | None, exc: BaseException | None, tb: object
+    ) -> bool:
+        try:
+            if isinstance(exc, AuthFailed):
+                with CancelScope(shield=True):  # counted even while the request is cancelled
+                    await limiter.login_refused(attempt)
+        finally:
+            limiter.finished(attempt)
+        return False
+
+    request_exit_stack(request).push_async_exit(settle)
+    return replace(creds, guard=attempt)
+
+
+def request_exit_stack(request: Request) -> AsyncExitStack:
+    """The exit stack FastAPI opens around each request's endpoint and response
+    (``fastapi.routing.request_response``), closed once the response was sent."""
+    stack = request.scope.get("fastapi_inner_astack")
+    if not isinstance(stack, AsyncExitStack):  # pragma: no cover - a FastAPI change
+        raise RuntimeError("FastAPI no longer puts the request's exit stack in the scope.")
+    return stack
 
 
 def get_provider(settings: Settings, x_mail_provider: str | None) -> Provider:

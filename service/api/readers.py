@@ -3,7 +3,6 @@ built from them (SMTP sender, IMAP or POP3 reader)."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Annotated, Literal
 
@@ -70,10 +69,10 @@ class MailContext:
         )
 
 
-async def get_context(request: Request) -> AsyncIterator[MailContext]:
+async def get_context(request: Request) -> MailContext:
     """The one dependency of every /v1 route: gateway key (403), provider (422), mailbox
     credentials (401), then the credentials guarded by the login limits (429; a refused
-    login is counted when AuthFailed leaves the route). One dependency reading its
+    login is counted when AuthFailed leaves the route). One plain dependency reading its
     headers itself, not a tree of dependencies and parameters: FastAPI's cost is per
     dependency and parameter (the headers are documented by ``CONTEXT_HEADERS``)."""
     settings: Settings = request.app.state.settings
@@ -81,8 +80,7 @@ async def get_context(request: Request) -> AsyncIterator[MailContext]:
     check_api_key(settings, headers.get("x-api-key"))
     provider = get_provider(settings, headers.get("x-mail-provider"))
     creds = get_credentials(request)
-    async with guarded_login(request, provider, creds) as guarded:
-        yield MailContext(request, settings, provider, guarded)
+    return MailContext(request, settings, provider, guarded_login(request, provider, creds))
 
 
 ContextDep = Annotated[MailContext, Depends(get_context)]

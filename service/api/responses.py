@@ -32,6 +32,9 @@ class CommitAfterSendResponse(Response):
     ``confirm_delivery`` (mode=remove) also only once the kernel reports that the peer
     acknowledged every byte, and the connection was not reset within
     ``linger`` seconds after that (:meth:`service.api.peer.PeerSocket.acknowledged`).
+    The client's disconnect is watched for from the first byte; with nothing to commit
+    and ``watch_at_once`` false (a read in keep mode: a disconnect then only saves the
+    rest of the work), from the second chunk on, so a one-chunk answer costs no task.
     ``on_finish(streamed)`` always runs last (it releases the mail session; ``streamed``
     false, when the stream stopped in the middle, discards it). Anything that skips the
     commit is logged with its reason. A client that reads nothing for
@@ -50,6 +53,7 @@ class CommitAfterSendResponse(Response):
         stall_timeout: float = 60.0,
         confirm_delivery: bool = False,
         linger: float = 0.5,
+        watch_at_once: bool = True,
     ) -> None:
         self.chunks = chunks
         self.status_code = status_code
@@ -60,6 +64,7 @@ class CommitAfterSendResponse(Response):
         self.stall_timeout = stall_timeout
         self.confirm_delivery = confirm_delivery
         self.linger = linger
+        self.watch_at_once = watch_at_once
         self.init_headers(headers)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -76,7 +81,10 @@ class CommitAfterSendResponse(Response):
         # Taken before the first byte: the server may close its own descriptor after
         # the last one (Connection: close), the kernel's counters must stay readable.
         peer = peer_of(scope) if self.confirm_delivery else None
-        watcher = asyncio.create_task(watch())
+        # Watched from the start when something is committed (or asked for): else from
+        # the second chunk on, so that a one-chunk answer costs no task.
+        early = self.on_complete is not None or self.confirm_delivery or self.watch_at_once
+        watcher = asyncio.create_task(watch()) if early else None
         streamed = False
         # Nothing is committed unless the answer ran to its end: an exception that none
         # of the handlers below knows, or a cancellation (a server's graceful-shutdown
@@ -98,15 +106,18 @@ class CommitAfterSendResponse(Response):
                      "headers": self.raw_headers}
                 )  # fmt: skip
                 async for chunk in self.chunks:
+                    if watcher is None and sent:
+                        watcher = asyncio.create_task(watch())
                     if gone.is_set():
                         raise _ClientGone
                     await write({"type": "http.response.body", "body": chunk, "more_body": True})
                     sent += len(chunk)
                 streamed = True
-                await asyncio.sleep(0)  # let the watcher see a disconnect that already happened
-                if gone.is_set():
-                    raise _ClientGone
-                watcher.cancel()
+                if watcher is not None:
+                    await asyncio.sleep(0)  # let the watcher see a disconnect that happened
+                    if gone.is_set():
+                        raise _ClientGone
+                    watcher.cancel()
                 await write({"type": "http.response.body", "body": b"", "more_body": False})
                 timer.reschedule(None)
             why = None
@@ -128,7 +139,8 @@ class CommitAfterSendResponse(Response):
             log.warning("mail server failed in the middle of %s: %s %s", scope["path"],
                         exc.code, exc.detail)  # fmt: skip
         finally:
-            watcher.cancel()
+            if watcher is not None:
+                watcher.cancel()
             if peer is not None:
                 peer.close()
             aclose = getattr(self.chunks, "aclose", None)

@@ -1,7 +1,7 @@
 """Logging: JSON lines or text, every line with the request id (contract §3).
 
 The request id comes from ``X-Request-ID`` when the caller sent a valid one
-(:func:`valid_request_id`), else a new one is generated (asgi-correlation-id);
+(:func:`valid_request_id`), else a new one is generated (:mod:`service.api.edge`);
 it is echoed in the response header, in problem bodies as ``request_id``, and
 in each log line. ``MAILGATE_LOG_FORMAT=json`` (the default of ``mailgate
 serve``) writes one JSON object per line with ``time``, ``level``, ``logger``,

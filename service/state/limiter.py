@@ -29,6 +29,7 @@ import logging
 import math
 import time
 from dataclasses import dataclass, field
+from functools import cached_property
 
 from limits import RateLimitItemPerSecond
 from limits.aio.storage import MemoryStorage
@@ -46,17 +47,33 @@ log = logging.getLogger("mailgate")
 @dataclass
 class LoginAttempt:
     """One request's logins, as the limiter knows them (hashes only); the
-    :class:`~service.protocols.base.LoginGuard` handed to the adapters."""
+    :class:`~service.protocols.base.LoginGuard` handed to the adapters.
+
+    The keyed hashes are made when a login first needs them: most requests reuse a
+    pooled session and make no login (three HMACs were a tenth of the HTTP side of a
+    raw read)."""
 
     limiter: LoginLimiter = field(repr=False)
-    mailbox: str
-    client: str
-    secret: str
+    provider: str = field(repr=False)
+    creds: Credentials = field(repr=False)
+    address: str = field(repr=False)
     proven: bool = False
     """The secret logged in successfully lately: no window applies."""
     counted: bool = False
     leading: asyncio.Event | None = field(default=None, repr=False)
     """Set while this request makes the first login of its secret in this process."""
+
+    @cached_property
+    def mailbox(self) -> str:
+        return self.limiter.hasher.mailbox(self.provider, self.creds.user)
+
+    @cached_property
+    def client(self) -> str:
+        return self.limiter.hasher.client(self.address)
+
+    @cached_property
+    def secret(self) -> str:
+        return self.limiter.hasher.identity(self.provider, self.creds)
 
     async def before_login(self) -> None:
         await self.limiter.before_login(self)
@@ -82,7 +99,7 @@ class LoginLimiter:
         wait_seconds: float = 10.0,
     ) -> None:
         self._store = store
-        self._hasher = hasher
+        self.hasher = hasher
         self._enabled = per_mailbox > 0
         self._mailbox_item = RateLimitItemPerSecond(max(per_mailbox, 1), window_seconds)
         self._client_item = RateLimitItemPerSecond(
@@ -96,12 +113,7 @@ class LoginLimiter:
 
     def attempt(self, provider: str, creds: Credentials, client: str) -> LoginAttempt:
         """The guard for one request's credentials (``client``: its address)."""
-        return LoginAttempt(
-            limiter=self,
-            mailbox=self._hasher.mailbox(provider, creds.user),
-            client=self._hasher.client(client),
-            secret=self._hasher.identity(provider, creds),
-        )
+        return LoginAttempt(limiter=self, provider=provider, creds=creds, address=client)
 
     async def before_login(self, attempt: LoginAttempt) -> None:
         """Let a login go to the mail server, or raise RateLimited (Retry-After)."""

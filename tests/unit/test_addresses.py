@@ -66,3 +66,21 @@ def test_addr_spec_only_for_the_envelope() -> None:
     for bad in ("Bob <bob@example.test>", "bob@example.test> NOTIFY=NEVER", "<bob@x.org>"):
         with pytest.raises(ValueError):
             check_addr_spec(bad)
+
+
+def test_address_verdicts_are_remembered_only_for_short_addresses() -> None:
+    """Listings judge the same addresses again and again: the verdict (valid, or the same
+    message) is remembered, but only for addresses no longer than an addr-spec can be."""
+    from service.models import common
+
+    common._verdict.cache_clear()  # noqa: SLF001 - the cache this test is about
+    for _ in range(2):
+        assert common.check_addr_spec("anna@example.com") == "anna@example.com"
+        with pytest.raises(ValueError, match=r"\(domain\)"):
+            common.check_addr_spec("anna@-bad-.example")
+    assert common._verdict.cache_info().hits == 2  # noqa: SLF001
+    long = "a" * 400 + "@example.com"
+    for _ in range(2):
+        with pytest.raises(ValueError, match="not a valid email address"):
+            common.check_addr_spec(long)
+    assert common._verdict.cache_info().currsize == 2  # noqa: SLF001

@@ -39,6 +39,7 @@ from service.protocols.imap.wire import (
     parse_search,
     parse_sequence_set,
     quote,
+    reports_change,
     response_code,
     split_records,
     tokenize,
@@ -46,6 +47,36 @@ from service.protocols.imap.wire import (
     utf7_encode,
 )
 from service.protocols.pool import SessionPool
+
+# --------------------------------------------------------------------------- view changes
+
+
+@pytest.mark.parametrize(
+    ("lines", "solicited", "changed"),
+    [
+        ([], False, False),  # a NOOP with nothing to report
+        ([b'STATUS "INBOX" (MESSAGES 3 UIDNEXT 4 HIGHESTMODSEQ 5)'], False, False),
+        ([b"ESEARCH (TAG \"A1\") UID ALL 1:3"], False, False),
+        ([b"4 EXISTS"], False, True),  # another client's message (Dovecot, measured)
+        ([b"1 EXPUNGE", b"2 RECENT"], False, True),
+        ([b"3 RECENT"], False, True),
+        ([b"VANISHED 7:9"], False, True),
+        ([b"OK [HIGHESTMODSEQ 12] Highest"], False, True),
+        ([b"2 FETCH (MODSEQ (5) FLAGS (\\Flagged))"], False, True),  # as Dovecot reports it
+        ([b"2 FETCH (MODSEQ (5) FLAGS (\\Flagged))"], True, True),  # also inside a FETCH
+        ([b"2 FETCH (FLAGS (\\Seen))"], False, True),  # outside a FETCH: not asked for
+        ([b"1 FETCH (UID 2 FLAGS (\\Seen))", b"2 FETCH (UID 3 FLAGS ())"], True, False),
+        (
+            [b"2 FETCH (UID 2 FLAGS () BODY[HEADER.FIELDS (SUBJECT)] {14}",
+             bytearray(b"Subject: 4 EXISTS"), b")"],
+            True,
+            False,
+        ),  # literal data is not a response
+    ],
+)  # fmt: skip
+def test_reports_change(lines: list[Any], solicited: bool, changed: bool) -> None:
+    assert reports_change(lines, solicited_fetch=solicited) is changed
+
 
 # --------------------------------------------------------------------------- modified UTF-7
 
@@ -927,12 +958,18 @@ async def _serve_box(
     read_only: bool = False,
     copied: list[int] | None = None,
     not_in_view: set[int] | None = None,
+    noop_reports: list[bytes] | None = None,
+    status_reports: list[bytes] | None = None,
 ) -> None:
     """A stateful one-folder mailbox: {uid: [raw bytes, set of flags]}; RFC822.SIZE
     is reported off by ``size_skew`` (as GreenMail's and some others' are). UIDs in
     ``not_in_view`` are not in the session's view until the next NOOP or SELECT (as
-    Dovecot refreshes a selected folder's view only between commands)."""
+    Dovecot refreshes a selected folder's view only between commands). The next NOOP
+    reports the untagged lines put in ``noop_reports`` (and takes them out), the next
+    STATUS those in ``status_reports`` after its own line (as Dovecot reports changes at
+    the end of every command)."""
     not_in_view = set() if not_in_view is None else not_in_view
+    noop_reports = [] if noop_reports is None else noop_reports
     folders = [] if folders is None else folders
     appended = [] if appended is None else appended
     await peer.hello()
@@ -944,6 +981,9 @@ async def _serve_box(
         seqs = {uid: n for n, uid in enumerate(sorted(box), 1)}
         if name in (b"SELECT", b"NOOP"):
             not_in_view.clear()
+        if name == b"NOOP":
+            out = b"".join(noop_reports)
+            noop_reports.clear()
         if name == b"SELECT":
             out = b"* %d EXISTS\r\n* OK [UIDVALIDITY 42] ok\r\n" % len(box)
             out += b"* OK [UIDNEXT %d] next\r\n" % (max(box, default=0) + 1)
@@ -956,7 +996,9 @@ async def _serve_box(
             values = b"UIDNEXT %d MESSAGES %d UIDVALIDITY 42" % (max(box, default=0) + 1, len(box))
             if b"CONDSTORE" in caps:
                 values += b" HIGHESTMODSEQ 9"
-            out = b'* STATUS "INBOX" (' + values + b")\r\n"
+            out = b'* STATUS "INBOX" (' + values + b")\r\n" + b"".join(status_reports or [])
+            if status_reports:
+                status_reports.clear()
         elif name == b"UID COPY" and copied is not None:
             copied.append(int(rest.split()[2]))
         elif name == b"UID SEARCH":
@@ -1271,15 +1313,23 @@ async def test_a_page_costs_one_fetch_of_sequence_numbers(cached: bool) -> None:
     ]
 
 
-async def test_a_cached_page_costs_one_fetch() -> None:
+@pytest.mark.parametrize("reported", [False, True])
+async def test_a_cached_page_costs_one_fetch(reported: bool) -> None:
+    """A warm page of a pooled session: the NOOP that brings its view up to date and the
+    FETCH of the page. The sync state needs a STATUS only when the NOOP reported a change
+    (here another client's flag, with its MODSEQ as CONDSTORE servers report it); without
+    one, the view is still the one the last SELECT or STATUS described."""
     from service.protocols.summary_cache import SummaryCache
 
     box = _hundreds()
     peers: list[Peer] = []
+    reports: list[bytes] = []
 
     async def serve(peer: Peer) -> None:
         peers.append(peer)
-        await _serve_box(peer, b"IMAP4rev1 UIDPLUS ESEARCH LITERAL+ CONDSTORE", box)
+        await _serve_box(
+            peer, b"IMAP4rev1 UIDPLUS ESEARCH LITERAL+ CONDSTORE", box, noop_reports=reports
+        )
 
     pool = SessionPool[ImapSession](Settings())
     async with scripted(serve) as (port, errors):
@@ -1291,6 +1341,8 @@ async def test_a_cached_page_costs_one_fetch() -> None:
         )
         first = await reader.list_messages("INBOX", ListQuery(limit=3))
         box[299][1].add("\\Seen")
+        if reported:
+            reports.append(b"* 299 FETCH (MODSEQ (10) FLAGS (\\Seen))\r\n")
         mark = len(peers[0].received)
         again = await reader.list_messages("INBOX", ListQuery(limit=3))
         received = peers[0].received[mark:]
@@ -1300,9 +1352,49 @@ async def test_a_cached_page_costs_one_fetch() -> None:
     assert [i.seen for i in again.items] == [False, True, False]  # flags are always fresh
     assert [c.split(b" ", 1)[1].split()[:2] for c in received] == [
         [b"NOOP"],  # the pooled session's re-sync
-        [b"STATUS", b'"INBOX"'],  # the listing's sync state, from the session's view
+        *([[b"STATUS", b'"INBOX"']] if reported else []),  # the sync state, of the new view
         [b"FETCH", b"297:300"],
     ]
+    assert again.state == first.state
+
+
+async def test_a_change_reported_with_the_status_is_not_kept_as_the_state() -> None:
+    """A STATUS reply that also reports a change (the server's view moved after the STATUS
+    values were taken) is used for its page, not kept: the next page asks again."""
+    from service.protocols.summary_cache import SummaryCache
+
+    box = _hundreds()
+    peers: list[Peer] = []
+    noop: list[bytes] = []
+    status: list[bytes] = []
+
+    async def serve(peer: Peer) -> None:
+        peers.append(peer)
+        await _serve_box(
+            peer, b"IMAP4rev1 UIDPLUS ESEARCH LITERAL+ CONDSTORE", box,
+            noop_reports=noop, status_reports=status,
+        )  # fmt: skip
+
+    pool = SessionPool[ImapSession](Settings())
+    async with scripted(serve) as (port, errors):
+        from service.protocols.imap.reader import imap_reader
+
+        settings = Settings(imap_url=f"imap+plain://127.0.0.1:{port}", command_timeout=2)
+        reader = imap_reader(
+            settings, settings.providers["default"], CREDS, pool, SummaryCache(100)
+        )
+        await reader.list_messages("INBOX", ListQuery(limit=3))
+        noop.append(b"* 299 FETCH (MODSEQ (10) FLAGS (\\Seen))\r\n")
+        status.append(b"* 300 EXISTS\r\n")
+        await reader.list_messages("INBOX", ListQuery(limit=3))
+        mark = len(peers[0].received)
+        await reader.list_messages("INBOX", ListQuery(limit=3))
+        received = peers[0].received[mark:]
+        await pool.close_all()
+    assert not errors
+    assert [c.split(b" ", 1)[1].split()[:1] for c in received] == [
+        [b"NOOP"], [b"STATUS"], [b"FETCH"],
+    ]  # fmt: skip
 
 
 async def test_a_cursor_from_another_view_is_placed_exactly() -> None:

@@ -9,7 +9,7 @@ from contextlib import asynccontextmanager
 from typing import Annotated, Any, Literal, TypeVar
 from urllib.parse import quote
 
-from fastapi import APIRouter, Depends, Header, Path, Query, Response
+from fastapi import APIRouter, Depends, Path, Query, Response
 from pydantic import BaseModel
 
 from service import mime
@@ -205,6 +205,7 @@ def _commit_response(
     async def finish(ok: bool) -> None:
         await msg.release(healthy=ok)
 
+    commits = mode == "remove" or (mark_seen and protocol == "imap")
     return CommitAfterSendResponse(
         chunks,
         stall_timeout=settings.stall_timeout,
@@ -213,8 +214,9 @@ def _commit_response(
         status_code=status_code,
         headers={**_mode_headers(mode), **(headers or {})},
         media_type=media_type,
-        on_complete=complete,
+        on_complete=complete if commits else None,
         on_finish=finish,
+        watch_at_once=False,
     )
 
 
@@ -317,10 +319,20 @@ async def get_message(
         )  # fmt: skip
 
 
+# Read by get_raw from the request's headers (a FastAPI parameter costs per request),
+# documented as FastAPI documents a Header() parameter.
+_RANGE_HEADER = {
+    "in": "header",
+    "name": "range",
+    "required": False,
+    "schema": {"anyOf": [{"type": "string"}, {"type": "null"}], "title": "Range"},
+}
+
+
 @router.get(
     "/messages/{id}/raw",
     operation_id="getRawMessage",
-    openapi_extra={"parameters": _READ_QUERY.parameters},
+    openapi_extra={"parameters": [_RANGE_HEADER, *_READ_QUERY.parameters]},
     summary="The exact RFC 5322 bytes, streamed",
     description=(
         "Streamed in bounded chunks (IMAP partial fetches, POP3 RETR as it arrives), so a "
@@ -350,9 +362,9 @@ async def get_raw(
     ctx: ContextDep,
     id: IdPath,
     params: Annotated[ReadParams, Depends(_READ_QUERY)],
-    range_: Annotated[str | None, Header(alias="range")] = None,
 ) -> Response:
     protocol, mode, mark_seen = params.protocol, params.mode, params.mark_seen
+    range_ = ctx.request.headers.get("range")
     mode_ = mode or ctx.settings.default_mode
     if mode_ == "remove" and range_ is not None:
         raise ValidationFailed("mode=remove cannot be combined with Range: use keep, then DELETE.")

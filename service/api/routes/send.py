@@ -76,7 +76,7 @@ def wire_limit(settings: Settings) -> int:
 
 
 def body_limit(settings: Settings, scope: Scope) -> int:
-    """The body limit of a request (see :class:`BodyLimitMiddleware`), in bytes."""
+    """The body limit of a request (see :func:`service.api.bodylimit.bounded`), in bytes."""
     if scope.get("path") == "/v1/send" and scope.get("method") == "POST":
         if media_type(scope) == "message/rfc822":
             return settings.max_message_bytes

@@ -107,15 +107,24 @@ async def snapshot(session: ImapSession, folder: str) -> SelectData:
     the real SELECT's data, or after a NOOP one ``STATUS (UIDNEXT MESSAGES UIDVALIDITY
     [HIGHESTMODSEQ])`` of it (Dovecot answers from the session's view, so it matches what
     the next commands see; other servers may answer an older moment, which only makes
-    the state older: safe). A STATUS that leaves an item out: a real SELECT."""
+    the state older: safe). A STATUS that leaves an item out: a real SELECT. With
+    CONDSTORE, the STATUS is left out while the session's view has not changed since the
+    last one (:attr:`ImapSession.view_mark`): a warm page then costs the NOOP and its
+    FETCH."""
     await session.select(folder)
     if session.select_data is not None:
         return session.select_data
+    if has_modseq(session) and (kept := session.view_mark) is not None:
+        return kept  # nothing reported since that STATUS (or SELECT): the view is its
+    seen = session.changes_reported
     counters = await session.status(utf7_encode(folder), status_items(session))
     found = mark_from_status(session, counters)
     if found is not None:
         uidvalidity, mark = found
-        return SelectData(uidvalidity, mark.uidnext, mark.exists, mark.modseq)
+        data = SelectData(uidvalidity, mark.uidnext, mark.exists, mark.modseq)
+        if uidvalidity == session.uidvalidity and session.changes_reported == seen:
+            session.keep_mark(data)  # and not when the STATUS reply reported a change
+        return data
     await session.select(folder, fresh=True)
     assert session.select_data is not None  # noqa: S101 - set by a real SELECT
     return session.select_data

@@ -90,6 +90,7 @@ from service.protocols.imap.wire import (
     parse_status,
     parse_vanished,
     quote,
+    reports_change,
     response_code,
     track_exists,
 )
@@ -510,6 +511,10 @@ class ImapSession:
         self.uidvalidity: int | None = None
         self.exists: int | None = None  # messages in the selected folder, as this view has it
         self.select_data: SelectData | None = None  # of the last real SELECT
+        # The selected folder's state at a past moment (a SELECT's or a STATUS's), kept
+        # while no reply since has reported a change in the view: see view_mark.
+        self._mark: SelectData | None = None
+        self.changes_reported = 0  # replies seen to report a change (with a mark, or STATUS)
         self.enabled: set[str] = set()  # extensions ENABLEd (RFC 5161)
         self.leases = 0  # how often a reader has leased it (0: brand new)
         # False where the server's BODYSTRUCTURE is known to cut some messages elsewhere
@@ -718,6 +723,11 @@ class ImapSession:
             raise
         raw = (bytes(lines.pop()) if lines else b"").decode("utf-8", "replace")
         self.exists = track_exists(lines, self.exists)
+        if (self._mark is not None or cmd.name == "STATUS") and reports_change(
+            lines, solicited_fetch=cmd.name == "FETCH"
+        ):
+            self._mark = None
+            self.changes_reported += 1
         reply = Reply(result, scrub(raw, self._secrets + extra_secrets), lines, raw)
         if result not in ("OK", "NO"):
             self._broken = True
@@ -774,11 +784,35 @@ class ImapSession:
         self._synced_this_lease = self._fresh_for_next_lease
         self._fresh_for_next_lease = False
 
+    @property
+    def view_mark(self) -> SelectData | None:
+        """UIDVALIDITY, UIDNEXT, EXISTS and HIGHESTMODSEQ of the selected folder as a real
+        SELECT or a STATUS reported them (:meth:`keep_mark`), as long as no reply since
+        has reported a change in this session's view (an EXISTS, EXPUNGE, RECENT or
+        VANISHED, a FETCH carrying a MODSEQ, any FETCH outside this session's own FETCH
+        commands, a HIGHESTMODSEQ response code): then the view is the one the mark
+        describes, and a STATUS now would tell no more than the mark. Only with a MODSEQ
+        (CONDSTORE: the server then sends a MODSEQ with every flag change it reports,
+        RFC 7162 §3.1). A server that changed something it never reported makes the
+        mark older than its own state, never newer: it was the state at its moment."""
+        mark = self._mark
+        if mark is None or self.uidvalidity != mark.uidvalidity or self.selected is None:
+            return None
+        return mark
+
+    def keep_mark(self, mark: SelectData) -> None:
+        """Remember the selected folder's state as a STATUS reported it just now (the
+        caller checks that the STATUS reply itself reported no change: Dovecot reports
+        changes at the end of each command, after the STATUS values were taken)."""
+        if mark.uidnext is not None and mark.highestmodseq is not None:
+            self._mark = mark
+
     def forget_view(self, *, selection: bool = False) -> None:
         """The selected folder's view may be stale: the next :meth:`select` brings it up
         to date (a NOOP), or, with ``selection`` (a command on it failed: the folder may
         be gone or re-created), selects it anew (a real SELECT, a new UIDVALIDITY)."""
         self._synced_this_lease = False
+        self._mark = None
         if selection:
             self.selected = self.uidvalidity = None
 
@@ -813,7 +847,7 @@ class ImapSession:
                 self._synced_this_lease = True
                 return self.uidvalidity
         arg = mailbox_arg(folder)
-        self.selected = self.uidvalidity = self.exists = None
+        self.selected = self.uidvalidity = self.exists = self._mark = None
         words: list[Word] = [arg]
         if "CONDSTORE" in self.capabilities:
             words.append("(CONDSTORE)")
@@ -847,6 +881,7 @@ class ImapSession:
         self.select_data = SelectData(self.uidvalidity, uidnext, exists, modseq)
         self.read_only = "[READ-ONLY]" in reply.raw.upper()
         self.selected = folder
+        self.keep_mark(self.select_data)
         self._synced_this_lease = True
         return self.uidvalidity
 
@@ -862,7 +897,7 @@ class ImapSession:
             return frozenset(e for e in extensions if e in self.enabled)
         if self.selected is not None and "UNSELECT" in self.capabilities:
             self._expect_ok(await self.command("UNSELECT", []), "UNSELECT")
-            self.selected = self.uidvalidity = self.exists = None
+            self.selected = self.uidvalidity = self.exists = self._mark = None
         reply = await self.command("ENABLE", wanted)
         if reply.ok:
             for line in reply.lines:

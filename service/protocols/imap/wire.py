@@ -130,6 +130,33 @@ def parse_sequence_set(text: str) -> list[tuple[int, int]]:
     return out
 
 
+_CHANGE_TAILS = (b" EXISTS", b" EXPUNGE", b" RECENT")
+_MODSEQ = re.compile(rb"MODSEQ", re.IGNORECASE)
+
+
+def reports_change(lines: Sequence[Line], *, solicited_fetch: bool) -> bool:
+    """Whether one reply's untagged responses report a change in the selected folder:
+    ``EXISTS``, ``EXPUNGE``, ``RECENT``, ``VANISHED``, a ``HIGHESTMODSEQ`` response code,
+    or a ``FETCH`` that is not just data asked for (``solicited_fetch``: the reply of a
+    FETCH command, whose own lines carry no MODSEQ unless asked; a flag change reported
+    under CONDSTORE always carries one, RFC 7162 §3.1). Literal data is skipped."""
+    for line in lines:
+        if type(line) is not bytes:
+            continue
+        first = line[:1]
+        if first.isdigit():
+            if b" FETCH " in line[:24].upper():
+                if not solicited_fetch or _MODSEQ.search(line):
+                    return True
+            elif line.rstrip().upper().endswith(_CHANGE_TAILS):
+                return True
+        elif first in (b"V", b"v") and line[:9].upper() == b"VANISHED ":
+            return True
+        elif first in (b"O", b"o") and b"[HIGHESTMODSEQ" in line.upper():
+            return True
+    return False
+
+
 def track_exists(lines: Sequence[Line], exists: int | None) -> int | None:
     """The selected folder's message count after one reply's untagged responses.
 
