@@ -5,8 +5,6 @@ user's own mail apps keep their connections."""
 from __future__ import annotations
 
 import asyncio
-import imaplib
-import poplib
 import threading
 from typing import Any
 
@@ -65,7 +63,13 @@ async def test_pop3_queues_behind_the_users_own_clients(
     assert all(r.json()["items"][0]["subject"] == "hello" for r in results)
 
 
-@pytest.mark.parametrize("proto", ["imap", "pop3"])
+CYRUS_POP3_COUNT = pytest.mark.dovecot(
+    "Cyrus's pop3d counts the login being made and sessions a moment after their LOGOUT: "
+    "'all taken' does not hold still (test_cyrus.py has the limit over IMAP + POP3)"
+)
+
+
+@pytest.mark.parametrize("proto", ["imap", pytest.param("pop3", marks=CYRUS_POP3_COUNT)])
 async def test_all_connections_taken_by_the_user_waits_then_answers_503(
     proto: str, make_client: Any, stack: dict[str, str], mailbox: Mailbox
 ) -> None:
@@ -73,14 +77,7 @@ async def test_all_connections_taken_by_the_user_waits_then_answers_503(
     in when one of them leaves), else answers 503 with Retry-After; never a 502."""
     mailbox.append(stack, raw("full"))
     opener = mailbox.imap if proto == "imap" else mailbox.pop3
-    others: list[Any] = []
-    while len(others) < 10:
-        try:
-            others.append(opener(stack))
-        except (imaplib.IMAP4.error, poplib.error_proto):
-            # Cyrus's pop3d counts the login being made too: 9 others fill its limit
-            assert stack["MAILSTACK_SERVER"] == "cyrus" and len(others) >= 9, len(others)
-            break
+    others = [opener(stack) for _ in range(10)]
 
     def bye(conn: Any) -> None:
         if proto == "imap":
