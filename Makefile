@@ -5,7 +5,7 @@ PYTHON ?= /usr/bin/python3
 BIN := $(VENV)/bin
 STACK_ENV ?= $${MAILSTACK_DIR:-/tmp/mailgate-stack}/env
 
-.PHONY: venv lock lock-check spec-lint mailstack mailstack-stop stop test fuzz lint readme openapi openapi-check check run bench
+.PHONY: venv lock lock-check spec-lint mailstack mailstack-stop stop test test-cyrus fuzz lint readme openapi openapi-check check run bench
 
 # Locked, hashed dependencies (requirements-dev.lock), then the project itself.
 $(BIN)/.installed: pyproject.toml requirements-dev.lock
@@ -50,6 +50,20 @@ mailstack-stop stop:
 
 test: venv mailstack
 	$(BIN)/pytest
+
+# The readers' tests again with IMAP and POP3 on a private Cyrus IMAP 3.6 instead of
+# Dovecot (tests/mailstack/cyrus.sh; SMTP stays Postfix + Dovecot): contract, IMAP, POP3,
+# modes, budgets, sync. Tests of Dovecot-only facts are skipped with their reason.
+CYRUS_TESTS ?= tests/contract tests/integration/test_imap_adapter.py \
+  tests/integration/test_imap_api.py tests/integration/test_pop3_api.py \
+  tests/integration/test_remove_mode.py tests/integration/test_session_budget.py \
+  tests/integration/test_stale_views.py tests/integration/test_sync_changes.py \
+  tests/integration/test_sync_events.py tests/integration/test_sync_faults.py \
+  tests/integration/test_sync_model.py tests/integration/test_sync_pop3.py \
+  tests/integration/test_cyrus.py
+test-cyrus: venv
+	MAILSTACK_SERVER=cyrus bash tests/mailstack/cyrus.sh
+	MAILSTACK_SERVER=cyrus $(BIN)/pytest $(CYRUS_TESTS)
 
 # schemathesis against the app's own OpenAPI document, real mail stack behind it (~4 min)
 fuzz: venv mailstack

@@ -8,7 +8,7 @@ from typing import Any
 import httpx
 import pytest
 from mailboxes import Mailbox
-from mailstack_env import ensure_mailstack, fresh_address
+from mailstack_env import ensure_mailstack, fresh_address, mail_server
 
 from service.config import Settings
 from service.main import create_app
@@ -20,9 +20,23 @@ def pytest_asyncio_loop_factories(config: Any, item: Any) -> dict[str, Callable[
     return {"uvloop": new_event_loop}
 
 
+def pytest_collection_modifyitems(config: Any, items: list[pytest.Item]) -> None:
+    """Against Cyrus (MAILSTACK_SERVER=cyrus) skip the tests of Dovecot-specific facts
+    (marker ``dovecot(reason)``); against Dovecot skip the Cyrus-only ones (``cyrus``)."""
+    server = mail_server()
+    for item in items:
+        mark = item.get_closest_marker("dovecot")
+        if server == "cyrus" and mark is not None:
+            reason = mark.args[0] if mark.args else "asserts a Dovecot-specific fact"
+            item.add_marker(pytest.mark.skip(reason=f"Dovecot only: {reason}"))
+        if server != "cyrus" and item.get_closest_marker("cyrus") is not None:
+            item.add_marker(pytest.mark.skip(reason="Cyrus only (make test-cyrus)"))
+
+
 @pytest.fixture(scope="session")
 def stack() -> dict[str, str]:
-    """The running Dovecot + Postfix (started once per run); its env file as a dict."""
+    """The running Dovecot + Postfix (started once per run); its env file as a dict,
+    with ``MAILSTACK_SERVER`` (dovecot or cyrus: the IMAP and POP3 ports' server)."""
     return ensure_mailstack()
 
 

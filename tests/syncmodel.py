@@ -24,8 +24,6 @@ import json
 import poplib
 import random
 import re
-import smtplib
-import ssl
 import time
 import uuid
 from collections import Counter
@@ -36,10 +34,11 @@ from typing import Any
 
 import httpx
 from mailboxes import Mailbox
+from mailstack_env import deliver, personal
 
 from service.ids import ImapRef, Pop3Ref, decode_id
 
-SECOND = "Work"  # the folder that is deleted and created again
+SECOND = "Work"  # the folder that is deleted and created again (personal(): INBOX.Work on Cyrus)
 
 Copy = dict[str, frozenset[str]]
 
@@ -108,14 +107,10 @@ class Mutator:
         return int(found.group(1)) if found else 0
 
     def send(self) -> int:
-        """One message over SMTP submission → LMTP; waits until it is in INBOX; its UID."""
+        """One message over SMTP submission → LMTP (on Cyrus: LMTP); waits until it is in
+        INBOX; its UID."""
         raw, mid = self._raw("smtp")
-        ctx = ssl.create_default_context(cafile=self.stack["MAILSTACK_CA_FILE"])
-        port = int(self.stack["MAILSTACK_SUBMISSION_PORT"])
-        with smtplib.SMTP("localhost", port, timeout=30) as s:
-            s.starttls(context=ctx)
-            s.login(self.box.address, self.box.password)
-            s.sendmail("model@example.test", [self.box.address], raw)
+        deliver(self.stack, "model@example.test", self.box.address, raw, self.box.password)
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline:
             self._select("INBOX")
@@ -141,8 +136,9 @@ class Mutator:
     def recreate_second(self) -> None:
         conn = self._imap()
         conn.select("INBOX")
-        conn.delete(f'"{SECOND}"')
-        conn.create(f'"{SECOND}"')
+        second = self.folders[1]
+        conn.delete(f'"{second}"')
+        conn.create(f'"{second}"')
 
     def step(self) -> str:
         """One random change; what it was. Dovecot ends a session whose selected folder
@@ -164,7 +160,7 @@ class Mutator:
             ops += ["smtp", "smtp-delete"]
         if len(self.folders) > 1:
             ops += ["move"]
-        if self.recreate and SECOND in self.folders:
+        if self.recreate and len(self.folders) > 1:
             ops += ["recreate"]
         op = rng.choice(ops)
         if op in ("flag", "expunge", "move") and not uids:
@@ -429,7 +425,7 @@ async def run_changes_model(
     seed: int,
     rounds: int,
     steps: int,
-    folders: tuple[str, ...] = ("INBOX", SECOND),
+    folders: tuple[str, ...] | None = None,
     smtp: bool = True,
 ) -> Counter[str]:
     """Rounds of ``steps`` random changes, made while the replicas follow /changes;
@@ -437,6 +433,8 @@ async def run_changes_model(
     rng = random.Random(seed)
     if protocol == "pop3":
         folders = ("INBOX",)
+    elif folders is None:
+        folders = ("INBOX", personal(stack, SECOND))
     mutator = Mutator(box, stack, random.Random(rng.random()), folders, smtp=smtp,
                       recreate=protocol == "imap")  # fmt: skip
     prepare(box, stack, folders)
@@ -655,7 +653,7 @@ async def run_events_model(
     is shut down and started again at random moments. After each round every client's
     copy must equal the server once its stream has caught up."""
     rng = random.Random(seed)
-    folders = ("INBOX",) if protocol == "pop3" else ("INBOX", SECOND)
+    folders = ("INBOX",) if protocol == "pop3" else ("INBOX", personal(stack, SECOND))
     mutator = Mutator(box, stack, random.Random(rng.random()), folders,
                       recreate=protocol == "imap")  # fmt: skip
     prepare(box, stack, folders)

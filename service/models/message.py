@@ -21,7 +21,10 @@ a name, and NUL, CR or LF cannot travel in an IMAP quoted string): 422, not a 40
 class Folder(BaseModel):
     """One folder (mailbox) and its special-use role."""
 
-    name: str
+    name: str = Field(
+        description="The full name, as the other endpoints take it: on servers that keep "
+        "the user's folders under INBOX (Cyrus by default) `INBOX.Sent`, else `Sent`."
+    )
     delimiter: str | None = None
     role: FolderRole | None = None
     messages: int | None = Field(default=None, description="Only with counts=true.")
@@ -198,5 +201,6 @@ class MessagePatch(BaseModel):
         min_length=1,
         max_length=1000,
         pattern=FOLDER_PATTERN,
-        description="Move the message to this folder (IMAP).",
+        description="Move the message to this folder (IMAP), named as `GET /v1/folders` "
+        "names it (Cyrus: `INBOX.Archive`); one that does not exist is 404 `not-found`.",
     )

@@ -120,5 +120,8 @@ class SendResult(BaseModel):
     accepted: list[str]
     rejected: dict[str, str] = Field(description="address → the server's reply")
     saved_to: str | None = Field(
-        default=None, description="Folder the copy was appended to (save_to_sent=true)."
+        default=None,
+        description="Folder the copy was appended to (save_to_sent=true): the \\Sent "
+        "special-use folder, else one named Sent (Sent Items, Sent Messages, Sent Mail), else "
+        "a new `Sent` created where the server keeps the user's folders (Cyrus: `INBOX.Sent`).",
     )

@@ -48,7 +48,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import re
 import time
 from collections import OrderedDict, deque
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -63,6 +62,7 @@ from service.errors import (
     RateLimited,
     UpstreamUnavailable,
 )
+from service.protocols.refusals import says_connection_limit
 
 __all__ = [
     "PoolStats",
@@ -106,20 +106,15 @@ def budget_key(session_key: str) -> str:
     return head if sep else session_key
 
 
-_LIMIT_WORDS = re.compile(
-    r"maximum number of (?:connections|sessions)|too many (?:connections|sessions|simultaneous)",
-    re.IGNORECASE,
-)
-
-
 def is_connection_limit(exc: BaseException) -> bool:
     """A login refused because the user holds too many connections (the server's
     per-user limit): IMAP ``[LIMIT]``, or any temporary refusal whose words say so
-    (Dovecot 2.4 ``[UNAVAILABLE] Maximum number of connections``, POP3 ``[IN-USE]``)."""
+    (Dovecot 2.4 ``[UNAVAILABLE] Maximum number of connections``, POP3 ``[IN-USE]``,
+    Cyrus ``Too many open connections`` without a code)."""
     if not isinstance(exc, MailGatewayError) or exc.status not in (409, 503):
         return False
     reply = exc.upstream.reply if exc.upstream is not None else ""
-    return "[LIMIT]" in reply.upper() or bool(_LIMIT_WORDS.search(reply))
+    return "[LIMIT]" in reply.upper() or says_connection_limit(reply)
 
 
 class _RetryInQueue(Exception):

@@ -71,16 +71,25 @@ def corpus() -> list[bytes]:
     )
 
 
+@pytest.mark.timeout(400)  # Cyrus: every part is cut from the whole message (see open_part)
 async def test_corpus_through_every_endpoint(
     client: Any, stack: dict[str, str], mailbox: Mailbox, proto: str
 ) -> None:
     conn = mailbox.imap(stack)
+    refused = 0
     try:
         for raw in corpus():
-            typ, _ = conn.append("INBOX", None, None, raw)
-            assert typ == "OK"
+            typ, data = conn.append("INBOX", None, None, raw)
+            if typ != "OK" and stack["MAILSTACK_SERVER"] == "cyrus":
+                # Cyrus refuses a message whose first line is not a header (two of
+                # CPython's corpus): "NO Message contains invalid header".
+                assert b"invalid header" in data[0], data
+                refused += 1
+                continue
+            assert typ == "OK", data
     finally:
         conn.logout()
+    assert refused <= 2
     stored = {raw for _, raw, _ in mailbox.messages(stack)}  # the server's own bytes
     r = await client.get("/v1/messages", params={"protocol": proto, "limit": 200},
                          headers=mailbox.auth)  # fmt: skip

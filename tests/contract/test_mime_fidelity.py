@@ -21,6 +21,10 @@ from mailboxes import Mailbox
 
 pytestmark = pytest.mark.mailstack
 
+# Cyrus (munge8bit, its default) stores every raw 8-bit byte of a header as "X": the
+# bytes these tests decode never reach the gateway there.
+CYRUS_MUNGES_8BIT = pytest.mark.dovecot("Cyrus stores raw 8-bit header bytes as 'X' (munge8bit)")
+
 CASES = Path(__file__).resolve().parent.parent / "data" / "cases"
 
 
@@ -312,6 +316,7 @@ def legacy(head: str, charset: str, multipart: bool) -> bytes:
     )
 
 
+@CYRUS_MUNGES_8BIT
 @pytest.mark.parametrize(
     "head, charset, multipart, subject, name",
     RAW_8BIT,
@@ -337,6 +342,7 @@ async def test_raw_8bit_headers_use_the_declared_charset(
     assert any(d.startswith("UndecodableBytesDefect (header Subject") for d in full["defects"])
 
 
+@CYRUS_MUNGES_8BIT
 async def test_the_first_charset_declared_counts_a_multipart_one_too(
     client: Any, stack: dict[str, str], mailbox: Mailbox, proto: str
 ) -> None:
@@ -357,6 +363,7 @@ async def test_the_first_charset_declared_counts_a_multipart_one_too(
     assert full["text"] == "тест"
 
 
+@CYRUS_MUNGES_8BIT
 async def test_raw_8bit_header_without_a_declared_charset_falls_back_to_cp1252(
     client: Any, stack: dict[str, str], mailbox: Mailbox, proto: str
 ) -> None:
@@ -435,7 +442,9 @@ async def test_deep_nesting_keeps_headers_and_is_one_leaf_past_the_depth_budget(
     assert len(got) == leaf["size"] and got.startswith(b"--=_00050_=\r\n")
     # its own close delimiter keeps its line break, as in the server's BODY[n] of it
     assert b"innermost text" in got and got.endswith(b"--=_00050_=--\r\n")
-    if proto == "imap":
+    if proto == "imap" and stack["MAILSTACK_SERVER"] == "dovecot":
+        # Dovecot's MIME depth limit is 50 too, so its BODY[1.1...1] is this part; Cyrus
+        # reads deeper, and its part of that number ends at the next boundary.
         assert got == server_part(mailbox, stack, leaf["id"])
 
 

@@ -7,6 +7,7 @@ from typing import Any
 
 import pytest
 from mailboxes import Mailbox
+from mailstack_env import personal
 
 pytestmark = pytest.mark.mailstack
 
@@ -26,22 +27,23 @@ async def items(client: Any, box: Mailbox, **params: Any) -> list[dict[str, Any]
 
 
 async def test_stale_id_is_410(client: Any, stack: dict[str, str], mailbox: Mailbox) -> None:
+    projects = personal(stack, "Projects")
     conn = mailbox.imap(stack)
-    assert conn.create("Projects")[0] == "OK"
+    assert conn.create(projects)[0] == "OK"
     conn.logout()
-    mailbox.append(stack, raw("old"), folder="Projects")
-    [item] = await items(client, mailbox, folder="Projects")
+    mailbox.append(stack, raw("old"), folder=projects)
+    [item] = await items(client, mailbox, folder=projects)
     conn = mailbox.imap(stack)
-    assert conn.delete("Projects")[0] == "OK" and conn.create("Projects")[0] == "OK"
+    assert conn.delete(projects)[0] == "OK" and conn.create(projects)[0] == "OK"
     conn.logout()
-    mailbox.append(stack, raw("new"), folder="Projects")
+    mailbox.append(stack, raw("new"), folder=projects)
     for method, path in (("GET", ""), ("GET", "/raw"), ("DELETE", "")):
         r = await client.request(method, f"/v1/messages/{item['id']}{path}",
                                  headers=mailbox.auth)  # fmt: skip
         assert r.status_code == 410, (method, path, r.text)
         assert r.json()["code"] == "stale-id"
     assert [email.message_from_bytes(m)["Subject"] for _, m, _ in
-            mailbox.messages(stack, "Projects")] == ["new"]  # fmt: skip
+            mailbox.messages(stack, projects)] == ["new"]  # fmt: skip
 
 
 async def test_missing_folder_is_404(client: Any, mailbox: Mailbox) -> None:
@@ -50,6 +52,7 @@ async def test_missing_folder_is_404(client: Any, mailbox: Mailbox) -> None:
 
 
 async def test_mark_seen_and_patch(client: Any, stack: dict[str, str], mailbox: Mailbox) -> None:
+    archive = personal(stack, "Archive")
     mailbox.append(stack, raw("one"))
     mailbox.append(stack, raw("two"))
     listed = {i["subject"]: i for i in await items(client, mailbox)}
@@ -68,13 +71,13 @@ async def test_mark_seen_and_patch(client: Any, stack: dict[str, str], mailbox: 
     flags = {email.message_from_bytes(m)["Subject"]: f for _, m, f in mailbox.messages(stack)}
     assert "\\Flagged" in flags["two"] and "\\Seen" in flags["two"]
     assert [i["subject"] for i in await items(client, mailbox, flagged="true")] == ["two"]
-    r = await client.patch(f"/v1/messages/{listed['two']['id']}", json={"folder": "Archive"},
+    r = await client.patch(f"/v1/messages/{listed['two']['id']}", json={"folder": archive},
                            headers=mailbox.auth)  # fmt: skip
     assert r.status_code == 204, r.text
     assert [email.message_from_bytes(m)["Subject"] for _, m, _ in mailbox.messages(stack)] == [
         "one"
     ]
-    moved = mailbox.messages(stack, "Archive")
+    moved = mailbox.messages(stack, archive)
     assert [email.message_from_bytes(m)["Subject"] for _, m, _ in moved] == ["two"]
     r = await client.patch(f"/v1/messages/{listed['one']['id']}", json={"folder": "Nowhere"},
                            headers=mailbox.auth)  # fmt: skip

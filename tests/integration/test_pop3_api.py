@@ -221,6 +221,24 @@ async def test_maildrop_in_use_is_409_with_retry_after(make_client: Any, mailbox
     assert received.count("PASS") == 4  # tried, then retried briefly before answering
 
 
+async def test_login_refused_for_too_many_connections_is_503_not_401(
+    make_client: Any, mailbox: Mailbox
+) -> None:
+    """Cyrus refuses a login past maxlogins_per_user with no response code: the words say
+    it, and a refused password it is not (401 would tell the app to ask for a new one)."""
+    full = b"-ERR Too many open connections (11 of 10 for t@example.test)\r\n"
+    async with fake_pop3("ok", pass_reply=full) as (port, received):
+        async with make_client(
+            pop3_url=f"pop3+plain://127.0.0.1:{port}", command_timeout=1.0
+        ) as client:
+            r = await client.get("/v1/messages", params={"protocol": "pop3"}, headers=mailbox.auth)
+    assert r.status_code == 503, r.text
+    assert r.json()["code"] == "upstream-unavailable"
+    assert "Too many open connections" in r.json()["upstream"]["reply"]
+    assert int(r.headers["retry-after"]) > 0
+    assert received.count("PASS") >= 2  # retried within its wait, as for [IN-USE]
+
+
 async def test_repeated_refused_logins_are_rate_limited(make_client: Any, mailbox: Mailbox) -> None:
     refused = b"-ERR [AUTH] Authentication failed.\r\n"
     async with fake_pop3("ok", pass_reply=refused) as (port, received):

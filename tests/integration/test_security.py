@@ -102,6 +102,7 @@ async def test_pop3_folders_check_credentials(client: Any, mailbox: Mailbox) -> 
     assert r.status_code == 200 and r.json()["items"][0]["name"] == "INBOX"
 
 
+@pytest.mark.dovecot("counts the refused logins in Dovecot's log")
 async def test_guessers_reach_dovecot_at_most_the_limit_and_the_owner_is_served(
     stack: dict[str, str], make_client: Any, mailbox: Mailbox
 ) -> None:

@@ -39,7 +39,8 @@ async def test_concurrent_imap_and_pop3_reads_stay_under_the_servers_limit(
     )
     assert {r.status_code for r in reads} == {200}
     assert all(r.content.endswith(b"body\r\n") for r in reads)
-    assert connection_limit_refusals(stack, mailbox.address) == 0
+    if stack["MAILSTACK_SERVER"] == "dovecot":  # Cyrus logs to syslog only
+        assert connection_limit_refusals(stack, mailbox.address) == 0
 
 
 async def test_pop3_queues_behind_the_users_own_clients(
@@ -62,7 +63,13 @@ async def test_pop3_queues_behind_the_users_own_clients(
     assert all(r.json()["items"][0]["subject"] == "hello" for r in results)
 
 
-@pytest.mark.parametrize("proto", ["imap", "pop3"])
+CYRUS_POP3_COUNT = pytest.mark.dovecot(
+    "Cyrus's pop3d counts the login being made and sessions a moment after their LOGOUT: "
+    "'all taken' does not hold still (test_cyrus.py has the limit over IMAP + POP3)"
+)
+
+
+@pytest.mark.parametrize("proto", ["imap", pytest.param("pop3", marks=CYRUS_POP3_COUNT)])
 async def test_all_connections_taken_by_the_user_waits_then_answers_503(
     proto: str, make_client: Any, stack: dict[str, str], mailbox: Mailbox
 ) -> None:
@@ -116,4 +123,5 @@ async def test_spellings_of_one_user_share_its_budget(
     results = await asyncio.gather(*(one(boxes[i % 2]) for i in range(60)))
     assert [r.status_code for r in results] == [200] * 60, results[0].text
     assert all(r.content.endswith(body) for r in results)
-    assert connection_limit_refusals(stack, mailbox.address) == 0
+    if stack["MAILSTACK_SERVER"] == "dovecot":  # Cyrus logs to syslog only
+        assert connection_limit_refusals(stack, mailbox.address) == 0

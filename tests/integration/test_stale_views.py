@@ -7,6 +7,7 @@ from typing import Any
 
 import pytest
 from mailboxes import Mailbox
+from mailstack_env import personal
 
 pytestmark = pytest.mark.mailstack
 
@@ -46,35 +47,37 @@ async def test_folder_counts_of_the_selected_folder_are_current(
 async def test_a_folder_deleted_and_recreated_elsewhere_is_stale_not_502(
     client: Any, stack: dict[str, str], mailbox: Mailbox
 ) -> None:
+    box = personal(stack, "Box")
     other = mailbox.imap(stack)
     try:
-        assert other.create("Box")[0] == "OK"
+        assert other.create(box)[0] == "OK"
     finally:
         other.logout()
-    mailbox.append(stack, raw("first life"), folder="Box")
-    r = await client.get("/v1/messages", params={"folder": "Box"}, headers=mailbox.auth)
+    mailbox.append(stack, raw("first life"), folder=box)
+    r = await client.get("/v1/messages", params={"folder": box}, headers=mailbox.auth)
     [item] = r.json()["items"]
     r = await client.get(f"/v1/messages/{item['id']}", headers=mailbox.auth)
     assert r.status_code == 200  # the pooled session has Box selected now
     other = mailbox.imap(stack)
     try:
-        assert other.delete("Box")[0] == "OK"
-        assert other.create("Box")[0] == "OK"
+        assert other.delete(box)[0] == "OK"
+        assert other.create(box)[0] == "OK"
     finally:
         other.logout()
-    mailbox.append(stack, raw("second life"), folder="Box")
+    mailbox.append(stack, raw("second life"), folder=box)
     for path in ("", "/raw"):
         r = await client.get(f"/v1/messages/{item['id']}{path}", headers=mailbox.auth)
         assert r.status_code == 410, r.text
         assert r.json()["code"] == "stale-id"
-    assert await subjects(client, mailbox, "Box") == ["second life"]
+    assert await subjects(client, mailbox, box) == ["second life"]
     # Deleted for good: the folder is gone, not a server error.
     other = mailbox.imap(stack)
     try:
-        assert other.delete("Box")[0] == "OK"
+        deleted = other.delete(box)
+        assert deleted[0] == "OK", deleted
     finally:
         other.logout()
-    r = await client.get("/v1/messages", params={"folder": "Box"}, headers=mailbox.auth)
+    r = await client.get("/v1/messages", params={"folder": box}, headers=mailbox.auth)
     assert r.status_code == 404 and r.json()["code"] == "not-found"
 
 

@@ -11,7 +11,6 @@ import asyncio
 import contextlib
 import json
 import socket
-import ssl
 import subprocess
 import time
 from collections.abc import AsyncIterator, Callable
@@ -19,11 +18,11 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import Any
 
-import aiosmtplib
 import httpx
 import pytest
 import uvicorn
 from mailboxes import Mailbox
+from mailstack_env import deliver
 from test_sync_changes import Other, raw
 
 from service.main import create_app
@@ -120,18 +119,9 @@ async def stream(
 
 
 async def smtp_send(stack: dict[str, str], box: Mailbox, subject: str) -> None:
-    ctx = ssl.create_default_context(cafile=stack["MAILSTACK_CA_FILE"])
-    await aiosmtplib.send(
-        raw(subject),
-        sender="sender@example.test",
-        recipients=[box.address],
-        hostname="localhost",
-        port=int(stack["MAILSTACK_SUBMISSION_PORT"]),
-        start_tls=True,
-        tls_context=ctx,
-        username=box.address,
-        password=box.password,
-    )
+    """Mail arriving for ``box``: SMTP submission to Dovecot, LMTP into Cyrus."""
+    await asyncio.to_thread(deliver, stack, "sender@example.test", box.address, raw(subject),
+                            box.password)  # fmt: skip
 
 
 def imap_sessions(stack: dict[str, str], user: str) -> int:
@@ -230,6 +220,7 @@ async def test_last_event_id_replays_exactly_what_was_missed(
             assert live.event == "created" and live.data["subject"] == "a5"
 
 
+@pytest.mark.dovecot("counts the sessions with doveadm who")
 async def test_twenty_subscribers_share_one_idle_session(
     stack: dict[str, str], mailbox: Mailbox
 ) -> None:
@@ -281,6 +272,7 @@ async def test_pop3_arrivals_by_polling(stack: dict[str, str], mailbox: Mailbox)
             assert await s.next() is None
 
 
+@pytest.mark.dovecot("a second Dovecot on the same mailboxes without IDLE")
 async def test_server_without_idle_is_polled_and_says_when_it_cannot_tell(
     stack: dict[str, str], mailbox: Mailbox
 ) -> None:

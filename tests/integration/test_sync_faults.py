@@ -163,6 +163,7 @@ async def imaps_proxy(
         server.close()
 
 
+@pytest.mark.dovecot("a second Dovecot on the same mailboxes without CONDSTORE")
 async def test_a_listing_never_holds_a_message_newer_than_its_state(
     make_client: Any, stack: dict[str, str], mailbox: Mailbox, tmp_path: Path
 ) -> None:

@@ -175,3 +175,47 @@ ms_stop_stack() {
     fi
     ms_say "stopped Dovecot/Postfix of $ROOT (pids $(echo $masters))"
 }
+
+# The private Cyrus IMAP of this root (cyrus.sh): ports and processes.
+CYRUS_ROOT=$ROOT/cyrus
+CYRUS_IMAP_PORT=${MAILSTACK_CYRUS_IMAP_PORT:-31243}
+CYRUS_IMAPS_PORT=${MAILSTACK_CYRUS_IMAPS_PORT:-31293}
+CYRUS_POP3_PORT=${MAILSTACK_CYRUS_POP3_PORT:-31210}
+CYRUS_POP3S_PORT=${MAILSTACK_CYRUS_POP3S_PORT:-31295}
+
+# PIDs of this root's Cyrus master (its command line names our imapd.conf) and
+# saslauthd processes (their command lines name our socket directory).
+ms_cyrus_pids() {
+    local p pid comm
+    for p in /proc/[0-9]*; do
+        pid=${p#/proc/}
+        read -r comm 2>/dev/null <"$p/comm" || continue
+        case $comm in
+            master|saslauthd)
+                if ms_alive "$pid" && tr '\0' ' ' 2>/dev/null <"$p/cmdline" \
+                    | grep -qE -- "(-C $CYRUS_ROOT/etc/imapd\.conf|-m $CYRUS_ROOT/sasl) "; then
+                    echo "$pid"
+                fi
+                ;;
+        esac
+    done
+    return 0
+}
+
+ms_stop_cyrus() {
+    local pids children
+    pids=$(ms_cyrus_pids)
+    [ -n "$pids" ] || return 0
+    # shellcheck disable=SC2086
+    children=$(ms_children $pids)
+    # shellcheck disable=SC2086
+    kill -TERM $pids 2>/dev/null || true
+    # shellcheck disable=SC2086
+    ms_wait_gone 10 $pids
+    if [ -n "$children" ]; then
+        # shellcheck disable=SC2086
+        ms_wait_gone 5 $children
+    fi
+    rm -f "$CYRUS_ROOT/env" "$CYRUS_ROOT/fingerprint"
+    ms_say "stopped Cyrus of $ROOT (pids $(echo $pids))"
+}

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Stop the Dovecot and Postfix of this mail stack root ($MAILSTACK_DIR,
+# Stop the Dovecot, Postfix (and Cyrus, if cyrus.sh started one) of this mail stack root ($MAILSTACK_DIR,
 # default /tmp/mailgate-stack) and wait until they are really gone.
 # Idempotent. With --purge also delete the whole root (CA, mailboxes, logs).
 set -euo pipefail
@@ -26,6 +26,7 @@ fi
 exec 9>"$ROOT/lock"
 flock 9
 
+ms_stop_cyrus
 ms_stop_stack
 rm -f "$ROOT/env" "$ROOT/fingerprint"
 if [ "$PURGE" = 1 ]; then

@@ -19,6 +19,8 @@ import trustme
 from service.config import ServerUrl, Settings
 from service.errors import (
     AuthFailed,
+    MailGatewayError,
+    NotFound,
     RateLimited,
     UpstreamError,
     UpstreamTimeout,
@@ -33,6 +35,7 @@ from service.protocols.imap.wire import (
     format_uid_set,
     parse_fetch,
     parse_list,
+    parse_namespace,
     parse_search,
     parse_sequence_set,
     quote,
@@ -1563,8 +1566,9 @@ async def test_fast_fetch_framing_reads_what_the_general_loop_reads(
         b"NO [THROTTLED] Slow down",
         b"NO [INUSE] Mailbox locked",
         b"NO Server Unavailable. 15",
+        b"NO Too many open connections (10 of 10 for t@example.test)",
     ],
-    ids=["limit", "unavailable", "throttled", "inuse", "exchange-text"],
+    ids=["limit", "unavailable", "throttled", "inuse", "exchange-text", "cyrus-maxlogins"],
 )
 async def test_session_throttled_login_is_503_with_the_servers_words(refusal: bytes) -> None:
     async def handler(peer: Peer) -> None:
@@ -1697,3 +1701,91 @@ def test_copied_uid_reads_copyuid_of_one_message_only() -> None:
     assert copied_uid([b"OK Move completed.", b"3 EXPUNGE"]) is None
     assert copied_uid([b"OK [COPYUID 0 4 2]"]) is None
     assert copied_uid([b"OK [COPYUID 9 4 4294967296]"]) is None
+
+
+@pytest.mark.parametrize(
+    "refusal, missing",
+    [
+        (b"NO [TRYCREATE] Mailbox doesn't exist: Nope", True),  # Dovecot
+        (b"NO Mailbox does not exist", True),  # Cyrus 3.6: no response code
+        (b"NO Permission denied", False),
+    ],
+    ids=["trycreate", "cyrus-bare", "other"],
+)
+async def test_session_move_copy_append_to_a_missing_folder_is_not_found(
+    refusal: bytes, missing: bool
+) -> None:
+    async def handler(peer: Peer) -> None:
+        await peer.hello()
+        await peer.login()
+        await peer.select()
+        while True:
+            tag, rest = await peer.line()
+            if rest.startswith(b"APPEND"):
+                await peer.reader.readexactly(int(re.search(rb"\{(\d+)\+?\}$", rest).group(1)))  # type: ignore[union-attr]
+                await peer.reader.readline()
+            if rest == b"LOGOUT":
+                await peer.send(b"* BYE bye\r\n" + tag + b" OK bye\r\n")
+                return
+            await peer.send(tag + b" " + refusal + b"\r\n")
+
+    async with scripted(handler) as (port, errors):
+        session = await _connect(port)
+        await session.select("INBOX")
+        calls = [
+            lambda: session.uid_move("3", "Nope"),
+            lambda: session.uid_copy("3", "Nope"),
+            lambda: session.append("Nope", b"Subject: x\r\n\r\nbody\r\n", []),
+        ]
+        for call in calls:
+            with pytest.raises(MailGatewayError) as info:
+                await call()
+            assert isinstance(info.value, NotFound) is missing, info.value
+            assert info.value.status == (404 if missing else 502)
+            assert info.value.upstream is not None
+            assert info.value.upstream.reply == refusal.decode().removeprefix("NO ")
+        await session.close()
+    assert not errors
+
+
+@pytest.mark.parametrize(
+    "line, expected",
+    [
+        (b'NAMESPACE (("" ".")) NIL NIL', ("", ".")),  # Dovecot
+        (b'NAMESPACE (("INBOX." ".")) (("user." ".")) (("" "."))', ("INBOX.", ".")),  # Cyrus
+        (b'NAMESPACE (("" "/")("#mh/" "/")) NIL NIL', ("", "/")),
+        (b'NAMESPACE (("Entw&APw-rfe/" NIL)) NIL NIL', ("Entwürfe/", None)),
+        (b'NAMESPACE NIL NIL (("" "."))', None),
+    ],
+)
+def test_parse_namespace_gives_the_first_personal_prefix(
+    line: bytes, expected: tuple[str, str | None] | None
+) -> None:
+    assert parse_namespace([line]) == expected
+    assert parse_namespace([b"OK nothing"]) is None
+
+
+async def test_session_whose_selected_folder_vanished_says_not_found_and_is_not_reused() -> None:
+    """Cyrus answers NOOP in a folder another client deleted with a clean OK; only the
+    next command on it says "NO Mailbox does not exist" (no code): the folder is gone
+    (404, or a fresh session finds it created again), not a server fault (502)."""
+
+    async def handler(peer: Peer) -> None:
+        await peer.hello()
+        await peer.login()
+        await peer.select()
+        tag, rest = await peer.line()
+        assert rest.startswith(b"UID FETCH"), rest
+        await peer.send(tag + b" NO Mailbox does not exist (0.000 sec)\r\n")
+        await peer.until_closed()
+
+    async with scripted(handler) as (port, errors):
+        session = await _connect(port)
+        await session.select("INBOX")
+        with pytest.raises(NotFound) as info:
+            await session.uid_fetch("1:*", "(FLAGS)")
+        assert info.value.upstream is not None
+        assert info.value.upstream.reply == "Mailbox does not exist (0.000 sec)"
+        assert not session.usable and session.selected is None
+        session.abort()
+    assert not errors

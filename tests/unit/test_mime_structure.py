@@ -13,7 +13,7 @@ from service import mime
 from service.mime.headers import header_block
 from service.mime.params import media_field
 from service.mime.structure import Limits, scan
-from service.protocols.imap.structure import declared_charset, locate
+from service.protocols.imap.structure import declared_charset, locate, reuses_boundary
 from service.protocols.imap.wire import parse_fetch
 
 CASES = Path(__file__).resolve().parent.parent / "data" / "cases"
@@ -104,6 +104,23 @@ def test_bodystructure_locates_parts_of_the_message_itself() -> None:
     whole = locate(single, "1")
     assert whole is not None and whole.whole_body and whole.assumed == "koi8-r"
     assert locate(single, "2") is None and locate(None, "1") is None
+
+
+def test_a_boundary_reused_inside_its_own_multipart_is_told() -> None:
+    """CPython's msg_39 as Cyrus reads it: the inner multiparts reuse the boundary of the
+    one around them, and Cyrus's part 2 is not the parser's (nor Dovecot's)."""
+    cyrus = parse_fetch([
+        b'1 FETCH (UID 1 BODYSTRUCTURE (((("APPLICATION" "OCTET-STREAM" NIL NIL NIL "BASE64"'
+        b' 5 NIL NIL NIL NIL) "ALTERNATIVE" ("BOUNDARY" "----- =_aaaaaaaaaa1") NIL NIL NIL)'
+        b' "MIXED" ("BOUNDARY" "----- =_aaaaaaaaaa1") NIL NIL NIL)("TEXT" "PLAIN" ("CHARSET"'
+        b' "us-ascii") NIL NIL "7BIT" 52 2 NIL NIL NIL NIL) "MIXED" ("BOUNDARY"'
+        b' "----- =_aaaaaaaaaa0") NIL NIL NIL))'
+    ])[1].structure  # fmt: skip
+    assert reuses_boundary(cyrus)
+    assert not reuses_boundary(parse_fetch(FORWARDED_FETCH)[7].structure)
+    single = parse_fetch([b'1 FETCH (UID 8 BODYSTRUCTURE ("text" "plain" NIL'
+                          b' NIL NIL "8bit" 5 1 NIL NIL NIL NIL))'])[8].structure  # fmt: skip
+    assert not reuses_boundary(single) and not reuses_boundary(None)
 
 
 def test_huge_header_fields_are_read_in_linear_time() -> None:

@@ -27,7 +27,9 @@ router = APIRouter(tags=["sync"])
 FolderQuery = Annotated[
     str,
     Query(
-        description="IMAP folder; POP3 has only INBOX. No control characters (422).",
+        description="IMAP folder by its full name, as `GET /v1/folders` gives it "
+        "(servers that keep the user's folders under INBOX, such as Cyrus, name them "
+        "`INBOX.Archive`); POP3 has only INBOX. No control characters (422).",
         min_length=1,
         max_length=1000,
         pattern=FOLDER_PATTERN,

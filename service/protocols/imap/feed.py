@@ -9,7 +9,9 @@ poll every ``events_poll_seconds``.
 
 Before each IDLE, a NOOP and a STATUS compare the folder with the state the last
 computation reached: a change that the server told in the reply of a command
-(and so would not tell again in IDLE) is not missed.
+(and so would not tell again in IDLE) is not missed, nor a folder deleted and
+created again (a new UIDVALIDITY). Cyrus tells nothing in IDLE when another client
+deletes the folder: there IDLE lasts at most ``events_heartbeat_seconds``.
 """
 
 from __future__ import annotations
@@ -53,6 +55,7 @@ class ImapFeed:
         self._summaries = summaries
         self._slot: Slot[ImapSession] | None = None
         self._reached: ImapMark | None = None  # the mark of the last state computed
+        self._uidvalidity: int | None = None  # the folder's, at the last state computed
 
     def _session(self) -> ImapSession:
         if self._slot is None:
@@ -68,6 +71,7 @@ class ImapFeed:
         await session.enable("QRESYNC")
         state = await current_state(session, self.folder, mailbox=self.mailbox)
         self._reached = state.base
+        self._uidvalidity = state.uidvalidity
         return state.encode()
 
     async def changes(self, since: str, limit: int) -> ChangePage:
@@ -89,6 +93,7 @@ class ImapFeed:
             )
             assert isinstance(reached, ImapState)  # noqa: S101 - ours, just made
             self._reached = reached.base
+            self._uidvalidity = reached.uidvalidity
         return page
 
     async def wait(self, wake: asyncio.Event) -> bool:
@@ -105,13 +110,17 @@ class ImapFeed:
         except NotFound:
             return True  # deleted meanwhile: the changes computation says so to everyone
         last = self._reached
-        if last is None or (now.uidnext, now.exists, now.highestmodseq) != (
-            last.uidnext,
-            last.exists,
-            last.modseq,
+        if (
+            last is None
+            or now.uidvalidity != self._uidvalidity  # deleted and created again
+            or (now.uidnext, now.exists, now.highestmodseq)
+            != (last.uidnext, last.exists, last.modseq)
         ):
             return True  # changed since the last computation (told in a command's reply)
-        reported = await session.idle(wake, self._settings.events_idle_seconds)
+        seconds = self._settings.events_idle_seconds
+        if not session.tells_deletion:  # Cyrus: look again at each heartbeat
+            seconds = min(seconds, self._settings.events_heartbeat_seconds)
+        reported = await session.idle(wake, seconds)
         return reported or not wake.is_set()
 
     async def close(self) -> None:

@@ -68,7 +68,7 @@ from service.protocols.imap.listing import (
 )
 from service.protocols.imap.listing import visible_flags as _visible_flags
 from service.protocols.imap.session import ImapSession, Reply
-from service.protocols.imap.structure import Located, locate
+from service.protocols.imap.structure import Located, locate, reuses_boundary
 from service.protocols.imap.wire import FetchItem, MailboxInfo, copied_uid, format_uid_set
 from service.protocols.parts import cut_from
 from service.protocols.parts import decoded as _decoded
@@ -127,6 +127,17 @@ _NAME_ROLES: dict[str, FolderRole] = {
 }
 
 
+def _top_name(name: str, delimiter: str | None) -> str | None:
+    """The name of a top-level folder, or of one directly under INBOX (where servers
+    with an ``INBOX.`` namespace keep them: Cyrus, Courier) without that prefix; None
+    for a folder deeper down."""
+    if delimiter and name.upper().startswith("INBOX" + delimiter):
+        name = name[len("INBOX") + len(delimiter) :]
+    if delimiter and delimiter in name:
+        return None
+    return name
+
+
 def _roles_from_names(folders: list[Folder]) -> None:
     """For servers without SPECIAL-USE: give a role by a well-known name (a top-level
     folder, or one directly under INBOX) when no folder has it by attribute."""
@@ -134,10 +145,8 @@ def _roles_from_names(folders: list[Folder]) -> None:
     for folder in folders:
         if folder.role is not None:
             continue
-        name = folder.name
-        if folder.delimiter and name.upper().startswith("INBOX" + folder.delimiter):
-            name = name[len("INBOX") + len(folder.delimiter) :]
-        if folder.delimiter and folder.delimiter in name:
+        name = _top_name(folder.name, folder.delimiter)
+        if name is None:
             continue
         role = _NAME_ROLES.get(name.casefold())
         if role is not None and role not in taken:
@@ -279,21 +288,34 @@ class ImapOpenedMessage:
         ``BODY.PEEK[section]`` partial fetches: the server's bytes of that part, the
         message is not parsed. Where the server's structure cannot answer for the
         gateway's parser (a part at or past the part budget, a structure the server
-        reads otherwise), the message streams past :class:`~service.mime.PartCutter`
-        instead, which stops reading after the part.
+        reads otherwise, a multipart that reuses the boundary of one around it, a server
+        known to cut parts otherwise (Cyrus: see ``ImapSession.parts_as_parsed``), an
+        attached ``message/*``: where it ends depends on how the message inside is
+        read), the message streams past :class:`~service.mime.PartCutter` instead, which
+        stops reading after the part.
         """
         limits = self._reader.settings.mime_limits
         structure = self.structure
         if structure is None:
             structure = (await self._fetch("(UID BODYSTRUCTURE)")).structure
         found = locate(structure, section)
-        if found is None or found.number >= limits.max_parts:
-            return await self._cut_part(section)  # not the server's, or past the budget
+        if (
+            found is None
+            or found.number >= limits.max_parts
+            or reuses_boundary(structure)
+            or not self._reader.parts_as_parsed
+        ):  # not the server's part, past the budget, a structure parsers disagree on
+            return await self._cut_part(section)
         part = await self._check_path(section, found, limits)
         if part is None:
             return await self._cut_part(section)  # the server reads the structure otherwise
         if not is_leaf(part):
             return None
+        if part.content_type.startswith("message/"):
+            # Where an attached message ends depends on how a parser reads the message
+            # inside: Cyrus reads an unclosed multipart in it on past the enclosing
+            # boundary, so its BODY[n] also holds the parts after it.
+            return await self._cut_part(section)
         info = part_info(part, assumed=found.assumed)
         return info, _decoded(PartDecoder(part.encoding), self._part_chunks(section))
 
@@ -440,6 +462,7 @@ class ImapReader:
         self._key = creds.pool_key(provider.name, "imap")
         self._mailbox = mailbox_tag(provider.name, creds.user)
         self._cache = cache
+        self.parts_as_parsed = True  # as the last session leased says (see ImapSession)
 
     async def _connect(self) -> ImapSession:
         return await ImapSession.connect(self.settings, self._server, self._ctx, self._creds)
@@ -447,6 +470,7 @@ class ImapReader:
     async def _acquire(self) -> ImapSession:
         session = await self.pool.acquire(self._key, self._connect)
         session.begin_lease()
+        self.parts_as_parsed = session.parts_as_parsed
         return session
 
     async def _run(
@@ -751,16 +775,24 @@ class ImapReader:
 
     async def append_sent(self, message: bytes) -> str:
         """APPEND (``\\Seen``) to the ``\\Sent`` special-use folder, else to a folder named
-        Sent / Sent Items / Sent Messages / Sent Mail; when there is none, CREATE "Sent"."""
+        Sent / Sent Items / Sent Messages / Sent Mail (at the top or directly under INBOX);
+        when there is none, CREATE "Sent" where the user's folders go (its personal
+        namespace: "INBOX.Sent" on Cyrus). Returns the folder's name."""
 
         async def op(session: ImapSession) -> str:
             boxes = [b for b in await session.list_mailboxes() if b.selectable]
             sent = next((b for b in boxes if "\\sent" in b.attributes), None)
             if sent is None:
-                by_name = {b.name.casefold(): b for b in boxes}
+                by_name: dict[str, MailboxInfo] = {}
+                for b in boxes:
+                    top = _top_name(b.name, b.delimiter)
+                    if top is not None:
+                        by_name.setdefault(top.casefold(), b)
                 sent = next((by_name[n] for n in _SENT_NAMES if n in by_name), None)
-            name = sent.name if sent is not None else "Sent"
-            if sent is None:  # as mail clients do: make one
+            if sent is not None:
+                name = sent.name
+            else:  # as mail clients do: make one
+                name = await session.personal_prefix() + "Sent"
                 await session.create(name, "\\Sent")
             await session.append(name, message, ["\\Seen"])
             return name

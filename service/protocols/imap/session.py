@@ -85,6 +85,7 @@ from service.protocols.imap.wire import (
     mailbox_arg,
     parse_fetch,
     parse_list,
+    parse_namespace,
     parse_search,
     parse_status,
     parse_vanished,
@@ -93,6 +94,7 @@ from service.protocols.imap.wire import (
     response_code,
     track_exists,
 )
+from service.protocols.refusals import says_no_such_mailbox, says_temporary
 from service.protocols.transport import abort_transport
 
 __all__ = ["ImapSession", "Reply", "SelectData"]
@@ -397,6 +399,7 @@ class _Protocol(IMAP4ClientProtocol):  # type: ignore[misc]
 
 # --------------------------------------------------------------------------- the session
 
+_CYRUS_GREETING = re.compile(r"\bCyrus IMAP\b", re.IGNORECASE)
 _CAPS_RE = re.compile(r"\[CAPABILITY ([^\]]*)\]", re.IGNORECASE)
 _UIDVALIDITY_RE = re.compile(rb"\[UIDVALIDITY (\d+)\]", re.IGNORECASE)
 _UIDNEXT_RE = re.compile(rb"\[UIDNEXT (\d+)\]", re.IGNORECASE)
@@ -405,18 +408,19 @@ _EXISTS_RE = re.compile(rb"(\d+) EXISTS$", re.IGNORECASE)
 _EXPUNGE_RE = re.compile(rb"\d+ EXPUNGE$", re.IGNORECASE)
 _VANISHED_RE = re.compile(rb"VANISHED ", re.IGNORECASE)
 _UNAVAILABLE = {"UNAVAILABLE", "SERVERBUG", "LIMIT", "INUSE", "OVERQUOTA", "THROTTLED"}
-# A refusal without a response code that still says "try later" (Exchange answers a
-# throttled login with "NO Server Unavailable. 15").
-_TEMPORARY_TEXT = re.compile(
-    r"\b(unavailable|try again later|temporar(y|ily)|throttl\w*|too many connections)\b",
-    re.IGNORECASE,
-)
+
+
+def _no_such_mailbox(reply: Reply) -> bool:
+    """A NO saying that the folder named does not exist: ``[TRYCREATE]`` (RFC 3501
+    §6.4.7) or ``[NONEXISTENT]`` (RFC 5530), or no code and words that say so (Cyrus)."""
+    code = reply.code
+    return code in ("TRYCREATE", "NONEXISTENT") or (not code and says_no_such_mailbox(reply.text))
 
 
 def _temporary(reply: Reply) -> bool:
     """A NO that means "not now" rather than "no": retrying later may work."""
     code = reply.code
-    return code in _UNAVAILABLE or (not code and bool(_TEMPORARY_TEXT.search(reply.text)))
+    return code in _UNAVAILABLE or (not code and says_temporary(reply.text))
 
 
 @dataclass(frozen=True)
@@ -513,6 +517,14 @@ class ImapSession:
         self.changes_reported = 0  # replies seen to report a change (with a mark, or STATUS)
         self.enabled: set[str] = set()  # extensions ENABLEd (RFC 5161)
         self.leases = 0  # how often a reader has leased it (0: brand new)
+        # False where the server's BODYSTRUCTURE is known to cut some messages elsewhere
+        # than RFC 2046 does (Cyrus 3: a boundary line with trailing white space is not
+        # one there), so that its BODY[n] need not be the part the gateway parsed
+        self.parts_as_parsed = True
+        # False where IDLE and NOOP stay silent when another client deletes the selected
+        # folder (Cyrus 3: a SEARCH there finds nothing, a FETCH answers NO): select()
+        # then SELECTs on each lease; True for Dovecot (BYE or an untagged NO)
+        self.tells_deletion = True
         self.commands_in_lease = 0
         self._synced_this_lease = False
         self._fresh_for_next_lease = False
@@ -557,6 +569,7 @@ class ImapSession:
                 upstream=Upstream("imap", scrub(greeting, self._secrets)),
             )
         caps = _caps_from(greeting)
+        self.parts_as_parsed = self.tells_deletion = _CYRUS_GREETING.search(greeting) is None
         if server.security == "starttls":
             if caps is None:
                 caps = await self._capability()
@@ -749,6 +762,12 @@ class ImapSession:
 
     def _expect_ok(self, reply: Reply, what: str) -> None:
         if not reply.ok:
+            if self.selected is not None and _no_such_mailbox(reply):
+                # The selected folder was deleted under this session, which Cyrus tells
+                # only now (its NOOP stays silent): not reused, a fresh one selects anew.
+                self._broken = True
+                self.selected = self.uidvalidity = None
+                raise NotFound("The folder is gone.", upstream=Upstream("imap", reply.text))
             if _temporary(reply):
                 raise UpstreamUnavailable(
                     f"The IMAP server cannot {what} now.", upstream=Upstream("imap", reply.text)
@@ -812,6 +831,8 @@ class ImapSession:
         answer when the folder was deleted meanwhile) forces a real SELECT,
         which also reports a new UIDVALIDITY. Otherwise a delete + re-create
         of the folder by another client is not noticed until the next SELECT.
+        Cyrus says nothing in that case (and its SEARCH then finds nothing): on a
+        server that does not tell (:attr:`tells_deletion`), each lease SELECTs.
 
         :attr:`select_data` is what a real SELECT (with ``CONDSTORE`` where offered,
         RFC 7162 §3.1.8) reported, None after the NOOP path. ``fresh``: always a real
@@ -821,7 +842,8 @@ class ImapSession:
             self.select_data = None
             if self._synced_this_lease:
                 return self.uidvalidity
-            if _clean_noop(await self.command("NOOP", [])):
+            # where NOOP cannot tell a folder deleted and created again: a real SELECT
+            if self.tells_deletion and _clean_noop(await self.command("NOOP", [])):
                 self._synced_this_lease = True
                 return self.uidvalidity
         arg = mailbox_arg(folder)
@@ -1028,7 +1050,7 @@ class ImapSession:
 
     def _copy_result(self, reply: Reply, what: str) -> Reply:
         if not reply.ok:
-            if reply.code in ("TRYCREATE", "NONEXISTENT"):
+            if _no_such_mailbox(reply):
                 raise NotFound("No such destination folder.", upstream=Upstream("imap", reply.text))
             self._expect_ok(reply, what)
         return reply
@@ -1059,6 +1081,17 @@ class ImapSession:
         found = parse_status(reply.lines)
         return found.get(raw_name) or next(iter(found.values()), {})
 
+    async def personal_prefix(self) -> str:
+        """The prefix of the user's personal folders (NAMESPACE, RFC 2342): "" where they
+        sit at the top (Dovecot; servers without NAMESPACE), "INBOX." on Cyrus with its
+        default namespace, where a folder created at the top is refused ("NO Permission
+        denied")."""
+        if "NAMESPACE" not in self.capabilities:
+            return ""
+        reply = await self.command("NAMESPACE", [])
+        found = parse_namespace(reply.lines) if reply.ok else None
+        return found[0] if found is not None else ""
+
     async def create(self, folder: str, special_use: str | None = None) -> None:
         """CREATE ``folder`` (with USE (special-use) where CREATE-SPECIAL-USE is offered);
         a folder that already exists is fine."""
@@ -1076,7 +1109,7 @@ class ImapSession:
             words.append("(" + " ".join(flags) + ")")
         words.append(message)
         reply = await self.command("APPEND", words)
-        if not reply.ok and reply.code in ("TRYCREATE", "NONEXISTENT"):
+        if not reply.ok and _no_such_mailbox(reply):
             raise NotFound("No such folder.", upstream=Upstream("imap", reply.text))
         self._expect_ok(reply, "APPEND")
         return reply

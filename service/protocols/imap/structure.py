@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from service.mime.headers import charset_codec
 from service.protocols.imap.wire import Token
 
-__all__ = ["Located", "declared_charset", "locate"]
+__all__ = ["Located", "declared_charset", "locate", "reuses_boundary"]
 
 
 @dataclass(frozen=True)
@@ -137,3 +137,22 @@ def locate(structure: Token, section: str) -> Located | None:
             return Located(_is_multipart(node), number, declared, False,
                            _ancestors(structure, section))  # fmt: skip
     return None
+
+
+def reuses_boundary(structure: Token) -> bool:
+    """True when a multipart of the message's own structure has the boundary of a
+    multipart around it. Parsers then disagree on where parts end (a boundary line
+    closes the inner or the outer one): Cyrus and Dovecot number and cut such a
+    message differently, so no server's ``BODY[n]`` can stand for the gateway's part.
+    Attached messages are not looked into. Never raises."""
+    if not isinstance(structure, list) or not _is_multipart(structure):
+        return False
+    stack: list[tuple[list[Token], tuple[bytes, ...]]] = [(structure, ())]
+    while stack:
+        node, around = stack.pop()
+        own = _boundary(node)
+        if own is not None and own in around:
+            return True
+        inner = (*around, own) if own is not None else around
+        stack.extend((kid, inner) for kid in _children(node) if _is_multipart(kid))
+    return False

@@ -508,6 +508,26 @@ def parse_list(lines: Sequence[Line]) -> list[MailboxInfo]:
     return out
 
 
+def parse_namespace(lines: Sequence[Line]) -> tuple[str, str | None] | None:
+    """The first personal namespace of a NAMESPACE response (RFC 2342 §5) as
+    (prefix, hierarchy delimiter), the prefix decoded like a folder name: Dovecot
+    ``("", ".")``, Cyrus with its default ``altnamespace: no`` ``("INBOX.", ".")``. None
+    when the response is missing or lists no personal namespace (NIL)."""
+    for record in split_records(lines):
+        if not record[0][:10].upper().startswith(b"NAMESPACE "):
+            continue
+        toks = tokenize(record)
+        personal = toks[1] if len(toks) > 1 else None
+        if not isinstance(personal, list) or not personal or not isinstance(personal[0], list):
+            return None
+        first = personal[0]
+        if not first or first[0] is None or isinstance(first[0], list):
+            return None
+        delim = first[1] if len(first) > 1 and not isinstance(first[1], list) else None
+        return mailbox_from_wire(_text(first[0])), (_text(delim) if delim else None)
+    return None
+
+
 @dataclass(frozen=True)
 class SearchResult:
     """UIDs (or numbers) found by SEARCH, as ranges, highest last; the ESEARCH COUNT; the

@@ -13,6 +13,7 @@ from types import TracebackType
 from typing import Literal
 
 from service.observability.mail import mail_command
+from service.protocols.refusals import says_temporary
 from service.protocols.transport import abort_transport
 
 __all__ = [
@@ -66,7 +67,8 @@ class Pop3InUseError(Pop3Error):
 
 
 class Pop3TempError(Pop3Error):
-    """Temporary server-side failure (``[SYS/TEMP]`` or ``[LOGIN-DELAY]``)."""
+    """Temporary server-side failure (``[SYS/TEMP]`` or ``[LOGIN-DELAY]``, or a refused
+    login without a code whose words say so: see :mod:`service.protocols.refusals`)."""
 
 
 class Pop3ProtocolError(Pop3Error):
@@ -576,6 +578,10 @@ class Pop3Client:
     def _error(self, default: type[Pop3Error], what: str, text: str) -> Pop3Error:
         match = _RESP_CODE.match(text)
         cls = _CODE_ERRORS.get(match.group(1).upper(), default) if match else default
+        if not match and default is Pop3AuthError and says_temporary(text):
+            # a refused login without a code whose words say "not now" (Cyrus: "-ERR
+            # Too many open connections (11 of 10 for USER)"): not a refused password
+            cls = Pop3TempError
         err = cls(what, reply=text[:512])
         err.mail_outcome = "refused"  # the server answered -ERR
         return err
