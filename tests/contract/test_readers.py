@@ -179,6 +179,28 @@ async def test_remove_removes_exactly_that_message(
     assert left == ["three"]
 
 
+async def test_remove_with_range_is_422_on_every_read_and_removes_nothing(
+    live_client: Any, stack: dict[str, str], mailbox: Mailbox, proto: str
+) -> None:
+    # Only /raw refused it; the parsed and attachment reads ignored the Range, answered
+    # 200 and removed the message, where the contract refuses remove with Range.
+    mailbox.append(stack, make_raw("kept", attach=b"blob"))
+    [item] = (await listing(live_client, mailbox, proto))["items"]
+    for path in ("", "/raw", "/attachments/2"):
+        r = await live_client.get(
+            f"/v1/messages/{item['id']}{path}",
+            params={"mode": "remove"},
+            headers={**mailbox.auth, "Range": "bytes=0-9"},
+        )
+        assert r.status_code == 422, (path, r.text)
+        assert r.json()["code"] == "validation-failed" and "Range" in r.json()["detail"]
+        assert "x-mail-mode" not in r.headers
+    # refused before the message was opened: nothing can be pending
+    assert [email.message_from_bytes(m)["Subject"] for _, m, _ in mailbox.messages(stack)] == [
+        "kept"
+    ]
+
+
 async def test_delete_one_and_batch(
     client: Any, stack: dict[str, str], mailbox: Mailbox, proto: str
 ) -> None:

@@ -75,7 +75,9 @@ ModeQuery = Annotated[
             "the message) should fetch with keep and then DELETE. Where the HTTP server in "
             "use cannot tell what the peer acknowledged (not TCP on Linux, TLS terminated in "
             "the gateway itself, an in-process client), remove answers 422 not-supported. "
-            "Default: MAILGATE_DEFAULT_MODE."
+            "remove with a Range header is 422 validation-failed on every read (parsed, "
+            "raw, attachment), whether or not it honours Range: resume with keep, then "
+            "DELETE. Default: MAILGATE_DEFAULT_MODE."
         )
     ),
 ]
@@ -148,6 +150,10 @@ def _mode_headers(mode: Mode) -> dict[str, str]:
 async def _open(ctx: MailContext, msg_id: str, protocol: Protocol | None, mode: Mode,
                 prefetch: Literal["body", "stream", "structure"] = "body",
                 ) -> tuple[OpenedMessage, Protocol]:  # fmt: skip
+    if mode == "remove" and "range" in ctx.request.headers:
+        # On every read, not only /raw (the one that honours Range): a partial or resumed
+        # download must never be the one that deletes the message.
+        raise ValidationFailed("mode=remove cannot be combined with Range: use keep, then DELETE.")
     ref = decode_id(msg_id)
     proto = _protocol_for(ref, protocol)
     if mode == "remove" and not can_confirm_delivery(ctx.request.scope):
@@ -367,8 +373,6 @@ async def get_raw(
     protocol, mode, mark_seen = params.protocol, params.mode, params.mark_seen
     range_ = ctx.request.headers.get("range")
     mode_ = mode or ctx.settings.default_mode
-    if mode_ == "remove" and range_ is not None:
-        raise ValidationFailed("mode=remove cannot be combined with Range: use keep, then DELETE.")
     msg, proto = await _open(ctx, id, protocol, mode_, prefetch="stream")
     async with _answering(msg, mode_):
         await msg.check_size()
