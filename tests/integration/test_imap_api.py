@@ -90,22 +90,23 @@ async def test_mark_seen_and_patch(client: Any, stack: dict[str, str], mailbox: 
 async def test_a_move_tells_the_new_id_in_location(
     client: Any, stack: dict[str, str], mailbox: Mailbox
 ) -> None:
+    archive = personal(stack, "Archive")  # Cyrus: INBOX.Archive
     mailbox.append(stack, raw("stays"))
     mailbox.append(stack, raw("moves"))
     listed = {i["subject"]: i for i in await items(client, mailbox)}
     r = await client.patch(f"/v1/messages/{listed['stays']['id']}", json={"flagged": True},
                            headers=mailbox.auth)  # fmt: skip
     assert r.status_code == 204 and "location" not in r.headers, r.headers
-    r = await client.patch(f"/v1/messages/{listed['moves']['id']}", json={"folder": "Archive"},
+    r = await client.patch(f"/v1/messages/{listed['moves']['id']}", json={"folder": archive},
                            headers=mailbox.auth)  # fmt: skip
     assert r.status_code == 204, r.text
     location = r.headers["location"]
-    [(uid, _, _)] = mailbox.messages(stack, "Archive")
-    [archived] = await items(client, mailbox, folder="Archive")
+    [(uid, _, _)] = mailbox.messages(stack, archive)
+    [archived] = await items(client, mailbox, folder=archive)
     assert archived["uid"] == uid and location == f"/v1/messages/{archived['id']}"
     r = await client.get(location, headers=mailbox.auth)
     assert r.status_code == 200, r.text
-    assert r.json()["subject"] == "moves" and r.json()["folder"] == "Archive"
+    assert r.json()["subject"] == "moves" and r.json()["folder"] == archive
     r = await client.get(f"/v1/messages/{listed['moves']['id']}", headers=mailbox.auth)
     assert r.status_code == 404 and r.json()["code"] == "not-found"
 
