@@ -44,52 +44,8 @@ exec 9>"$CYRUS_ROOT/lock"
 flock 9
 
 # ---------------------------------------------------------------- packages
-install_packages() {
-    local missing=() p
-    for p in "${PACKAGES[@]}"; do
-        dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' \
-            || missing+=("$p")
-    done
-    [ "${#missing[@]}" -eq 0 ] && return 0
-    ms_say "installing ${missing[*]} (log: $LOG_DIR/apt-cyrus.log)"
-    local own_policy=0
-    if [ ! -e /usr/sbin/policy-rc.d ]; then
-        printf '#!/bin/sh\nexit 101\n' >/usr/sbin/policy-rc.d
-        chmod 755 /usr/sbin/policy-rc.d
-        own_policy=1
-        trap 'rm -f /usr/sbin/policy-rc.d' EXIT
-    fi
-    local rc=0
-    DEBIAN_FRONTEND=noninteractive apt-get install -y -q -o DPkg::Lock::Timeout=300 \
-        "${PACKAGES[@]}" </dev/null >>"$LOG_DIR/apt-cyrus.log" 2>&1 9>&- || rc=$?
-    if [ "$rc" != 0 ]; then  # a stale package list: update once and retry
-        DEBIAN_FRONTEND=noninteractive apt-get update -q </dev/null >>"$LOG_DIR/apt-cyrus.log" 2>&1 9>&- || true
-        rc=0
-        DEBIAN_FRONTEND=noninteractive apt-get install -y -q -o DPkg::Lock::Timeout=300 \
-            "${PACKAGES[@]}" </dev/null >>"$LOG_DIR/apt-cyrus.log" 2>&1 9>&- || rc=$?
-    fi
-    if [ "$own_policy" = 1 ]; then
-        rm -f /usr/sbin/policy-rc.d
-        trap - EXIT
-    fi
-    [ "$rc" = 0 ] || { tail -n 30 "$LOG_DIR/apt-cyrus.log" >&2; ms_die "apt-get failed (exit $rc)"; }
-    if command -v systemctl >/dev/null 2>&1; then
-        systemctl disable --quiet cyrus-imapd.service saslauthd.service >>"$LOG_DIR/apt-cyrus.log" 2>&1 || true
-    fi
-    if command -v update-rc.d >/dev/null 2>&1; then
-        update-rc.d cyrus-imapd disable >>"$LOG_DIR/apt-cyrus.log" 2>&1 || true
-        update-rc.d saslauthd disable >>"$LOG_DIR/apt-cyrus.log" 2>&1 || true
-    fi
-    local pid
-    for f in /run/cyrus-master.pid /run/saslauthd/saslauthd.pid; do
-        if [ -r "$f" ] && read -r pid <"$f" && ms_alive "$pid"; then
-            kill -TERM "$pid" 2>/dev/null || true
-            ms_wait_gone 10 "$pid"
-        fi
-    done
-    ms_say "installed; system cyrus-imapd/saslauthd units disabled (this stack runs its own)"
-}
-install_packages
+ms_install_packages "$LOG_DIR/apt-cyrus.log" "cyrus-imapd saslauthd" \
+    "/run/cyrus-master.pid /run/saslauthd/saslauthd.pid" "${PACKAGES[@]}"
 
 # imapd, pop3d and idled from the .deb files, unpacked (see above), of the version of
 # the installed cyrus-common (they link against its libraries).

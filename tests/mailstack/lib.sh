@@ -1,4 +1,4 @@
-# Shared by start.sh and stop.sh (sourced, not executed).
+# Shared by start.sh, cyrus.sh and stop.sh (sourced, not executed).
 # shellcheck shell=bash
 
 MAILSTACK_HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
@@ -134,6 +134,69 @@ ms_wait_gone() {
         waited=$((waited + 1))
     done
 }
+# Install the Debian packages of "$@" that are missing, for a stack that runs its own
+# daemons on high ports: package scripts may not start the system daemons (a
+# policy-rc.d where none exists), apt's progress shows one line per package step and
+# goes whole to LOG, and afterwards the system UNITS are disabled for the next boot and
+# any instance that started anyway (its PIDFILES) is stopped.
+# Usage: ms_install_packages LOG "UNIT..." "PIDFILE..." PACKAGE...
+ms_install_packages() {
+    local log=$1 units=$2 pidfiles=$3
+    shift 3
+    local missing=() p
+    for p in "$@"; do
+        dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' \
+            || missing+=("$p")
+    done
+    [ "${#missing[@]}" -eq 0 ] && return 0
+
+    ms_say "installing ${missing[*]} (log: $log)"
+    local own_policy=0
+    if [ ! -e /usr/sbin/policy-rc.d ]; then
+        printf '#!/bin/sh\nexit 101\n' >/usr/sbin/policy-rc.d
+        chmod 755 /usr/sbin/policy-rc.d
+        own_policy=1
+        trap 'rm -f /usr/sbin/policy-rc.d' EXIT
+    fi
+    local rc=0
+    echo 1 >"$log.rc"
+    {
+        DEBIAN_FRONTEND=noninteractive apt-get update -q &&
+        DEBIAN_FRONTEND=noninteractive apt-get install -y -q -o DPkg::Lock::Timeout=300 \
+            "${missing[@]}" || rc=$?
+        echo "$rc" >"$log.rc"
+    } </dev/null 2>&1 9>&- | tee -a "$log" \
+        | grep --line-buffered -E '^(Get:|Unpacking |Setting up )' \
+        | sed -u 's/^/mailstack:   /' || true
+    rc=$(cat "$log.rc")
+    rm -f "$log.rc"
+    if [ "$own_policy" = 1 ]; then
+        rm -f /usr/sbin/policy-rc.d
+        trap - EXIT
+    fi
+    if [ "$rc" != 0 ]; then
+        tail -n 30 "$log" >&2
+        ms_die "apt-get failed (exit $rc), see $log"
+    fi
+    local unit pidfile pid
+    for unit in $units; do
+        if command -v systemctl >/dev/null 2>&1; then
+            systemctl disable --quiet "$unit.service" >>"$log" 2>&1 || true
+        fi
+        if command -v update-rc.d >/dev/null 2>&1; then
+            update-rc.d "$unit" disable >>"$log" 2>&1 || true
+        fi
+    done
+    ms_say "installed; system units disabled: $units (this stack runs its own)"
+    for pidfile in $pidfiles; do
+        if [ -r "$pidfile" ] && read -r pid <"$pidfile" && ms_alive "$pid"; then
+            kill -TERM "$pid" 2>/dev/null || true
+            ms_wait_gone 10 "$pid"
+        fi
+    done
+    return 0
+}
+
 
 # PID of this root's redis-server (from its pidfile, checked against /proc).
 ms_redis_pid() {

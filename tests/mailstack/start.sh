@@ -15,7 +15,7 @@ umask 022
 . "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 HERE=$MAILSTACK_HERE
 START_TIMEOUT=${MAILSTACK_START_TIMEOUT:-30}
-PACKAGES=(dovecot-imapd dovecot-pop3d dovecot-lmtpd postfix openssl redis-server)
+PACKAGES=(dovecot-imapd dovecot-pop3d dovecot-lmtpd postfix openssl redis-server python3)
 
 ms_require_root "$@"
 ms_check_root_path
@@ -29,70 +29,11 @@ exec 9>"$ROOT/lock"
 flock 9
 
 # ---------------------------------------------------------------- packages
-install_packages() {
-    local missing=() p
-    for p in "${PACKAGES[@]}"; do
-        dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' \
-            || missing+=("$p")
-    done
-    command -v python3 >/dev/null 2>&1 || missing+=(python3)
-    [ "${#missing[@]}" -eq 0 ] && return 0
-
-    ms_say "installing ${missing[*]} (log: $LOG_DIR/apt.log)"
-    # Keep package scripts from starting the system daemons on the standard
-    # ports where no policy-rc.d exists (plain Debian, CI images).
-    local own_policy=0
-    if [ ! -e /usr/sbin/policy-rc.d ]; then
-        printf '#!/bin/sh\nexit 101\n' >/usr/sbin/policy-rc.d
-        chmod 755 /usr/sbin/policy-rc.d
-        own_policy=1
-        trap 'rm -f /usr/sbin/policy-rc.d' EXIT
-    fi
+if ! dpkg-query -W -f='${Status}' postfix 2>/dev/null | grep -q 'install ok installed'; then
     echo 'postfix postfix/main_mailer_type select No configuration' | debconf-set-selections
-    local rc=0
-    # Progress on the terminal (one line per package step), everything in apt.log.
-    echo 1 >"$LOG_DIR/apt.rc"
-    {
-        DEBIAN_FRONTEND=noninteractive apt-get update -q &&
-        DEBIAN_FRONTEND=noninteractive apt-get install -y -q -o DPkg::Lock::Timeout=300 "${PACKAGES[@]}" \
-            $(command -v python3 >/dev/null 2>&1 || echo python3) || rc=$?
-        echo "$rc" >"$LOG_DIR/apt.rc"
-    } </dev/null 2>&1 9>&- | tee -a "$LOG_DIR/apt.log" \
-        | grep --line-buffered -E '^(Get:|Unpacking |Setting up )' \
-        | sed -u 's/^/mailstack:   /' || true
-    rc=$(cat "$LOG_DIR/apt.rc")
-    if [ "$own_policy" = 1 ]; then
-        rm -f /usr/sbin/policy-rc.d
-        trap - EXIT
-    fi
-    if [ "$rc" != 0 ]; then
-        tail -n 30 "$LOG_DIR/apt.log" >&2
-        ms_die "apt-get failed (exit $rc), see $LOG_DIR/apt.log"
-    fi
-    # The system units are not used (this stack runs its own instances on high
-    # ports): keep them from starting at the next boot, with or without systemd.
-    if command -v systemctl >/dev/null 2>&1; then
-        systemctl disable --quiet dovecot.service postfix.service >>"$LOG_DIR/apt.log" 2>&1 || true
-    fi
-    if command -v update-rc.d >/dev/null 2>&1; then
-        update-rc.d dovecot disable >>"$LOG_DIR/apt.log" 2>&1 || true
-        update-rc.d postfix disable >>"$LOG_DIR/apt.log" 2>&1 || true
-    fi
-    ms_say "installed; system dovecot/postfix units disabled (this stack runs its own)"
-    # If a package script started the system instances anyway, stop them:
-    # nothing here uses them.
-    local pid
-    if [ -r /run/dovecot/master.pid ] && read -r pid </run/dovecot/master.pid && ms_alive "$pid"; then
-        kill -TERM "$pid" 2>/dev/null || true
-        ms_wait_gone 10 "$pid"
-    fi
-    if [ -r /var/spool/postfix/pid/master.pid ] && read -r pid </var/spool/postfix/pid/master.pid && ms_alive "$pid"; then
-        kill -TERM "$pid" 2>/dev/null || true
-        ms_wait_gone 10 "$pid"
-    fi
-    return 0
-}
-install_packages
+fi
+ms_install_packages "$LOG_DIR/apt.log" "dovecot postfix" \
+    "/run/dovecot/master.pid /var/spool/postfix/pid/master.pid" "${PACKAGES[@]}"
 
 # ---------------------------------------------------------- fast path
 # Everything that shapes the running stack: templates, scripts, ports, root.
