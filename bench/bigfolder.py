@@ -28,11 +28,6 @@ from common import stack
 DOMAIN = "example.test"
 
 
-def address(count: int) -> str:
-    """The mailbox that holds the bench folder of ``count`` messages."""
-    return f"bench-{count}@{DOMAIN}"
-
-
 def message(i: int, to: str) -> bytes:
     """Message ``i`` of a bench folder: a plain text message of about 600 bytes."""
     when = format_datetime(datetime(2024, 1, 1, tzinfo=UTC) + timedelta(minutes=i))
@@ -48,7 +43,8 @@ def message(i: int, to: str) -> bytes:
     ).encode()
 
 
-def _imap(env: dict[str, str], user: str) -> imaplib.IMAP4_SSL:
+def imap(env: dict[str, str], user: str) -> imaplib.IMAP4_SSL:
+    """An imaplib session of ``user`` on the stack's IMAPS port, logged in."""
     ctx = ssl.create_default_context(cafile=env["MAILSTACK_CA_FILE"])
     conn = imaplib.IMAP4_SSL("localhost", int(env["MAILSTACK_IMAPS_PORT"]), ssl_context=ctx)
     conn.login(user, env["MAILSTACK_PASSWORD"])
@@ -56,7 +52,7 @@ def _imap(env: dict[str, str], user: str) -> imaplib.IMAP4_SSL:
 
 
 def _status(env: dict[str, str], user: str) -> tuple[int, int]:
-    conn = _imap(env, user)
+    conn = imap(env, user)
     try:
         typ, data = conn.status("INBOX", "(MESSAGES UIDNEXT)")
         assert typ == "OK", data
@@ -97,7 +93,7 @@ def _write_maildir(env: dict[str, str], user: str, count: int) -> bool:
         os.chown(dirpath, st.st_uid, st.st_gid)
         for name in filenames:
             os.chown(os.path.join(dirpath, name), st.st_uid, st.st_gid)
-    conn = _imap(env, user)  # the first SELECT indexes the new files
+    conn = imap(env, user)  # the first SELECT indexes the new files
     try:
         typ, data = conn.select("INBOX", readonly=True)
         assert typ == "OK" and int(data[0]) == count, data
@@ -108,7 +104,7 @@ def _write_maildir(env: dict[str, str], user: str, count: int) -> bool:
 
 def _multiappend(env: dict[str, str], user: str, count: int) -> None:
     """APPEND the messages over IMAP, a thousand per MULTIAPPEND command."""
-    conn = _imap(env, user)
+    conn = imap(env, user)
     try:
         typ, data = conn.select("INBOX")
         if int(data[0]):
@@ -128,11 +124,15 @@ def _multiappend(env: dict[str, str], user: str, count: int) -> None:
         conn.logout()
 
 
-def ensure(env: dict[str, str], count: int) -> str:
-    """The address of a mailbox whose INBOX holds exactly ``count`` untouched messages."""
-    user = address(count)
+def ensure(env: dict[str, str], count: int, *, name: str = "bench", changed: int = 0) -> str:
+    """The address (``{name}-{count}@``) of a mailbox whose INBOX holds exactly ``count``
+    untouched messages, or, with ``changed``, one that benchmarks have changed since: as
+    long as it holds ``count`` messages give or take ``changed``, it is kept as it is."""
+    user = f"{name}-{count}@{DOMAIN}"
     messages, uidnext = _status(env, user)
     if messages == count and uidnext == count + 1:
+        return user
+    if changed and abs(messages - count) <= changed:
         return user
     start = time.monotonic()
     how = "maildir files" if _write_maildir(env, user, count) else "MULTIAPPEND"
@@ -156,7 +156,7 @@ def big_message(size: int) -> bytes:
 def ensure_big(env: dict[str, str], size: int) -> str:
     """The address of a mailbox whose INBOX holds one message of exactly ``size`` bytes."""
     user = f"bench-raw-{size}@{DOMAIN}"
-    conn = _imap(env, user)
+    conn = imap(env, user)
     try:
         typ, data = conn.select("INBOX")
         if int(data[0]) == 1:

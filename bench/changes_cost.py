@@ -1,8 +1,8 @@
 """GET /v1/changes: does its cost follow the changes, not the folder? And vs re-listing.
 
-Two mailboxes, 100 and 100,000 messages (delivered straight into the private test
-stack's Maildirs, then indexed by Dovecot once; both are kept and reused by later
-runs). Each round takes a state, makes 10 changes with a plain IMAP client (6 flag
+Two mailboxes, 100 and 100,000 messages (bench/bigfolder.py: written straight into the
+private test stack's Maildirs, then indexed by Dovecot once; both are kept and reused
+by later runs). Each round takes a state, makes 10 changes with a plain IMAP client (6 flag
 changes, 2 arrivals, 2 expunges), then times `/changes` since that state. Prints the
 median latency per folder, the 100k/100 ratio (goal: at most 2x) and the time of
 listing the whole folder page by page, which is what a client without /changes does.
@@ -16,10 +16,7 @@ Usage: bench/changes_cost.py [rounds]   (as root: it writes into the stack's Mai
 from __future__ import annotations
 
 import asyncio
-import imaplib
-import os
 import random
-import ssl
 import statistics
 import sys
 import time
@@ -27,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+from bigfolder import ensure, imap
 from common import stack
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
@@ -36,7 +34,6 @@ from service.main import create_app  # noqa: E402
 
 ROUNDS = int(sys.argv[1]) if len(sys.argv) > 1 else 15
 SIZES = (100, 100_000)
-MAIL_UID = MAIL_GID = 5000  # the stack's mail owner
 
 
 def message(i: int) -> bytes:
@@ -45,47 +42,6 @@ def message(i: int) -> bytes:
         f"Subject: bench {i}\r\nMessage-ID: <bench-{i}@example.test>\r\n"
         f"Date: Mon, 30 Nov 2026 10:00:00 +0000\r\n\r\nhello {i}\r\n"
     ).encode()
-
-
-def imap(env: dict[str, str], user: str) -> imaplib.IMAP4_SSL:
-    ctx = ssl.create_default_context(cafile=env["MAILSTACK_CA_FILE"])
-    conn = imaplib.IMAP4_SSL("localhost", int(env["MAILSTACK_IMAPS_PORT"]), ssl_context=ctx)
-    conn.login(user, env["MAILSTACK_PASSWORD"])
-    return conn
-
-
-def count(env: dict[str, str], user: str) -> int:
-    conn = imap(env, user)
-    try:
-        typ, data = conn.status("INBOX", "(MESSAGES)")
-        assert typ == "OK"
-        return int(data[0].split(b"MESSAGES ")[1].rstrip(b")"))
-    finally:
-        conn.logout()
-
-
-def build(env: dict[str, str], user: str, size: int) -> None:
-    """Write ``size`` messages into the user's Maildir (cur/, seen by Dovecot at the next
-    SELECT), unless the mailbox already holds about that many."""
-    have = count(env, user)
-    if abs(have - size) <= 10:
-        return
-    local, domain = user.split("@")
-    box = Path(env["MAILSTACK_DIR"]) / "mail" / domain / local
-    t0 = time.monotonic()
-    for sub in ("cur", "new", "tmp"):
-        (box / sub).mkdir(parents=True, exist_ok=True)
-    stamp = int(time.time())
-    for i in range(have, size):
-        path = box / "cur" / f"{stamp}.M{i}P{os.getpid()}.bench,S={len(message(i))}:2,"
-        path.write_bytes(message(i))
-        os.chown(path, MAIL_UID, MAIL_GID)
-    for p in (box, *(box / s for s in ("cur", "new", "tmp"))):
-        os.chown(p, MAIL_UID, MAIL_GID)
-    conn = imap(env, user)  # Dovecot indexes the new files now, once
-    conn.select("INBOX")
-    conn.logout()
-    print(f"  built {user}: {size - have} messages in {time.monotonic() - t0:.1f} s")
 
 
 class Direct:
@@ -196,9 +152,8 @@ async def measure(env: dict[str, str], client: httpx.AsyncClient, user: str) -> 
 
 async def main() -> None:
     env = stack()
-    users = {size: f"bench-sync-{size}@example.test" for size in SIZES}
-    for size, user in users.items():
-        build(env, user, size)
+    # changed by every round (2 arrivals, 2 expunges), so kept while about that size
+    users = {size: ensure(env, size, name="bench-sync", changed=10) for size in SIZES}
     settings = Settings(
         imap_url=f"imaps://localhost:{env['MAILSTACK_IMAPS_PORT']}",
         pop3_url=f"pop3s://localhost:{env['MAILSTACK_POP3S_PORT']}",
