@@ -90,7 +90,7 @@ def _tcp_socket(scope: Scope) -> tuple[_Transport, Any] | None:
     try:  # tcpi_bytes_acked is there since Linux 4.1
         if len(sock.getsockopt(socket.IPPROTO_TCP, _TCP_INFO, _INFO_LEN)) < _INFO_LEN:
             return None
-    except OSError:
+    except (OSError, ValueError):  # ValueError: uvloop's socket of a closed connection (fd -1)
         return None
     return transport, sock
 
@@ -111,7 +111,7 @@ def peer_of(scope: Scope) -> PeerSocket | None:
     transport, sock = found
     try:
         fd = os.dup(sock.fileno())
-    except OSError:
+    except (OSError, ValueError):  # the connection closed meanwhile
         return None
     return PeerSocket(transport, fd)
 

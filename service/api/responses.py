@@ -78,9 +78,7 @@ class CommitAfterSendResponse(Response):
                     return
 
         loop = asyncio.get_running_loop()
-        # Taken before the first byte: the server may close its own descriptor after
-        # the last one (Connection: close), the kernel's counters must stay readable.
-        peer = peer_of(scope) if self.confirm_delivery else None
+        peer = None
         # Watched from the start when something is committed (or asked for): else from
         # the second chunk on, so that a one-chunk answer costs no task.
         early = self.on_complete is not None or self.confirm_delivery or self.watch_at_once
@@ -95,6 +93,11 @@ class CommitAfterSendResponse(Response):
         # A lower bound of the answer's size on the wire: status line, headers, body.
         wire = len("HTTP/1.1 200 \r\n\r\n") + sum(len(k) + len(v) + 4 for k, v in self.raw_headers)
         try:
+            # Taken before the first byte: the server may close its own descriptor after
+            # the last one (Connection: close), the kernel's counters must stay readable.
+            # Inside the try: whatever happens from here on, on_finish runs.
+            if self.confirm_delivery:
+                peer = peer_of(scope)
             async with asyncio.timeout(None) as timer:
 
                 async def write(message: Message) -> None:
