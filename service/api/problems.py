@@ -104,9 +104,7 @@ def _allowed_methods(request: Request) -> str:
     for pattern, ops in table:
         if pattern.fullmatch(request.url.path):
             methods |= ops
-    if "GET" in methods:
-        methods.add("HEAD")
-    return ", ".join(sorted(methods))
+    return ", ".join(sorted(methods))  # no HEAD: no route answers it (405 too)
 
 
 def _json_body_refused(request: Request, errors: list[dict[str, Any]]) -> bool:

@@ -165,7 +165,11 @@ async def test_contract_codes(client: Any, mailbox: Mailbox) -> None:
     assert r.status_code == 400 and r.json()["code"] == "invalid-id"
     r = await client.put("/v1/messages/delete", headers=mailbox.auth)
     assert r.status_code == 405 and r.headers["content-type"] == "application/problem+json"
-    assert r.headers["allow"] == "DELETE, GET, HEAD, PATCH, POST"
+    assert r.headers["allow"] == "DELETE, GET, PATCH, POST"
+    # HEAD is not served (nor can it ever remove): its 405 does not offer HEAD either
+    for path in ("/v1/messages", "/v1/messages/abc/raw?mode=remove"):
+        r = await client.head(path, headers=mailbox.auth)
+        assert r.status_code == 405 and r.headers["allow"] == "GET", (path, r.headers)
 
 
 async def test_redis_down_refuses_idempotent_sends_only(
