@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import tempfile
@@ -99,6 +100,16 @@ async def _read_body(request: Request, limit: int) -> bytes:
             spool.write(chunk)
         spool.seek(0)
         return spool.read()
+
+
+def _draft_digest(draft: Draft) -> bytes:
+    """SHA-256 of the draft's content (its JSON with sorted keys, written in pieces: an
+    inline attachment's base64 is not copied whole once more)."""
+    h = hashlib.sha256()
+    encoder = json.JSONEncoder(sort_keys=True, separators=(",", ":"))
+    for piece in encoder.iterencode(draft.model_dump(mode="json")):
+        h.update(piece.encode())
+    return h.digest()
 
 
 def _draft_from_json(data: bytes | str) -> Draft:
@@ -208,7 +219,9 @@ async def send(
             max_length=255,
             description="Any string chosen by the caller; the same key and body within "
             "MAILGATE_IDEMPOTENCY_TTL_SECONDS replay the first answer (scoped to the "
-            "caller's provider, user and secret).",
+            "caller's provider, user and secret); the same key with another body is 409. "
+            "A JSON or multipart draft is the same body when its content is (spacing, key "
+            "order and multipart boundaries do not count); a raw message, byte for byte.",
         ),
     ] = None,
 ) -> JSONResponse:
@@ -235,10 +248,17 @@ async def send(
                         ]
                     },
                 ) from None
+    draft: Draft | None = None
+    files: list[mime.OutgoingAttachment] = []
+    body = b""
     if ctype == "multipart/form-data":
         draft, files = await _multipart(request, wire_limit(settings))
-        fingerprint_body = json.dumps(draft.model_dump(mode="json"), sort_keys=True).encode()
-        fingerprint_parts = [fingerprint_body, *(f.data for f in files)]
+        fingerprint_parts = [_draft_digest(draft), *(f.data for f in files)]
+    elif ctype == "application/json":
+        # By content, as a multipart draft: the same draft with other spacing or key
+        # order (a client's JSON library on a retry) is the same body, not a 409.
+        draft = _draft_from_json(await _read_body(request, body_limit(settings, request.scope)))
+        fingerprint_parts = [_draft_digest(draft)]
     else:
         body = await _read_body(request, body_limit(settings, request.scope))
         fingerprint_parts = [body]
@@ -257,16 +277,16 @@ async def send(
             )
             sent_copy = body
         else:
+            assert draft is not None  # noqa: S101 - parsed above for JSON and multipart
             if ctype == "application/json":
-                draft_ = _draft_from_json(body)
-                attachments = mime.attachments_from_json(draft_)
+                attachments = mime.attachments_from_json(draft)
             else:
-                draft_, attachments = draft, files
-            msg = mime.build_message(draft_, attachments, default_from=creds.user)
+                attachments = files
+            msg = mime.build_message(draft, attachments, default_from=creds.user)
             wire = mime.serialize(msg)
-            env_from, rcpts = mime.envelope(draft_, msg)
+            env_from, rcpts = mime.envelope(draft, msg)
             message_id = msg["Message-ID"]
-            sent_copy = mime.sent_copy(wire, draft_) if save_to_sent else b""
+            sent_copy = mime.sent_copy(wire, draft) if save_to_sent else b""
         if len(wire) > limit:
             raise TooLarge(f"The message is over the limit of {limit} bytes.")
         sender = ctx.sender()
