@@ -105,17 +105,6 @@ class ReadParams(BaseModel):
 
 _READ_QUERY = QueryModel(ReadParams)
 
-FolderQuery = Annotated[
-    str,
-    Query(
-        description="IMAP folder by its full name, as `GET /v1/folders` gives it "
-        "(servers that keep the user's folders under INBOX, such as Cyrus, name them "
-        "`INBOX.Archive`); POP3 has only INBOX.",
-        min_length=1,
-        max_length=1000,
-    ),
-]
-
 _ERRS = (400, 401, 403, 404, 409, 410, 422, 429, 502, 503, 504)
 _MODE_HEADER = {
     "X-Mail-Mode": {
