@@ -169,16 +169,21 @@ def _int(value: Any, lo: int, hi: int) -> int:
     return value
 
 
+def _urlsafe(value: Any, length: int) -> bool:
+    """A str of ``length`` URL-safe base64 characters (a digest or mailbox tag)."""
+    return (
+        isinstance(value, str)
+        and len(value) == length
+        and all(c.isascii() and (c.isalnum() or c in "-_") for c in value)
+    )
+
+
 def _digest_field(value: Any) -> str | None:
     if value is None:
         return None
-    if (
-        not isinstance(value, str)
-        or len(value) != _DIGEST_LEN
-        or not all(c.isascii() and (c.isalnum() or c in "-_") for c in value)
-    ):
+    if not _urlsafe(value, _DIGEST_LEN):
         raise ValueError("bad digest")
-    return value
+    return str(value)
 
 
 def _mark(value: Any) -> ImapMark:
@@ -194,13 +199,9 @@ def _mailbox_field(data: dict[str, Any], bound: bool) -> str:
     if not bound:
         return ""
     value = data.pop("m", None)
-    if (
-        not isinstance(value, str)
-        or len(value) != _MAILBOX_LEN
-        or not all(c.isascii() and (c.isalnum() or c in "-_") for c in value)
-    ):
+    if not _urlsafe(value, _MAILBOX_LEN):
         raise ValueError("mailbox")
-    return value
+    return str(value)
 
 
 def _parse(token: str) -> SyncState:
