@@ -126,6 +126,14 @@ class Channel:
         self.closing = False
         self.latest: str | None = None
         self.task = asyncio.get_running_loop().create_task(self._run())
+        self.task.add_done_callback(self._settle)
+
+    def _settle(self, _task: asyncio.Task[None]) -> None:
+        """A task cancelled before its first step never runs ``_run``'s ``finally``: the
+        subscribers waiting for the opening are told here, or they would wait for ever
+        (and the server's shutdown with them)."""
+        if not self.opened.done():
+            self.opened.set_exception(UpstreamUnavailable("The gateway is shutting down."))
 
     def add(self, sub: Subscription) -> None:
         sub.channel = self

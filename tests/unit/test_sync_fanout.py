@@ -7,6 +7,9 @@ import asyncio
 import signal
 from typing import Any
 
+import pytest
+
+from service.errors import UpstreamUnavailable
 from service.models.sync import FlagUpdate
 from service.sync.fanout import Ending, Hub, Mark, Subscription, end_streams_on_signal
 from service.sync.source import Change
@@ -71,3 +74,40 @@ async def test_sigterm_ends_the_streams_before_the_servers_own_handler() -> None
         assert signal.getsignal(signal.SIGTERM) is servers_handler
     finally:
         signal.signal(signal.SIGTERM, original)
+
+
+class _QuietFeed:
+    """A feed that opens at once and then never reports anything."""
+
+    key = "box\0INBOX"
+
+    def __init__(self) -> None:
+        self.opened = 0
+
+    async def open(self) -> str:
+        self.opened += 1
+        return "s0"
+
+    async def changes(self, since: str, limit: int) -> Any:
+        raise AssertionError("nothing changed")
+
+    async def wait(self, wake: asyncio.Event) -> bool:
+        await wake.wait()
+        return False
+
+    async def close(self) -> None:
+        pass
+
+
+async def test_a_subscriber_arriving_as_the_hub_closes_is_refused_not_left_waiting() -> None:
+    # The stream's request started its channel, whose task had not run yet when the
+    # shutdown cancelled it: the request must end (503), or the server waits for it forever.
+    hub, feed = Hub(), _QuietFeed()
+    joining = asyncio.create_task(hub.subscribe(lambda: feed, feed.key, None))
+    await asyncio.sleep(0)  # the channel exists, its task is only scheduled
+    assert feed.key in hub.channels
+    await hub.close()
+    with pytest.raises(UpstreamUnavailable, match="shutting down"):
+        async with asyncio.timeout(2):
+            await joining
+    assert feed.opened == 0
