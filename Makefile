@@ -60,6 +60,7 @@ CYRUS_TESTS ?= tests/contract tests/integration/test_imap_adapter.py \
   tests/integration/test_stale_views.py tests/integration/test_sync_changes.py \
   tests/integration/test_sync_events.py tests/integration/test_sync_faults.py \
   tests/integration/test_sync_model.py tests/integration/test_sync_pop3.py \
+  tests/integration/test_sync_journal.py \
   tests/integration/test_cyrus.py
 test-cyrus: venv
 	MAILSTACK_SERVER=cyrus bash tests/mailstack/cyrus.sh

@@ -4,7 +4,8 @@ For each variant (the full Dovecot with QRESYNC, one with CONDSTORE only, one wi
 neither, and POP3) and each seed, a client follows INBOX and a second folder with
 /v1/changes while another client makes random changes; after every round the
 client's copy must equal the server's. Prints the counts per variant (changes
-applied, 410s, lists) and every fault with its seed, so it can be replayed.
+applied, 410s, lists; how many IMAP answers came from a session's change journal and how
+many from the server's CHANGEDSINCE) and every fault with its seed, so it can be replayed.
 
 Usage: bench/sync_model.py [seeds] [rounds] [steps]   (defaults 20 6 15)
 """
@@ -18,6 +19,7 @@ from pathlib import Path
 
 import httpx
 from common import stack
+from prometheus_client import REGISTRY
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
@@ -68,6 +70,9 @@ async def main() -> int:
                         print(f"FAULT {variant} seed {seed}: {exc}", flush=True)
         shown = {k: v for k, v in sorted(total.items()) if ":" in k}
         print(f"{variant}: {SEEDS} seeds x {ROUNDS} rounds x {STEPS} changes: {shown}", flush=True)
+        sources = {s: REGISTRY.get_sample_value("mailgate_imap_changes_total", {"source": s})
+                   for s in ("journal", "server")}  # fmt: skip
+        print(f"  IMAP change computations so far, by source: {sources}", flush=True)
     print(f"faults: {faults}")
     return 1 if faults else 0
 

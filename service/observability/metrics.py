@@ -84,6 +84,15 @@ REMOVALS = Counter(
     "deletion itself failed: the message stays).",
     ["outcome"],
 )
+IMAP_CHANGES = Counter(
+    "mailgate_imap_changes",
+    "IMAP change computations (/v1/changes pages, /v1/events rounds) by source: journal "
+    "(what a session with the folder selected was told since its SELECT, plus one FETCH "
+    "of the UIDs it names: the cost follows the changes) or server (CHANGEDSINCE, "
+    "which the server answers by looking at every message, or the fallbacks without "
+    "QRESYNC).",
+    ["source"],
+)
 BUILD_INFO = Gauge(
     "mailgate_build_info", "The running version (value 1).", ["version"], multiprocess_mode="max"
 )

@@ -59,10 +59,18 @@ intermediate state; call again with `since=new_state` until it is false.
 
 | server | arrivals, flags | expunges, moves out |
 | --- | --- | --- |
-| IMAP, QRESYNC | UID FETCH CHANGEDSINCE | VANISHED (EARLIER) |
+| IMAP, QRESYNC | as told to a session (see Cost), else CHANGEDSINCE | as told, else VANISHED |
 | IMAP, CONDSTORE | UID FETCH CHANGEDSINCE | UIDs below UIDNEXT counted: none → exact, else 410 |
 | IMAP, neither | UIDNEXT; flags digest same → exact, else 410 | same digest |
 | POP3 | messages after an unchanged UIDL prefix | any deletion → 410 |
+
+**Cost.** With QRESYNC, a gateway session that keeps the folder selected is told each
+change as it happens (RFC 7162: a `FETCH` with `MODSEQ`, `VANISHED`). For a state at or
+after that session's SELECT, the answer comes from what it was told plus one `UID FETCH`
+of the UIDs it names: its cost follows the changes, not the folder. Any other state (older
+than the session, or an expunge it cannot place before or after the state) is answered by
+`CHANGEDSINCE`, which Dovecot computes by looking at every message's MODSEQ. Both give
+the same answer; `mailgate_imap_changes_total{source}` counts which did.
 
 UIDVALIDITY changed: 410. A malformed state, or one of another folder, protocol or mailbox
 (provider and user, the user's case aside): 422 `validation-failed`. A state names its

@@ -4,10 +4,15 @@ Three ways to tell what changed since a state, chosen by what the server offers
 and what the state holds; each answers exactly or raises CannotCalculateChanges
 (410), never a wrong answer:
 
-- **QRESYNC** (and the state has a MODSEQ): ``UID FETCH 1:n (UID FLAGS)
+- **QRESYNC** (and the state has a MODSEQ): first what the session was told since
+  its SELECT (:mod:`service.protocols.imap.journal`), when that covers the state: the
+  UIDs told with a MODSEQ above the state's, and the range of arrivals, in one
+  ``UID FETCH uids (UID FLAGS MODSEQ)``, and the expunges told after the state: a
+  cost that follows the changes. Otherwise ``UID FETCH 1:n (UID FLAGS)
   (CHANGEDSINCE m VANISHED)`` (RFC 7162 §3.2.6) names every message changed since
   the state (new ones: UID at or above the state's UIDNEXT; the others: flags)
-  and, in ``VANISHED (EARLIER)``, every UID expunged since.
+  and, in ``VANISHED (EARLIER)``, every UID expunged since; Dovecot looks at every
+  message's MODSEQ for it.
 - **CONDSTORE only**: the same FETCH without VANISHED gives arrivals and flag
   changes; expunges are found by counting the UIDs below the state's UIDNEXT
   (``UID SEARCH RETURN (COUNT)``): the same count as the state recorded means
@@ -36,8 +41,9 @@ from service.errors import CannotCalculateChanges
 from service.ids import ImapRef
 from service.models.message import MessageSummary
 from service.models.sync import FlagUpdate
+from service.observability.metrics import IMAP_CHANGES
 from service.protocols.imap.session import ImapSession, SelectData
-from service.protocols.imap.wire import utf7_encode
+from service.protocols.imap.wire import format_uid_set, utf7_encode
 from service.sync.source import Change, ChangePage
 from service.sync.state import ImapMark, ImapState, flags_digest
 
@@ -187,6 +193,43 @@ async def _by_modseq(
     return _Found(changed, gone)
 
 
+async def _by_journal(
+    session: ImapSession, folder: str, base: ImapMark, below: int, target: ImapMark
+) -> _Found | None:
+    """What :func:`_by_modseq` finds, from what the session was told since its SELECT
+    (:mod:`service.protocols.imap.journal`) and one ``UID FETCH uids (UID FLAGS MODSEQ)``
+    of the UIDs it names plus the range of arrivals: a cost that follows the changes,
+    not the folder. None when the journal cannot answer for this state (it started
+    after it, it broke, or an expunge cannot be placed before or after it)."""
+    if base.modseq is None or target.modseq is None:
+        return None
+    journal = session.journal_for(folder, base.modseq)
+    if journal is None:
+        return None
+    expunged = journal.expunged_since(base.modseq)
+    if expunged is None:
+        return None
+    older = min(below, base.uidnext)
+    wanted = {u for u in journal.changed_since(base.modseq) if u < older} - expunged
+    ranges = [format_uid_set(wanted)] if wanted else []
+    if below > base.uidnext:
+        ranges.append(f"{base.uidnext}:{below - 1}")  # arrivals: UIDs at or above UIDNEXT
+    items = await session.uid_fetch(",".join(ranges), "(UID FLAGS MODSEQ)") if ranges else {}
+    changed: dict[int, list[str]] = {}
+    for uid, item in items.items():
+        if uid < base.uidnext:
+            if uid not in wanted:
+                continue
+            if item.modseq is None:
+                return None  # the server left MODSEQ out: let CHANGEDSINCE say
+            if not base.modseq < item.modseq <= target.modseq:
+                continue  # changed again after the target: the next round's
+        elif uid >= below:
+            continue
+        changed[uid] = _visible(item.flags)
+    return _Found(changed, {u for u in expunged if u < older})
+
+
 def _check_digest(base: ImapMark, flags: dict[int, list[str]]) -> None:
     older = {u: f for u, f in flags.items() if u < base.uidnext}
     if len(older) != base.exists or flags_digest(older) != base.digest:
@@ -221,7 +264,10 @@ async def changes_since(
         if target is None:
             target = ImapMark(uidnext, data.exists, modseq)
         below = state.below if state.below is not None else target.uidnext
-        found = await _by_modseq(session, base, below, target, vanished=qresync)
+        found = await _by_journal(session, folder, base, below, target) if qresync else None
+        IMAP_CHANGES.labels("server" if found is None else "journal").inc()
+        if found is None:
+            found = await _by_modseq(session, base, below, target, vanished=qresync)
     elif base.digest is not None:
         flags = await _flags_below(session, uidnext)
         _check_digest(base, flags)

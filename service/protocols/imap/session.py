@@ -73,6 +73,7 @@ from service.errors import (
 )
 from service.observability.mail import mail_command
 from service.protocols.base import Credentials
+from service.protocols.imap.journal import ChangeJournal
 from service.protocols.imap.wire import (
     CTL,
     FETCH_HEAD,
@@ -247,6 +248,7 @@ class _Protocol(IMAP4ClientProtocol):  # type: ignore[misc]
         self.outgoing: deque[bytes] = deque()
         self.tls_guard: str | None = None  # tag of STARTTLS until the upgrade
         self.tls_violation = False
+        self.dropped = 0  # untagged responses that arrived outside any command
 
     # -- incoming data
     def data_received(self, d: bytes) -> None:
@@ -350,6 +352,8 @@ class _Protocol(IMAP4ClientProtocol):  # type: ignore[misc]
         cmd: Command | None = self.pending_sync_command
         if cmd is not None:
             cmd.append_to_resp(line)
+        else:
+            self.dropped += 1  # told between commands: no reply carries it
         return cmd
 
     def _continuation(self, line: bytes) -> None:
@@ -515,6 +519,10 @@ class ImapSession:
         # while no reply since has reported a change in the view: see view_mark.
         self._mark: SelectData | None = None
         self.changes_reported = 0  # replies seen to report a change (with a mark, or STATUS)
+        # What this session was told in its selected folder since the SELECT (QRESYNC
+        # enabled): lets /changes skip the server's MODSEQ scan (see journal_for)
+        self._journal: ChangeJournal | None = None
+        self._dropped = 0  # protocol.dropped when the journal started
         self.enabled: set[str] = set()  # extensions ENABLEd (RFC 5161)
         self.leases = 0  # how often a reader has leased it (0: brand new)
         # False where the server's BODYSTRUCTURE is known to cut some messages elsewhere
@@ -723,6 +731,10 @@ class ImapSession:
             raise
         raw = (bytes(lines.pop()) if lines else b"").decode("utf-8", "replace")
         self.exists = track_exists(lines, self.exists)
+        if (journal := self._journal) is not None:
+            journal.hear(lines, fetch_command=cmd.name == "FETCH")
+            if self._proto.dropped != self._dropped:
+                journal.lost_untagged()
         if (self._mark is not None or cmd.name == "STATUS") and reports_change(
             lines, solicited_fetch=cmd.name == "FETCH"
         ):
@@ -766,7 +778,7 @@ class ImapSession:
                 # The selected folder was deleted under this session, which Cyrus tells
                 # only now (its NOOP stays silent): not reused, a fresh one selects anew.
                 self._broken = True
-                self.selected = self.uidvalidity = None
+                self.selected = self.uidvalidity = self._journal = None
                 raise NotFound("The folder is gone.", upstream=Upstream("imap", reply.text))
             if _temporary(reply):
                 raise UpstreamUnavailable(
@@ -806,6 +818,17 @@ class ImapSession:
         changes at the end of each command, after the STATUS values were taken)."""
         if mark.uidnext is not None and mark.highestmodseq is not None:
             self._mark = mark
+            if self._journal is not None and mark.uidvalidity == self._journal.uidvalidity:
+                self._journal.seen(mark.highestmodseq)
+
+    def journal_for(self, folder: str, modseq: int) -> ChangeJournal | None:
+        """The journal of what this session was told in ``folder`` since its SELECT, if
+        it can answer for a state of that folder at ``modseq`` (see
+        :mod:`service.protocols.imap.journal`); None otherwise."""
+        journal = self._journal
+        if journal is None or self.selected != folder:
+            return None
+        return journal if journal.usable(folder, self.uidvalidity, modseq) else None
 
     def forget_view(self, *, selection: bool = False) -> None:
         """The selected folder's view may be stale: the next :meth:`select` brings it up
@@ -814,7 +837,7 @@ class ImapSession:
         self._synced_this_lease = False
         self._mark = None
         if selection:
-            self.selected = self.uidvalidity = None
+            self.selected = self.uidvalidity = self._journal = None
 
     async def select(self, folder: str, *, fresh: bool = False) -> int:
         """Make ``folder`` selected with an up-to-date view; its UIDVALIDITY.
@@ -847,7 +870,7 @@ class ImapSession:
                 self._synced_this_lease = True
                 return self.uidvalidity
         arg = mailbox_arg(folder)
-        self.selected = self.uidvalidity = self.exists = self._mark = None
+        self.selected = self.uidvalidity = self.exists = self._mark = self._journal = None
         words: list[Word] = [arg]
         if "CONDSTORE" in self.capabilities:
             words.append("(CONDSTORE)")
@@ -881,6 +904,9 @@ class ImapSession:
         self.select_data = SelectData(self.uidvalidity, uidnext, exists, modseq)
         self.read_only = "[READ-ONLY]" in reply.raw.upper()
         self.selected = folder
+        if "QRESYNC" in self.enabled and modseq is not None:
+            self._journal = ChangeJournal(folder, self.uidvalidity, modseq)
+            self._dropped = self._proto.dropped
         self.keep_mark(self.select_data)
         self._synced_this_lease = True
         return self.uidvalidity
@@ -897,7 +923,7 @@ class ImapSession:
             return frozenset(e for e in extensions if e in self.enabled)
         if self.selected is not None and "UNSELECT" in self.capabilities:
             self._expect_ok(await self.command("UNSELECT", []), "UNSELECT")
-            self.selected = self.uidvalidity = self.exists = self._mark = None
+            self.selected = self.uidvalidity = self.exists = self._mark = self._journal = None
         reply = await self.command("ENABLE", wanted)
         if reply.ok:
             for line in reply.lines:
