@@ -134,6 +134,31 @@ async def test_an_expunge_it_cannot_place_is_left_to_the_server(
         assert essence(again) == {"created": [], "updated": [], "destroyed": [], "has_more": False}
 
 
+async def test_messages_the_session_never_held_are_left_to_the_server(
+    make_client: Callable[..., Any], stack: dict[str, str], mailbox: Mailbox
+) -> None:
+    # Found by a review: Dovecot tells a session nothing of a message that arrived,
+    # changed or went between two syncs of its view (a bare EXISTS), so a state taken
+    # elsewhere that holds such messages cannot be answered from the journal.
+    mailbox.append(stack, raw("old"))
+    async with make_client() as gw:
+        await warm(gw, mailbox)
+        mailbox.append(stack, raw("will-flag"))
+        mailbox.append(stack, raw("will-go"))
+        async with make_client() as elsewhere:  # another worker or replica
+            listed = await listing(elsewhere, mailbox)
+        ids = {i["subject"]: i["id"] for i in listed["items"]}
+        other = Other(mailbox, stack)
+        other.store("will-flag", "+FLAGS", "\\Flagged")
+        other.expunge("will-go")
+        other.close()
+        body = await answered_by(gw, mailbox, listed["state"], "server")
+    assert body["destroyed"] == [ids["will-go"]] and body["created"] == []
+    assert body["updated"] == [
+        {"id": ids["will-flag"], "flags": ["\\Flagged"], "seen": False, "flagged": True}
+    ]
+
+
 @HEARS
 async def test_pages_from_the_journal_add_up_to_the_whole(
     make_client: Callable[..., Any], stack: dict[str, str], mailbox: Mailbox

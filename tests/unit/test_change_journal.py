@@ -11,8 +11,8 @@ from service.protocols.imap import journal as journal_module
 from service.protocols.imap.journal import ChangeJournal
 
 
-def fresh(modseq: int = 6) -> ChangeJournal:
-    return ChangeJournal("INBOX", 1796098389, modseq)
+def fresh(modseq: int = 6, uidnext: int = 6) -> ChangeJournal:
+    return ChangeJournal("INBOX", 1796098389, modseq, uidnext)
 
 
 def test_a_noop_reply_records_flag_changes_and_expunges_in_order() -> None:
@@ -24,7 +24,7 @@ def test_a_noop_reply_records_flag_changes_and_expunges_in_order() -> None:
     # told after the view was at 6: above 6; not yet placed above or below 7
     assert j.expunged_since(6) == {2, 4, 5}
     assert j.expunged_since(7) is None
-    j.seen(10)  # a STATUS of the folder, nothing else reported: the view is at 10
+    j.seen(10, 6)  # a STATUS of the folder, nothing else reported: the view is at 10
     assert j.expunged_since(7) is None  # expunged somewhere in 7..10
     assert j.expunged_since(10) == set()
     assert j.expunged_since(12) == set()
@@ -33,9 +33,9 @@ def test_a_noop_reply_records_flag_changes_and_expunges_in_order() -> None:
 def test_an_expunge_is_placed_by_the_views_known_points() -> None:
     j = fresh(20)
     j.hear([b"VANISHED 3"], fetch_command=False)
-    j.seen(25)
+    j.seen(25, 6)
     j.hear([b"VANISHED 9"], fetch_command=False)
-    j.seen(30)
+    j.seen(30, 6)
     assert j.expunged_since(20) == {3, 9}
     assert j.expunged_since(25) == {9}
     assert j.expunged_since(30) == set()
@@ -92,21 +92,34 @@ def test_what_it_cannot_read_breaks_it(lines: list[bytes | bytearray], fetch_com
     j = fresh()
     j.hear(lines, fetch_command=fetch_command)
     assert j.broken
-    assert not j.usable("INBOX", 1796098389, 6)
+    assert not j.usable("INBOX", 1796098389, 6, 6)
 
 
 def test_a_response_told_between_commands_breaks_it() -> None:
     j = fresh()
     j.lost_untagged()
-    assert not j.usable("INBOX", 1796098389, 6)
+    assert not j.usable("INBOX", 1796098389, 6, 6)
 
 
 def test_usable_only_for_its_folder_uidvalidity_and_states_since_its_select() -> None:
-    j = fresh(50)
-    assert j.usable("INBOX", 1796098389, 50) and j.usable("INBOX", 1796098389, 80)
-    assert not j.usable("INBOX", 1796098389, 49)
-    assert not j.usable("Archive", 1796098389, 60)
-    assert not j.usable("INBOX", 1, 60)
+    j = fresh(50, 6)
+    assert j.usable("INBOX", 1796098389, 50, 6) and j.usable("INBOX", 1796098389, 80, 6)
+    assert not j.usable("INBOX", 1796098389, 49, 6)
+    assert not j.usable("Archive", 1796098389, 60, 6)
+    assert not j.usable("INBOX", 1, 60, 6)
+
+
+def test_usable_only_for_states_whose_messages_the_view_held() -> None:
+    # A message the view never held is not told about: changed or expunged before the
+    # session's next sync, it comes as a bare EXISTS. A state that holds such messages
+    # (a UIDNEXT above the view's at a known point at or below its MODSEQ) is the server's.
+    j = fresh(50, 10)
+    assert j.usable("INBOX", 1796098389, 55, 10)
+    assert not j.usable("INBOX", 1796098389, 55, 12)  # taken elsewhere: 10, 11 unseen here
+    j.seen(60, 12)  # the view holds them now
+    assert not j.usable("INBOX", 1796098389, 55, 12)  # the known point at or below 55: 10
+    assert j.usable("INBOX", 1796098389, 60, 12) and j.usable("INBOX", 1796098389, 70, 12)
+    assert not j.usable("INBOX", 1796098389, 70, 13)
 
 
 def test_past_its_limit_it_starts_again_at_the_views_point(
@@ -117,10 +130,10 @@ def test_past_its_limit_it_starts_again_at_the_views_point(
     for uid in range(1, 5):
         j.hear([f"{uid} FETCH (UID {uid} MODSEQ ({10 + uid}))".encode()], fetch_command=False)
     j.hear([b"VANISHED 20"], fetch_command=False)
-    assert j.usable("INBOX", 1796098389, 10)
-    j.seen(14)
+    assert j.usable("INBOX", 1796098389, 10, 6)
+    j.seen(14, 6)
     assert j.base == 14 and not j.broken
-    assert not j.usable("INBOX", 1796098389, 13)
+    assert not j.usable("INBOX", 1796098389, 13, 6)
     assert j.changed_since(14) == set() and j.expunged_since(14) == set()
     j.hear([b"5 FETCH (UID 5 MODSEQ (15))"], fetch_command=False)
     assert j.changed_since(14) == {5}
@@ -132,5 +145,15 @@ def test_past_its_limit_it_starts_again_at_the_views_point(
 def test_a_view_point_never_goes_back() -> None:
     j = fresh(10)
     j.hear([b"VANISHED 4"], fetch_command=False)
-    j.seen(8)  # an older answer than the SELECT's: ignored
+    j.seen(8, 6)  # an older answer than the SELECT's: ignored
     assert j.view == 10 and j.expunged_since(11) is None
+
+
+def test_it_keeps_a_bounded_number_of_known_points(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(journal_module, "_POINTS", 3)
+    j = fresh(10, 5)
+    for modseq in (11, 12, 13):
+        j.seen(modseq, 5)
+    # the oldest point (10) went, and with it the states before the next one
+    assert j.base == 11
+    assert not j.usable("INBOX", 1796098389, 10, 5) and j.usable("INBOX", 1796098389, 11, 5)

@@ -203,7 +203,7 @@ async def _by_journal(
     after it, it broke, or an expunge cannot be placed before or after it)."""
     if base.modseq is None or target.modseq is None:
         return None
-    journal = session.journal_for(folder, base.modseq)
+    journal = session.journal_for(folder, base.modseq, base.uidnext)
     if journal is None:
         return None
     expunged = journal.expunged_since(base.modseq)

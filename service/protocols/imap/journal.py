@@ -18,8 +18,16 @@ It answers exactly or not at all:
   §3.1.2), so one told after the view was known to be at ``v`` happened above ``v``,
   and below any HIGHESTMODSEQ the view reached after it was told. ``view`` is that
   known point: a real SELECT's HIGHESTMODSEQ, or a STATUS of the selected folder whose
-  reply reported nothing (:meth:`ImapSession.keep_mark`). An expunge that falls between
-  those two bounds and the state's MODSEQ makes the journal unable to answer that state.
+  reply reported nothing, sent right after a full sync (:meth:`ImapSession.keep_mark`).
+  An expunge that falls between those two bounds and the state's MODSEQ makes the
+  journal unable to answer that state.
+- only messages the session's view already held are told about: one that arrives,
+  changes or goes between two syncs of the view comes as a bare ``EXISTS`` (measured on
+  Dovecot 2.3: a message flagged and one expunged before the session first saw them
+  gave no ``FETCH`` and no ``VANISHED``). So each known point also keeps the view's
+  UIDNEXT, and a state is answered only when a known point at or below its MODSEQ had
+  a UIDNEXT at or above the state's: every message of the state was then in the view,
+  and all that happened to it since was told.
 - anything it cannot read (an ``EXPUNGE`` by sequence number, a ``FETCH`` outside a
   FETCH command without ``MODSEQ``, one with ``MODSEQ`` but no ``UID``, ``NOMODSEQ``,
   a response told between commands) breaks it: the session then answers from the
@@ -41,6 +49,7 @@ __all__ = ["LIMIT", "ChangeJournal"]
 
 LIMIT = 10_000
 """Entries (UIDs with a MODSEQ, expunged UIDs) one journal keeps."""
+_POINTS = 256  # known points kept (one per STATUS that found the view changed)
 
 _FETCH = re.compile(rb"\d+ FETCH \((.*)\)", re.IGNORECASE | re.DOTALL)
 _ITEM = re.compile(rb"\s*(?:UID (\d+)|MODSEQ \((\d+)\)|(FLAGS) \([^()]*\))", re.IGNORECASE)
@@ -79,11 +88,13 @@ class ChangeJournal:
     """The changes one session was told in ``folder`` (UIDVALIDITY ``uidvalidity``) since
     its SELECT at HIGHESTMODSEQ ``modseq``; QRESYNC enabled (expunges told by UID)."""
 
-    def __init__(self, folder: str, uidvalidity: int, modseq: int) -> None:
+    def __init__(self, folder: str, uidvalidity: int, modseq: int, uidnext: int) -> None:
         self.folder = folder
         self.uidvalidity = uidvalidity
         self.base = modseq  # states at or above it can be answered
         self.view = modseq  # the view is known to have been at this HIGHESTMODSEQ
+        # the known points (HIGHESTMODSEQ, UIDNEXT), oldest first, both rising
+        self._points: list[tuple[int, int]] = [(modseq, uidnext)]
         self.broken = False
         self._modseqs: dict[int, int] = {}
         self._expunged: list[_Expunged] = []
@@ -149,11 +160,19 @@ class ChangeJournal:
         """A response arrived outside any command and was dropped: not all was heard."""
         self.broken = True
 
-    def seen(self, modseq: int) -> None:
-        """The view is at HIGHESTMODSEQ ``modseq`` (a STATUS whose reply reported nothing)."""
-        if modseq < self.view:
+    def seen(self, modseq: int, uidnext: int) -> None:
+        """The view is at HIGHESTMODSEQ ``modseq`` and UIDNEXT ``uidnext`` (a STATUS after a
+        full sync whose reply reported nothing)."""
+        if modseq < self.view or uidnext < self._points[-1][1]:
             return
         self.view = modseq
+        if self._points[-1][0] == modseq:
+            self._points[-1] = (modseq, uidnext)
+        else:
+            self._points.append((modseq, uidnext))
+        if len(self._points) > _POINTS:  # the oldest go; states before them, too
+            del self._points[: len(self._points) - _POINTS]
+            self.base = max(self.base, self._points[0][0])
         for expunged in self._expunged:
             if expunged.by is None:
                 expunged.by = modseq
@@ -162,16 +181,21 @@ class ChangeJournal:
             self._expunged = []
             self._size = len(self._modseqs)
             self.base = modseq
+            self._points = [(modseq, uidnext)]
 
     # -- what it answers ----------------------------------------------------------------------
-    def usable(self, folder: str, uidvalidity: int | None, modseq: int) -> bool:
-        """Whether it can answer for a state of ``folder`` at ``modseq``."""
-        return (
-            not self.broken
-            and folder == self.folder
-            and uidvalidity == self.uidvalidity
-            and modseq >= self.base
-        )
+    def usable(self, folder: str, uidvalidity: int | None, modseq: int, uidnext: int) -> bool:
+        """Whether it can answer for a state of ``folder`` at MODSEQ ``modseq`` and UIDNEXT
+        ``uidnext``: the latest known point at or below ``modseq`` had every message of
+        the state in the view."""
+        if self.broken or folder != self.folder or uidvalidity != self.uidvalidity:
+            return False
+        if modseq < self.base:
+            return False
+        for point_modseq, point_uidnext in reversed(self._points):
+            if point_modseq <= modseq:
+                return point_uidnext >= uidnext
+        return False
 
     def changed_since(self, modseq: int) -> set[int]:
         """UIDs told with a MODSEQ above ``modseq`` (their flags changed since, or they

@@ -523,6 +523,8 @@ class ImapSession:
         # enabled): lets /changes skip the server's MODSEQ scan (see journal_for)
         self._journal: ChangeJournal | None = None
         self._dropped = 0  # protocol.dropped when the journal started
+        # the names of the commands before the last one and of the last (``UID`` left out)
+        self._previous_command = self._last_command = ""
         self.enabled: set[str] = set()  # extensions ENABLEd (RFC 5161)
         self.leases = 0  # how often a reader has leased it (0: brand new)
         # False where the server's BODYSTRUCTURE is known to cut some messages elsewhere
@@ -724,6 +726,7 @@ class ImapSession:
 
     async def _send(self, cmd: _Command, *extra_secrets: str) -> Reply:
         """Send and wait (no timeout here); BAD or anything but OK/NO raises UpstreamError."""
+        self._previous_command, self._last_command = self._last_command, cmd.name
         try:
             result, lines = await self._proto.run(cmd)
         except BaseException:
@@ -818,17 +821,31 @@ class ImapSession:
         changes at the end of each command, after the STATUS values were taken)."""
         if mark.uidnext is not None and mark.highestmodseq is not None:
             self._mark = mark
-            if self._journal is not None and mark.uidvalidity == self._journal.uidvalidity:
-                self._journal.seen(mark.highestmodseq)
+            journal = self._journal
+            # A known point for the journal only right after a full sync of the view: after
+            # a FETCH, STORE or SEARCH by sequence numbers Dovecot holds expunges back
+            # (RFC 3501 §7.4.1), while a STATUS already counts their MODSEQ.
+            if (
+                journal is not None
+                and mark.uidvalidity == journal.uidvalidity
+                and (
+                    self._last_command == "SELECT"
+                    or (
+                        self._last_command == "STATUS"
+                        and self._previous_command in ("NOOP", "SELECT", "IDLE")
+                    )
+                )
+            ):
+                journal.seen(mark.highestmodseq, mark.uidnext)
 
-    def journal_for(self, folder: str, modseq: int) -> ChangeJournal | None:
+    def journal_for(self, folder: str, modseq: int, uidnext: int) -> ChangeJournal | None:
         """The journal of what this session was told in ``folder`` since its SELECT, if
-        it can answer for a state of that folder at ``modseq`` (see
-        :mod:`service.protocols.imap.journal`); None otherwise."""
+        it can answer for a state of that folder at MODSEQ ``modseq`` and UIDNEXT
+        ``uidnext`` (see :mod:`service.protocols.imap.journal`); None otherwise."""
         journal = self._journal
         if journal is None or self.selected != folder:
             return None
-        return journal if journal.usable(folder, self.uidvalidity, modseq) else None
+        return journal if journal.usable(folder, self.uidvalidity, modseq, uidnext) else None
 
     def forget_view(self, *, selection: bool = False) -> None:
         """The selected folder's view may be stale: the next :meth:`select` brings it up
@@ -904,8 +921,8 @@ class ImapSession:
         self.select_data = SelectData(self.uidvalidity, uidnext, exists, modseq)
         self.read_only = "[READ-ONLY]" in reply.raw.upper()
         self.selected = folder
-        if "QRESYNC" in self.enabled and modseq is not None:
-            self._journal = ChangeJournal(folder, self.uidvalidity, modseq)
+        if "QRESYNC" in self.enabled and modseq is not None and uidnext is not None:
+            self._journal = ChangeJournal(folder, self.uidvalidity, modseq, uidnext)
             self._dropped = self._proto.dropped
         self.keep_mark(self.select_data)
         self._synced_this_lease = True
