@@ -20,7 +20,8 @@ def test_a_noop_reply_records_flag_changes_and_expunges_in_order() -> None:
     j.hear([b"1 FETCH (UID 1 MODSEQ (7) FLAGS (\\Seen \\Recent))", b"VANISHED 2,4:5",
             b"5 EXISTS", b"4 RECENT"], fetch_command=False)  # fmt: skip
     assert not j.broken
-    assert j.changed_since(6) == {1} and j.changed_since(7) == set()
+    assert j.changed_since(6) == {1: (7, ("\\Seen", "\\Recent"))}
+    assert j.changed_since(7) == {}
     # told after the view was at 6: above 6; not yet placed above or below 7
     assert j.expunged_since(6) == {2, 4, 5}
     assert j.expunged_since(7) is None
@@ -53,11 +54,15 @@ def test_own_store_and_fetch_replies_count_with_their_modseq() -> None:
     j.hear([b"4 FETCH (UID 5 FLAGS (\\Seen))", b"4 FETCH (UID 5 MODSEQ (13) FLAGS (\\Seen))"],
            fetch_command=True)  # fmt: skip
     assert not j.broken
-    assert j.changed_since(10) == {3, 4, 5}
-    assert j.changed_since(12) == {5}
-    # the highest MODSEQ heard for a UID wins, whatever the order
-    j.hear([b"4 FETCH (UID 5 FLAGS (\\Seen) MODSEQ (12))"], fetch_command=True)
-    assert j.changed_since(12) == {5}
+    # a STORE .SILENT tells no flags: the answer fetches them
+    assert j.changed_since(10) == {3: (11, None), 4: (12, None), 5: (13, ("\\Seen",))}
+    # the highest MODSEQ told for a UID wins, whatever the order; at the same MODSEQ the
+    # news with its flags
+    j.hear([b"4 FETCH (UID 5 FLAGS () MODSEQ (12))", b"3 FETCH (UID 4 MODSEQ (12) FLAGS ())"],
+           fetch_command=True)  # fmt: skip
+    assert j.changed_since(11) == {4: (12, ()), 5: (13, ("\\Seen",))}
+    j.hear([b"3 FETCH (UID 4 MODSEQ (12))"], fetch_command=False)
+    assert j.changed_since(11)[4] == (12, ())
 
 
 def test_other_replies_leave_it_alone() -> None:
@@ -70,7 +75,7 @@ def test_other_replies_leave_it_alone() -> None:
         b"1 FETCH (UID 1 FLAGS () ENVELOPE (NIL \"hello\" NIL NIL NIL NIL NIL NIL NIL NIL))",
     ], fetch_command=True)  # fmt: skip
     assert not j.broken
-    assert j.changed_since(0) == set() and j.expunged_since(0) == set()
+    assert j.changed_since(0) == {} and j.expunged_since(0) == set()
 
 
 @pytest.mark.parametrize(
@@ -134,9 +139,9 @@ def test_past_its_limit_it_starts_again_at_the_views_point(
     j.seen(14, 6)
     assert j.base == 14 and not j.broken
     assert not j.usable("INBOX", 1796098389, 13, 6)
-    assert j.changed_since(14) == set() and j.expunged_since(14) == set()
+    assert j.changed_since(14) == {} and j.expunged_since(14) == set()
     j.hear([b"5 FETCH (UID 5 MODSEQ (15))"], fetch_command=False)
-    assert j.changed_since(14) == {5}
+    assert j.changed_since(14) == {5: (15, None)}
     # told more than twice its limit between two known points: it gives up
     j.hear([b"VANISHED 100:200"], fetch_command=False)
     assert j.broken

@@ -6,13 +6,12 @@ and what the state holds; each answers exactly or raises CannotCalculateChanges
 
 - **QRESYNC** (and the state has a MODSEQ): first what the session was told since
   its SELECT (:mod:`service.protocols.imap.journal`), when that covers the state: the
-  UIDs told with a MODSEQ above the state's, and the range of arrivals, in one
-  ``UID FETCH uids (UID FLAGS MODSEQ)``, and the expunges told after the state: a
-  cost that follows the changes. Otherwise ``UID FETCH 1:n (UID FLAGS)
-  (CHANGEDSINCE m VANISHED)`` (RFC 7162 §3.2.6) names every message changed since
-  the state (new ones: UID at or above the state's UIDNEXT; the others: flags)
-  and, in ``VANISHED (EARLIER)``, every UID expunged since; Dovecot looks at every
-  message's MODSEQ for it.
+  flags told with a MODSEQ above the state's, the expunges told after it, and one
+  ``UID FETCH`` of the range of arrivals: a cost that follows the changes.
+  Otherwise ``UID FETCH 1:n (UID FLAGS) (CHANGEDSINCE m VANISHED)`` (RFC 7162
+  §3.2.6) names every message changed since the state (new ones: UID at or above
+  the state's UIDNEXT; the others: flags) and, in ``VANISHED (EARLIER)``, every UID
+  expunged since; Dovecot looks at every message's MODSEQ for it.
 - **CONDSTORE only**: the same FETCH without VANISHED gives arrivals and flag
   changes; expunges are found by counting the UIDs below the state's UIDNEXT
   (``UID SEARCH RETURN (COUNT)``): the same count as the state recorded means
@@ -43,7 +42,7 @@ from service.models.message import MessageSummary
 from service.models.sync import FlagUpdate
 from service.observability.metrics import IMAP_CHANGES
 from service.protocols.imap.session import ImapSession, SelectData
-from service.protocols.imap.wire import format_uid_set, utf7_encode
+from service.protocols.imap.wire import utf7_encode
 from service.sync.source import Change, ChangePage
 from service.sync.state import ImapMark, ImapState, flags_digest
 
@@ -197,10 +196,13 @@ async def _by_journal(
     session: ImapSession, folder: str, base: ImapMark, below: int, target: ImapMark
 ) -> _Found | None:
     """What :func:`_by_modseq` finds, from what the session was told since its SELECT
-    (:mod:`service.protocols.imap.journal`) and one ``UID FETCH uids (UID FLAGS MODSEQ)``
-    of the UIDs it names plus the range of arrivals: a cost that follows the changes,
-    not the folder. None when the journal cannot answer for this state (it started
-    after it, it broke, or an expunge cannot be placed before or after it)."""
+    (:mod:`service.protocols.imap.journal`): flags as told with their MODSEQ, and one
+    ``UID FETCH a:b (UID FLAGS)`` of the range of arrivals (contiguous, at the end: the
+    server looks at those messages only; a set of scattered UIDs would cost the span
+    between them on Dovecot). A flag change told without its flags (the session's own
+    ``STORE .SILENT``) is fetched by its UID. None when the journal cannot answer for
+    this state (it started after it, it broke, an expunge cannot be placed before or
+    after it, or the state holds messages the session's view never held)."""
     if base.modseq is None or target.modseq is None:
         return None
     journal = session.journal_for(folder, base.modseq, base.uidnext)
@@ -210,23 +212,30 @@ async def _by_journal(
     if expunged is None:
         return None
     older = min(below, base.uidnext)
-    wanted = {u for u in journal.changed_since(base.modseq) if u < older} - expunged
-    ranges = [format_uid_set(wanted)] if wanted else []
-    if below > base.uidnext:
-        ranges.append(f"{base.uidnext}:{below - 1}")  # arrivals: UIDs at or above UIDNEXT
-    items = await session.uid_fetch(",".join(ranges), "(UID FLAGS MODSEQ)") if ranges else {}
     changed: dict[int, list[str]] = {}
-    for uid, item in items.items():
-        if uid < base.uidnext:
-            if uid not in wanted:
-                continue
-            if item.modseq is None:
-                return None  # the server left MODSEQ out: let CHANGEDSINCE say
-            if not base.modseq < item.modseq <= target.modseq:
-                continue  # changed again after the target: the next round's
-        elif uid >= below:
-            continue
-        changed[uid] = _visible(item.flags)
+    unknown: list[int] = []
+    for uid, (modseq, flags) in journal.changed_since(base.modseq).items():
+        if uid >= older or uid in expunged or modseq > target.modseq:
+            continue  # an arrival, gone, or changed again after the target: the next round's
+        if flags is None:
+            unknown.append(uid)
+        else:
+            changed[uid] = _visible(list(flags))
+    for uid in unknown:  # rare: one command each (a set would cost its span)
+        items = await session.uid_fetch(str(uid), "(UID FLAGS MODSEQ)")
+        item = items.get(uid)
+        if item is None:
+            continue  # expunged meanwhile: told, and the next round's
+        if item.modseq is None:
+            return None  # the server left MODSEQ out: let CHANGEDSINCE say
+        if base.modseq < item.modseq <= target.modseq:
+            changed[uid] = _visible(item.flags)
+    if below > base.uidnext:  # arrivals: UIDs at or above the state's UIDNEXT
+        for uid, item in (
+            await session.uid_fetch(f"{base.uidnext}:{below - 1}", "(UID FLAGS)")
+        ).items():
+            if base.uidnext <= uid < below:
+                changed[uid] = _visible(item.flags)
     return _Found(changed, {u for u in expunged if u < older})
 
 

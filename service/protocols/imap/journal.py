@@ -52,7 +52,9 @@ LIMIT = 10_000
 _POINTS = 256  # known points kept (one per STATUS that found the view changed)
 
 _FETCH = re.compile(rb"\d+ FETCH \((.*)\)", re.IGNORECASE | re.DOTALL)
-_ITEM = re.compile(rb"\s*(?:UID (\d+)|MODSEQ \((\d+)\)|(FLAGS) \([^()]*\))", re.IGNORECASE)
+_ITEM = re.compile(rb"\s*(?:UID (\d+)|MODSEQ \((\d+)\)|FLAGS \(([^()]*)\))", re.IGNORECASE)
+
+Flags = tuple[str, ...]
 
 
 @dataclass
@@ -65,10 +67,11 @@ class _Expunged:
     by: int | None = None
 
 
-def _items(body: bytes) -> tuple[int | None, int | None, bool] | None:
-    """(UID, MODSEQ, has FLAGS) of a FETCH made only of those items; None otherwise."""
+def _items(body: bytes) -> tuple[int | None, int | None, Flags | None] | None:
+    """(UID, MODSEQ, FLAGS) of a FETCH made only of those items (None for one left out);
+    None when it holds others."""
     uid = modseq = None
-    flags = False
+    flags: Flags | None = None
     pos, end = 0, len(body)
     while pos < end:
         m = _ITEM.match(body, pos)
@@ -79,7 +82,7 @@ def _items(body: bytes) -> tuple[int | None, int | None, bool] | None:
         elif m.group(2) is not None:
             modseq = int(m.group(2))
         else:
-            flags = True
+            flags = tuple(m.group(3).decode("utf-8", "replace").split())
         pos = m.end()
     return uid, modseq, flags
 
@@ -96,7 +99,8 @@ class ChangeJournal:
         # the known points (HIGHESTMODSEQ, UIDNEXT), oldest first, both rising
         self._points: list[tuple[int, int]] = [(modseq, uidnext)]
         self.broken = False
-        self._modseqs: dict[int, int] = {}
+        # UID → (the highest MODSEQ told for it, its FLAGS then if they were told)
+        self._told: dict[int, tuple[int, Flags | None]] = {}
         self._expunged: list[_Expunged] = []
         self._size = 0
 
@@ -140,16 +144,18 @@ class ChangeJournal:
             return
         uid, modseq, flags = found
         if modseq is None:
-            if flags and not fetch_command:
+            if flags is not None and not fetch_command:
                 self.broken = True  # a flag change told without its MODSEQ
             return
         if uid is None:
             self.broken = True
             return
-        if self._modseqs.get(uid, 0) < modseq:
-            if uid not in self._modseqs:
-                self._grow(1)
-            self._modseqs[uid] = modseq
+        known = self._told.get(uid)
+        if known is None:
+            self._grow(1)
+        elif known[0] > modseq or (known[0] == modseq and flags is None):
+            return  # older news, or the same without its flags
+        self._told[uid] = (modseq, flags)
 
     def _grow(self, n: int) -> None:
         self._size += n
@@ -177,9 +183,9 @@ class ChangeJournal:
             if expunged.by is None:
                 expunged.by = modseq
         if self._size > LIMIT:  # start again from here, keeping only what is above it
-            self._modseqs = {u: s for u, s in self._modseqs.items() if s > modseq}
+            self._told = {u: told for u, told in self._told.items() if told[0] > modseq}
             self._expunged = []
-            self._size = len(self._modseqs)
+            self._size = len(self._told)
             self.base = modseq
             self._points = [(modseq, uidnext)]
 
@@ -197,10 +203,10 @@ class ChangeJournal:
                 return point_uidnext >= uidnext
         return False
 
-    def changed_since(self, modseq: int) -> set[int]:
-        """UIDs told with a MODSEQ above ``modseq`` (their flags changed since, or they
-        arrived since)."""
-        return {uid for uid, s in self._modseqs.items() if s > modseq}
+    def changed_since(self, modseq: int) -> dict[int, tuple[int, Flags | None]]:
+        """UID → (MODSEQ, FLAGS or None when not told) of the UIDs told with a MODSEQ
+        above ``modseq``: their flags changed since (or they arrived since)."""
+        return {uid: told for uid, told in self._told.items() if told[0] > modseq}
 
     def expunged_since(self, modseq: int) -> set[int] | None:
         """UIDs expunged at a MODSEQ above ``modseq``; None when one expunge cannot be
