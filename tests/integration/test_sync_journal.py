@@ -159,6 +159,26 @@ async def test_messages_the_session_never_held_are_left_to_the_server(
     ]
 
 
+async def test_many_changes_told_without_flags_are_left_to_the_server(
+    make_client: Callable[..., Any], stack: dict[str, str], mailbox: Mailbox
+) -> None:
+    # The gateway's own STOREs are silent: Dovecot tells their MODSEQ without FLAGS, and
+    # the journal would fetch each one by itself; past a few, one CHANGEDSINCE is cheaper.
+    for i in range(10):
+        mailbox.append(stack, raw(f"p{i}"))
+    async with make_client() as gw:
+        state = await warm(gw, mailbox)
+        ids = {i["subject"]: i["id"] for i in (await listing(gw, mailbox))["items"]}
+        for i in range(10):
+            r = await gw.patch(f"/v1/messages/{ids[f'p{i}']}", json={"seen": True},
+                               headers=mailbox.auth)  # fmt: skip
+            assert r.status_code in (200, 204), r.text
+        body = await answered_by(gw, mailbox, state, "server")
+    assert body["created"] == [] and body["destroyed"] == []
+    assert sorted(u["id"] for u in body["updated"]) == sorted(ids.values())
+    assert all(u["seen"] and u["flags"] == ["\\Seen"] for u in body["updated"])
+
+
 @HEARS
 async def test_pages_from_the_journal_add_up_to_the_whole(
     make_client: Callable[..., Any], stack: dict[str, str], mailbox: Mailbox

@@ -55,6 +55,7 @@ __all__ = [
     "status_items",
 ]
 
+_UNTOLD_FLAGS = 8  # changes told without their flags that the journal path fetches itself
 Summaries = Callable[[ImapSession, str, int, list[int]], Awaitable[list[MessageSummary]]]
 STATUS_ITEMS = ("UIDNEXT", "UIDVALIDITY", "MESSAGES")
 _RECENT = "\\recent"
@@ -206,7 +207,9 @@ async def _by_journal(
     if base.modseq is None or target.modseq is None:
         return None
     journal = session.journal_for(folder, base.modseq, base.uidnext)
-    if journal is None:
+    if journal is None or journal.view < target.modseq:
+        # (the second: a target the journal has not been told all the way to; every
+        # path today takes the target right after a full sync, where the two agree)
         return None
     expunged = journal.expunged_since(base.modseq)
     if expunged is None:
@@ -221,6 +224,8 @@ async def _by_journal(
             unknown.append(uid)
         else:
             changed[uid] = _visible(list(flags))
+    if len(unknown) > _UNTOLD_FLAGS:
+        return None  # many of the session's own silent STOREs: one CHANGEDSINCE is cheaper
     for uid in unknown:  # rare: one command each (a set would cost its span)
         items = await session.uid_fetch(str(uid), "(UID FLAGS MODSEQ)")
         item = items.get(uid)
