@@ -47,6 +47,11 @@ async def answered_by(
     return body
 
 
+def fill(box: Mailbox, stack: dict[str, str], *subjects: str) -> None:
+    for subject in subjects:
+        box.append(stack, raw(subject))
+
+
 def essence(body: dict[str, Any]) -> dict[str, Any]:
     return {k: body[k] for k in ("created", "updated", "destroyed", "has_more")}
 
@@ -64,8 +69,7 @@ async def test_every_kind_of_change_as_the_server_tells_it(
     make_client: Callable[..., Any], stack: dict[str, str], mailbox: Mailbox
 ) -> None:
     archive = personal(stack, "Archive")
-    for s in ("keep", "read-me", "flag-me", "gone", "moved-out", "patched"):
-        mailbox.append(stack, raw(s))
+    fill(mailbox, stack, "keep", "read-me", "flag-me", "gone", "moved-out", "patched")
     mailbox.append(stack, raw("unseen-me"), flags="\\Seen")
     mailbox.append(stack, raw("moved-in"), folder=archive)
     async with make_client() as gw:
@@ -111,8 +115,7 @@ async def test_every_kind_of_change_as_the_server_tells_it(
 async def test_an_expunge_it_cannot_place_is_left_to_the_server(
     make_client: Callable[..., Any], stack: dict[str, str], mailbox: Mailbox
 ) -> None:
-    for s in ("early", "later", "keep"):
-        mailbox.append(stack, raw(s))
+    fill(mailbox, stack, "early", "later", "keep")
     async with make_client() as gw:
         await warm(gw, mailbox)  # its view is known at this point
         other = Other(mailbox, stack)
@@ -164,8 +167,7 @@ async def test_many_changes_told_without_flags_are_left_to_the_server(
 ) -> None:
     # The gateway's own STOREs are silent: Dovecot tells their MODSEQ without FLAGS, and
     # the journal would fetch each one by itself; past a few, one CHANGEDSINCE is cheaper.
-    for i in range(10):
-        mailbox.append(stack, raw(f"p{i}"))
+    fill(mailbox, stack, *(f"p{i}" for i in range(10)))
     async with make_client() as gw:
         state = await warm(gw, mailbox)
         ids = {i["subject"]: i["id"] for i in (await listing(gw, mailbox))["items"]}
@@ -183,16 +185,14 @@ async def test_many_changes_told_without_flags_are_left_to_the_server(
 async def test_pages_from_the_journal_add_up_to_the_whole(
     make_client: Callable[..., Any], stack: dict[str, str], mailbox: Mailbox
 ) -> None:
-    for i in range(6):
-        mailbox.append(stack, raw(f"m{i}"))
+    fill(mailbox, stack, *(f"m{i}" for i in range(6)))
     async with make_client() as gw:
         state = await warm(gw, mailbox)
         other = Other(mailbox, stack)
         for i in (0, 2, 4):
             other.store(f"m{i}", "+FLAGS", "\\Flagged")
         other.expunge("m5")
-        mailbox.append(stack, raw("n1"))
-        mailbox.append(stack, raw("n2"))
+        fill(mailbox, stack, "n1", "n2")
         other.close()
         whole = await answered_by(gw, mailbox, state, "journal")
         pages: list[dict[str, Any]] = []
