@@ -94,8 +94,6 @@ class ChangeJournal:
     def __init__(self, folder: str, uidvalidity: int, modseq: int, uidnext: int) -> None:
         self.folder = folder
         self.uidvalidity = uidvalidity
-        self.base = modseq  # states at or above it can be answered
-        self.view = modseq  # the view is known to have been at this HIGHESTMODSEQ
         # the known points (HIGHESTMODSEQ, UIDNEXT), oldest first, both rising
         self._points: list[tuple[int, int]] = [(modseq, uidnext)]
         self.broken = False
@@ -103,6 +101,16 @@ class ChangeJournal:
         self._told: dict[int, tuple[int, Flags | None]] = {}
         self._expunged: list[_Expunged] = []
         self._size = 0
+
+    @property
+    def base(self) -> int:
+        """The oldest known point's HIGHESTMODSEQ: states at or above it can be answered."""
+        return self._points[0][0]
+
+    @property
+    def view(self) -> int:
+        """The latest known point's HIGHESTMODSEQ: the view is known to have been there."""
+        return self._points[-1][0]
 
     # -- what the session is told ---------------------------------------------------------
     def hear(self, lines: Sequence[Line], *, fetch_command: bool) -> None:
@@ -171,14 +179,12 @@ class ChangeJournal:
         full sync whose reply reported nothing)."""
         if modseq < self.view or uidnext < self._points[-1][1]:
             return
-        self.view = modseq
         if self._points[-1][0] == modseq:
             self._points[-1] = (modseq, uidnext)
         else:
             self._points.append((modseq, uidnext))
         if len(self._points) > _POINTS:  # the oldest go; states before them, too
             del self._points[: len(self._points) - _POINTS]
-            self.base = max(self.base, self._points[0][0])
         for expunged in self._expunged:
             if expunged.by is None:
                 expunged.by = modseq
@@ -186,7 +192,6 @@ class ChangeJournal:
             self._told = {u: told for u, told in self._told.items() if told[0] > modseq}
             self._expunged = []
             self._size = len(self._told)
-            self.base = modseq
             self._points = [(modseq, uidnext)]
 
     # -- what it answers ----------------------------------------------------------------------
@@ -196,12 +201,10 @@ class ChangeJournal:
         the state in the view."""
         if self.broken or folder != self.folder or uidvalidity != self.uidvalidity:
             return False
-        if modseq < self.base:
-            return False
         for point_modseq, point_uidnext in reversed(self._points):
             if point_modseq <= modseq:
                 return point_uidnext >= uidnext
-        return False
+        return False  # older than the oldest point (the SELECT's, or where it started again)
 
     def changed_since(self, modseq: int) -> dict[int, tuple[int, Flags | None]]:
         """UID → (MODSEQ, FLAGS or None when not told) of the UIDs told with a MODSEQ
